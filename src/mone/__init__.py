@@ -1,0 +1,35 @@
+"""mone: Mixture of Nested Experts vision transformers for PyTorch (Jain et al., NeurIPS 2024)."""
+
+from .capacity import (
+    capacity_distribution,
+    effective_capacity,
+    expert_token_counts,
+    greedy_distribution,
+    proportionate_distribution,
+    realised_capacity,
+    uniform_distribution,
+)
+from .flops import count_flops
+from .models import MoneVisionTransformer, create_model, list_models, register_model
+from .routing import Router, RoutingPlan, expert_preferred_routing, make_routing_plan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MoneVisionTransformer",
+    "Router",
+    "RoutingPlan",
+    "capacity_distribution",
+    "count_flops",
+    "create_model",
+    "effective_capacity",
+    "expert_preferred_routing",
+    "expert_token_counts",
+    "greedy_distribution",
+    "list_models",
+    "make_routing_plan",
+    "proportionate_distribution",
+    "realised_capacity",
+    "register_model",
+    "uniform_distribution",
+]

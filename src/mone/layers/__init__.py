@@ -1,0 +1,8 @@
+"""Nested-expert layers: attention, MLP and the transformer block, with timm's parameter names."""
+
+from .attention import NestedAttention
+from .block import NestedBlock, add_to_prefix, nested_blocks_forward
+from .mlp import NestedMlp
+from .patch_embed import PatchEmbed
+
+__all__ = ["NestedAttention", "NestedBlock", "NestedMlp", "PatchEmbed", "add_to_prefix", "nested_blocks_forward"]

@@ -1,0 +1,65 @@
+"""Nested self-attention (spec section 1): per-expert input and output slices, full-width attention."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class NestedAttention(nn.Module):
+    """Multi-head self-attention whose expert ``j`` reads and writes only the first ``d_j`` features.
+
+    Tokens arrive as contiguous per-expert groups of rows (see :class:`mone.routing.RoutingPlan`). For a group of
+    width ``d``: ``qkv = x[:, :d] @ W_qkv[:, :d].T + b_qkv`` (full 3D output), attention runs at full width over
+    every token of the example, and ``out = o @ W_proj[:d].T + b_proj[:d]`` gives ``d`` outputs. With a single group
+    of width D this is timm's ``Attention``; parameter names match it (``qkv``, ``proj``).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, fused_attn: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"embed_dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.fused_attn = fused_attn
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, xs: Sequence[torch.Tensor], widths: Sequence[int], counts: Sequence[int]) -> list[torch.Tensor]:
+        """Attend over all tokens of each example.
+
+        Args:
+            xs: one normalised group per expert, [B * counts[j], D], example-major inside the group.
+            widths: feature width ``d_j`` of each group.
+            counts: tokens per example in each group (all > 0).
+
+        Returns:
+            One update per group, [B * counts[j], widths[j]].
+        """
+        D = self.qkv.in_features
+        B = xs[0].shape[0] // counts[0]
+        N = sum(counts)
+        H, hd = self.num_heads, self.head_dim
+        qkv = [
+            F.linear(x[:, :d], self.qkv.weight[:, :d], self.qkv.bias).view(B, n, 3 * D)  # [B, n_j, 3D]
+            for x, d, n in zip(xs, widths, counts)
+        ]
+        qkv = qkv[0] if len(qkv) == 1 else torch.cat(qkv, dim=1)  # [B, N, 3D], groups side by side
+        q, k, v = qkv.view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, hd]
+        if self.fused_attn:
+            o = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, hd]
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, H, N, hd] x [B, H, hd, N] -> [B, H, N, N]
+            o = attn.softmax(dim=-1) @ v  # [B, H, N, N] x [B, H, N, hd] -> [B, H, N, hd]
+        o = o.transpose(1, 2)  # [B, N, H, hd]
+        outs = []
+        start = 0
+        for d, n in zip(widths, counts):
+            o_j = o[:, start : start + n].reshape(B * n, D)  # this group's rows, example-major
+            outs.append(F.linear(o_j, self.proj.weight[:d], None if self.proj.bias is None else self.proj.bias[:d]))
+            start += n
+        return outs

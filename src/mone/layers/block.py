@@ -1,0 +1,73 @@
+"""The nested transformer block and the loop that runs a stack of them on routed tokens (spec section 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..routing import RoutingPlan
+from .attention import NestedAttention
+from .mlp import NestedMlp
+
+
+def add_to_prefix(x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """``x + Pad(update)``: add ``update`` [rows, d] to the first ``d`` features of ``x`` [rows, D]."""
+    d = update.shape[-1]
+    if d == x.shape[-1]:
+        return x + update
+    return torch.cat([x[:, :d] + update, x[:, d:]], dim=-1)
+
+
+class NestedBlock(nn.Module):
+    """Pre-LN transformer block over per-expert token groups, named like timm's ``Block``.
+
+    For a token on expert ``j`` with router probability ``r_j``:
+        ``z     = x + Pad(SA_j(Extract_j(LN1(x))))``
+        ``x_out = z + (alpha * r_j + 1) * Pad(MLP_j(Extract_j(LN2(z))))``
+    Layer norms use the full-width statistics.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, fused_attn: bool = True
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = NestedAttention(dim, num_heads=num_heads, qkv_bias=qkv_bias, fused_attn=fused_attn)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = NestedMlp(dim, int(dim * mlp_ratio))
+
+    def forward(
+        self,
+        xs: Sequence[torch.Tensor],
+        widths: Sequence[int],
+        counts: Sequence[int],
+        mlp_scales: Sequence[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        """Groups [B * counts[j], D] -> groups of the same shapes; ``mlp_scales[j]`` is ``alpha * r_j + 1`` [rows_j, 1]."""
+        attn_updates = self.attn([self.norm1(x) for x in xs], widths, counts)
+        zs = [add_to_prefix(x, u) for x, u in zip(xs, attn_updates)]
+        mlp_updates = self.mlp([self.norm2(z) for z in zs], widths)
+        return [add_to_prefix(z, s * u) for z, s, u in zip(zs, mlp_scales, mlp_updates)]
+
+
+def nested_blocks_forward(
+    blocks: Sequence[NestedBlock], x: torch.Tensor, plan: RoutingPlan, alpha: torch.Tensor, expert_widths: Sequence[int]
+) -> torch.Tensor:
+    """Run ``blocks`` on tokens [B, N, D] routed by ``plan``; returns tokens [B, N, D] in input order.
+
+    Tokens are sorted into contiguous per-expert groups once, stay sorted through every block (attention is
+    permutation-equivariant), and are put back in order once at the end.
+    """
+    present = [j for j, n in enumerate(plan.counts) if n > 0]
+    widths = [expert_widths[j] for j in present]
+    counts = [plan.counts[j] for j in present]
+    all_groups = plan.split(plan.sort(x))  # E views [B * counts[j], D]
+    groups = [all_groups[j] for j in present]
+    all_scales = plan.split((alpha * plan.expert_probs + 1).unsqueeze(-1))  # E views [B * counts[j], 1]
+    scales = [all_scales[j] for j in present]
+    for block in blocks:
+        groups = block(groups, widths, counts, scales)
+    rows = groups[0] if len(groups) == 1 else torch.cat(groups, dim=0)  # [B * N, D], group-major
+    return plan.unsort(rows)

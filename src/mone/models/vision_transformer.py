@@ -1,0 +1,239 @@
+"""MoNE Vision Transformer (spec section 5): timm's ViT with GAP and no class token, run on nested experts.
+
+Parameter names follow timm's ``VisionTransformer(global_pool='avg', class_token=False)``, so such a timm
+state_dict loads with only ``router.*`` and ``alpha`` missing; with ``alpha = 0`` (its initial value) and
+capacity 1.0 the model computes exactly that timm model's function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..capacity import capacity_distribution, validate_capacity, validate_distribution
+from ..layers import NestedBlock, PatchEmbed, nested_blocks_forward
+from ..routing import Router, RoutingPlan, make_routing_plan
+from ._registry import register_model
+
+__all__ = ["ALPHA_MAX", "MoneVisionTransformer", "CapacityLike"]
+
+ALPHA_MAX = 0.999  # alpha lives in [0, 1) (spec section 2)
+
+CapacityLike = float | Sequence[float]
+
+
+def _straight_through_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Clamp in the forward, identity in the backward: a value pushed out of range can always come back."""
+    return x + (x.clamp(low, high) - x).detach()
+
+
+class MoneVisionTransformer(nn.Module):
+    """Vision Transformer whose tokens are routed once to nested experts of widths ``D / 2**(E-1-i)``.
+
+    Args:
+        img_size: input height and width (square images).
+        patch_size: patch height and width; must divide ``img_size``.
+        in_chans: input channels.
+        num_classes: classifier outputs (0 for no head).
+        embed_dim: token width ``D``; divisible by ``num_heads`` and by ``2**(num_experts-1)``.
+        depth: number of blocks.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width over ``D``.
+        qkv_bias: bias on the qkv projection.
+        num_experts: nested experts ``E`` (1 gives a dense ViT).
+        capacity: default effective capacity in ``[2**-(E-1), 1]``, or an explicit per-expert distribution.
+        beta, delta: parameters of the capacity-distribution objective (spec section 4).
+        fused_attn: use ``F.scaled_dot_product_attention``; ``False`` runs the explicit softmax path.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        num_experts: int = 4,
+        capacity: CapacityLike = 1.0,
+        beta: float = 10.0,
+        delta: float = 2.0,
+        fused_attn: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("img_size", img_size), ("patch_size", patch_size), ("in_chans", in_chans),
+                            ("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+        if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
+            raise ValueError(f"num_experts must be an integer >= 1, got {num_experts!r}")
+        if img_size % patch_size != 0:
+            raise ValueError(f"img_size ({img_size}) must be divisible by patch_size ({patch_size})")
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        if embed_dim % 2 ** (num_experts - 1) != 0:
+            raise ValueError(
+                f"embed_dim ({embed_dim}) must be divisible by 2**(num_experts-1) = {2 ** (num_experts - 1)} "
+                f"so every nested expert has an integer width"
+            )
+        self.img_size = img_size
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.embed_dim = self.num_features = embed_dim
+        self.num_experts = num_experts
+        self.beta, self.delta = float(beta), float(delta)
+        self.expert_widths = tuple(embed_dim // 2 ** (num_experts - 1 - i) for i in range(num_experts))
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.num_patches = self.patch_embed.num_patches
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, embed_dim))
+        self.blocks = nn.ModuleList(
+            [NestedBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, fused_attn) for _ in range(depth)]
+        )
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.router = Router(embed_dim, num_experts)
+        self.alpha = nn.Parameter(torch.zeros(()))
+        self.init_weights()
+        self.set_capacity(capacity)
+
+    def init_weights(self) -> None:
+        """timm's default ViT init: truncated normal (std 0.02) for linears and positions, zero biases, alpha = 0."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.alpha)
+
+    # -- capacity -------------------------------------------------------------------------------------------
+
+    def resolve_distribution(self, capacity: CapacityLike | None = None) -> tuple[float, ...]:
+        """Per-expert token fractions for ``capacity`` (a float budget, or a distribution); ``None``: the default."""
+        if capacity is None:
+            return self.distribution
+        if isinstance(capacity, (int, float)) or (isinstance(capacity, torch.Tensor) and capacity.dim() == 0):
+            return capacity_distribution(float(capacity), self.num_experts, beta=self.beta, delta=self.delta)
+        distribution = validate_distribution(capacity)
+        if len(distribution) != self.num_experts:
+            raise ValueError(f"distribution has {len(distribution)} entries, the model has {self.num_experts} experts")
+        return distribution
+
+    def set_capacity(self, capacity: CapacityLike) -> None:
+        """Set the default budget: an effective capacity in ``[2**-(E-1), 1]`` or a per-expert distribution."""
+        if isinstance(capacity, (int, float)):
+            capacity = validate_capacity(capacity, self.num_experts)
+        self.distribution = self.resolve_distribution(capacity)
+        self.capacity = capacity
+
+    @property
+    def default_input_size(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one input sample."""
+        return (self.in_chans, self.img_size, self.img_size)
+
+    @property
+    def tokens_per_group(self) -> int:
+        """Tokens that EPR routes together (one image)."""
+        return self.num_patches
+
+    @property
+    def alpha_value(self) -> torch.Tensor:
+        """The MLP-scaling coefficient actually used, in ``[0, ALPHA_MAX]``."""
+        return _straight_through_clamp(self.alpha, 0.0, ALPHA_MAX)
+
+    @torch.no_grad()
+    def project_alpha_(self) -> None:
+        """Project the stored ``alpha`` back into ``[0, ALPHA_MAX]`` (call after each optimiser step)."""
+        self.alpha.clamp_(0.0, ALPHA_MAX)
+
+    # -- forward --------------------------------------------------------------------------------------------
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"expected images [B, C, H, W], got a tensor of shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        if tuple(x.shape[2:]) != self.patch_embed.img_size:
+            raise ValueError(f"expected {self.img_size}x{self.img_size} images, got {x.shape[2]}x{x.shape[3]}")
+
+    def route(self, tokens: torch.Tensor, capacity: CapacityLike | None = None) -> RoutingPlan:
+        """Router (on the first block's norm1 output) and EPR for tokens [B, N, D] (spec sections 2-3)."""
+        probs = self.router(self.blocks[0].norm1(tokens))  # [B, N, E]
+        return make_routing_plan(probs, self.resolve_distribution(capacity))
+
+    def forward_features(
+        self, x: torch.Tensor, capacity: CapacityLike | None = None, return_plan: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, RoutingPlan]:
+        """Images [B, C, H, W] -> tokens [B, N, D] in input order (and the routing plan if ``return_plan``)."""
+        self._check_input(x)
+        x = self.patch_embed(x) + self.pos_embed  # [B, N, D]
+        plan = self.route(x, capacity)
+        x = nested_blocks_forward(self.blocks, x, plan, self.alpha_value, self.expert_widths)
+        return (x, plan) if return_plan else x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens [B, N, D] -> logits [B, num_classes] (global average pool, LayerNorm, linear)."""
+        x = self.fc_norm(x.mean(dim=1))  # [B, D]
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor, capacity: CapacityLike | None = None) -> torch.Tensor:
+        """Images [B, C, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``)."""
+        return self.forward_head(self.forward_features(x, capacity))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def _create(variant: str, defaults: dict, pretrained: bool = False, **kwargs) -> MoneVisionTransformer:
+    if pretrained:
+        raise ValueError(
+            f"no pretrained MoNE weights are published for {variant}; load a dense timm checkpoint with "
+            f"model.load_state_dict(state_dict, strict=False) instead"
+        )
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # passed by timm.create_model
+        kwargs.pop(key, None)
+    return MoneVisionTransformer(**{**defaults, **kwargs})
+
+
+@register_model
+def mone_vit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MoneVisionTransformer:
+    """MoNE ViT-Ti/16 (D=192, 12 layers, 3 heads)."""
+    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
+    return _create("mone_vit_tiny_patch16_224", model_args, pretrained, **kwargs)
+
+
+@register_model
+def mone_vit_small_patch16_224(pretrained: bool = False, **kwargs) -> MoneVisionTransformer:
+    """MoNE ViT-S/16 (D=384, 12 layers, 6 heads)."""
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create("mone_vit_small_patch16_224", model_args, pretrained, **kwargs)
+
+
+@register_model
+def mone_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> MoneVisionTransformer:
+    """MoNE ViT-B/16 (D=768, 12 layers, 12 heads)."""
+    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create("mone_vit_base_patch16_224", model_args, pretrained, **kwargs)
+
+
+@register_model
+def mone_vit_large_patch16_224(pretrained: bool = False, **kwargs) -> MoneVisionTransformer:
+    """MoNE ViT-L/16 (D=1024, 24 layers, 16 heads)."""
+    model_args = dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16)
+    return _create("mone_vit_large_patch16_224", model_args, pretrained, **kwargs)
+
+
+@register_model
+def mone_vit_test(pretrained: bool = False, **kwargs) -> MoneVisionTransformer:
+    """Tiny model for tests: 32 px, patch 8, D=64, 2 layers, 2 heads, 10 classes."""
+    model_args = dict(img_size=32, patch_size=8, num_classes=10, embed_dim=64, depth=2, num_heads=2)
+    return _create("mone_vit_test", model_args, pretrained, **kwargs)

@@ -1,0 +1,141 @@
+"""The router, Expert Preferred Routing and the sort/unsort plan (spec sections 2 and 3).
+
+Routing happens once per forward: the router scores every token, EPR assigns each token to one expert, and a
+:class:`RoutingPlan` records the permutation that sorts the tokens of the whole batch into contiguous
+per-expert groups (group-major: all tokens of the smallest expert from every example first, then the next
+expert, ...). Every layer then runs on contiguous row ranges with static shapes; tokens are put back in their
+input order only where they are returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .capacity import expert_token_counts, validate_distribution
+
+__all__ = ["Router", "RoutingPlan", "expert_preferred_routing", "make_routing_plan"]
+
+
+class Router(nn.Linear):
+    """``r = softmax(W_r x + b_r)`` over the experts, per token (spec section 2).
+
+    A plain ``nn.Linear(embed_dim, num_experts)`` whose forward adds the softmax, so its parameters are
+    ``router.weight`` [E, D] and ``router.bias`` [E].
+    """
+
+    def __init__(self, embed_dim: int, num_experts: int) -> None:
+        super().__init__(embed_dim, num_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> router probabilities [..., E]."""
+        return super().forward(x).softmax(dim=-1)
+
+
+def expert_preferred_routing(probs: torch.Tensor, distribution: Sequence[float]) -> torch.Tensor:
+    """Expert Preferred Routing (spec section 3), batched over examples.
+
+    Every token starts on the smallest expert; then, from the largest expert down, expert ``j`` takes the
+    ``floor(c_j * N)`` not-yet-taken tokens with the highest ``probs[..., j]`` (ties go to the lower token
+    index). Each example is routed on its own: examples in a batch never influence each other.
+
+    Args:
+        probs: router probabilities [B, N, E].
+        distribution: token fraction per expert, smallest first (length E, sums to 1).
+
+    Returns:
+        Expert index per token [B, N] (int64, 0 = smallest expert).
+    """
+    if probs.dim() != 3:
+        raise ValueError(f"probs must have shape [B, N, E], got {tuple(probs.shape)}")
+    B, N, E = probs.shape
+    values = validate_distribution(distribution)
+    if len(values) != E:
+        raise ValueError(f"distribution has {len(values)} experts but probs has E={E}")
+    counts = expert_token_counts(values, N)
+    expert = torch.zeros(B, N, dtype=torch.long, device=probs.device)
+    taken = torch.zeros(B, N, dtype=torch.bool, device=probs.device)
+    for j in range(E - 1, 0, -1):
+        k = counts[j]
+        if k == 0:
+            continue
+        scores = probs[..., j].detach().masked_fill(taken, float("-inf"))  # taken tokens sort last
+        # A stable descending sort keeps lower token indices first among equal scores.
+        chosen = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]  # [B, k]
+        expert.scatter_(1, chosen, j)
+        taken.scatter_(1, chosen, True)
+    return expert
+
+
+@dataclass(frozen=True)
+class RoutingPlan:
+    """Where every token goes, built once per forward and passed to every layer.
+
+    Attributes:
+        expert: expert index per token in input order [B, N].
+        probs: router probabilities in input order [B, N, E].
+        counts: tokens per expert and example (static Python ints, smallest expert first).
+        order: flat source row (``b * N + n``) of each group-major row [B * N].
+        inverse_order: group-major row of each flat input row [B * N]; ``None`` when ``order`` is the identity.
+        expert_probs: router probability of each token's own expert, group-major [B * N].
+    """
+
+    expert: torch.Tensor
+    probs: torch.Tensor
+    counts: tuple[int, ...]
+    order: torch.Tensor | None
+    inverse_order: torch.Tensor | None
+    expert_probs: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.expert.shape[0]
+
+    @property
+    def group_sizes(self) -> tuple[int, ...]:
+        """Rows of each expert's group in the group-major layout (``B * counts[j]``)."""
+        return tuple(self.batch_size * n for n in self.counts)
+
+    def sort(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, N, D] in input order -> group-major rows [B * N, D]."""
+        rows = x.reshape(-1, x.shape[-1])
+        return rows if self.order is None else rows.index_select(0, self.order)
+
+    def unsort(self, rows: torch.Tensor) -> torch.Tensor:
+        """Group-major rows [B * N, D] -> tokens [B, N, D] in input order."""
+        if self.inverse_order is not None:
+            rows = rows.index_select(0, self.inverse_order)
+        return rows.reshape(self.batch_size, -1, rows.shape[-1])
+
+    def split(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Group-major rows [B * N, ...] -> one contiguous view per expert [B * counts[j], ...] (empty groups too)."""
+        return list(rows.split(self.group_sizes, dim=0))
+
+
+def make_routing_plan(probs: torch.Tensor, distribution: Sequence[float]) -> RoutingPlan:
+    """Route tokens with EPR and build the permutation into contiguous per-expert groups.
+
+    Args:
+        probs: router probabilities [B, N, E].
+        distribution: token fraction per expert, smallest first.
+
+    Returns:
+        The :class:`RoutingPlan`. When one expert takes every token no permutation is built at all.
+    """
+    B, N, E = probs.shape
+    counts = expert_token_counts(validate_distribution(distribution), N)
+    if max(counts) == N:  # a single group: no EPR and no sort needed
+        j = counts.index(N)
+        expert = torch.full((B, N), j, dtype=torch.long, device=probs.device)
+        return RoutingPlan(expert, probs, counts, None, None, probs[..., j].reshape(-1))
+    expert = expert_preferred_routing(probs, distribution)  # [B, N]
+    # Group-major order: sort by (expert, example, token). The key is unique, so the order is deterministic.
+    example = torch.arange(B, device=probs.device).unsqueeze(1)  # [B, 1]
+    flat_index = example * N + torch.arange(N, device=probs.device)  # [B, N]
+    order = torch.argsort((expert * (B * N) + flat_index).reshape(-1))  # [B * N]
+    inverse_order = torch.empty_like(order).scatter_(0, order, torch.arange(B * N, device=probs.device))
+    expert_probs = probs.gather(-1, expert.unsqueeze(-1)).reshape(-1).index_select(0, order)  # [B * N]
+    return RoutingPlan(expert, probs, counts, order, inverse_order, expert_probs)
