@@ -7,29 +7,18 @@ capacity 1.0 the model computes exactly that timm model's function.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn as nn
 
-from ..capacity import capacity_distribution, validate_capacity, validate_distribution
 from ..layers import NestedBlock, PatchEmbed, nested_blocks_forward
-from ..routing import Router, RoutingPlan, make_routing_plan
+from ..routing import Router, RoutingPlan
+from ._base import ALPHA_MAX, CapacityLike, MoneModelMixin, validate_vit_args
 from ._registry import register_model
 
 __all__ = ["ALPHA_MAX", "MoneVisionTransformer", "CapacityLike"]
 
-ALPHA_MAX = 0.999  # alpha lives in [0, 1) (spec section 2)
 
-CapacityLike = float | Sequence[float]
-
-
-def _straight_through_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """Clamp in the forward, identity in the backward: a value pushed out of range can always come back."""
-    return x + (x.clamp(low, high) - x).detach()
-
-
-class MoneVisionTransformer(nn.Module):
+class MoneVisionTransformer(MoneModelMixin, nn.Module):
     """Vision Transformer whose tokens are routed once to nested experts of widths ``D / 2**(E-1-i)``.
 
     Args:
@@ -66,23 +55,7 @@ class MoneVisionTransformer(nn.Module):
         fused_attn: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (("img_size", img_size), ("patch_size", patch_size), ("in_chans", in_chans),
-                            ("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
-        if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
-            raise ValueError(f"num_experts must be an integer >= 1, got {num_experts!r}")
-        if img_size % patch_size != 0:
-            raise ValueError(f"img_size ({img_size}) must be divisible by patch_size ({patch_size})")
-        if embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        if embed_dim % 2 ** (num_experts - 1) != 0:
-            raise ValueError(
-                f"embed_dim ({embed_dim}) must be divisible by 2**(num_experts-1) = {2 ** (num_experts - 1)} "
-                f"so every nested expert has an integer width"
-            )
+        validate_vit_args(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, num_experts)
         self.img_size = img_size
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -114,25 +87,7 @@ class MoneVisionTransformer(nn.Module):
                     nn.init.zeros_(module.bias)
         nn.init.zeros_(self.alpha)
 
-    # -- capacity -------------------------------------------------------------------------------------------
-
-    def resolve_distribution(self, capacity: CapacityLike | None = None) -> tuple[float, ...]:
-        """Per-expert token fractions for ``capacity`` (a float budget, or a distribution); ``None``: the default."""
-        if capacity is None:
-            return self.distribution
-        if isinstance(capacity, (int, float)) or (isinstance(capacity, torch.Tensor) and capacity.dim() == 0):
-            return capacity_distribution(float(capacity), self.num_experts, beta=self.beta, delta=self.delta)
-        distribution = validate_distribution(capacity)
-        if len(distribution) != self.num_experts:
-            raise ValueError(f"distribution has {len(distribution)} entries, the model has {self.num_experts} experts")
-        return distribution
-
-    def set_capacity(self, capacity: CapacityLike) -> None:
-        """Set the default budget: an effective capacity in ``[2**-(E-1), 1]`` or a per-expert distribution."""
-        if isinstance(capacity, (int, float)):
-            capacity = validate_capacity(capacity, self.num_experts)
-        self.distribution = self.resolve_distribution(capacity)
-        self.capacity = capacity
+    # -- capacity (resolve_distribution, set_capacity, alpha_value, project_alpha_, route: MoneModelMixin) ---
 
     @property
     def default_input_size(self) -> tuple[int, int, int]:
@@ -144,16 +99,6 @@ class MoneVisionTransformer(nn.Module):
         """Tokens that EPR routes together (one image)."""
         return self.num_patches
 
-    @property
-    def alpha_value(self) -> torch.Tensor:
-        """The MLP-scaling coefficient actually used, in ``[0, ALPHA_MAX]``."""
-        return _straight_through_clamp(self.alpha, 0.0, ALPHA_MAX)
-
-    @torch.no_grad()
-    def project_alpha_(self) -> None:
-        """Project the stored ``alpha`` back into ``[0, ALPHA_MAX]`` (call after each optimiser step)."""
-        self.alpha.clamp_(0.0, ALPHA_MAX)
-
     # -- forward --------------------------------------------------------------------------------------------
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -163,11 +108,6 @@ class MoneVisionTransformer(nn.Module):
             raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
         if tuple(x.shape[2:]) != self.patch_embed.img_size:
             raise ValueError(f"expected {self.img_size}x{self.img_size} images, got {x.shape[2]}x{x.shape[3]}")
-
-    def route(self, tokens: torch.Tensor, capacity: CapacityLike | None = None) -> RoutingPlan:
-        """Router (on the first block's norm1 output) and EPR for tokens [B, N, D] (spec sections 2-3)."""
-        probs = self.router(self.blocks[0].norm1(tokens))  # [B, N, E]
-        return make_routing_plan(probs, self.resolve_distribution(capacity))
 
     def forward_features(
         self, x: torch.Tensor, capacity: CapacityLike | None = None, return_plan: bool = False

@@ -1,0 +1,105 @@
+"""What every MoNE model shares: argument checks, the capacity setting, the router and alpha (spec sections 2-4).
+
+A MoNE model (image or video) has one router at its first routed block and one scalar alpha; EPR runs on one
+group of tokens at a time (an image, or one temporal index of a clip). :class:`MoneModelMixin` holds the methods
+that only depend on those pieces, so each model file keeps just its own layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..capacity import capacity_distribution, validate_capacity, validate_distribution
+from ..routing import Router, RoutingPlan, make_routing_plan
+
+__all__ = ["ALPHA_MAX", "CapacityLike", "MoneModelMixin", "validate_vit_args"]
+
+ALPHA_MAX = 0.999  # alpha lives in [0, 1) (spec section 2)
+
+CapacityLike = float | Sequence[float]
+
+
+def _straight_through_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Clamp in the forward, identity in the backward: a value pushed out of range can always come back."""
+    return x + (x.clamp(low, high) - x).detach()
+
+
+def validate_vit_args(
+    img_size: int,
+    patch_size: int,
+    in_chans: int,
+    num_classes: int,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    num_experts: int,
+) -> None:
+    """Raise ValueError naming the first architecture argument that is out of range."""
+    for name, value in (("img_size", img_size), ("patch_size", patch_size), ("in_chans", in_chans),
+                        ("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
+        raise ValueError(f"num_experts must be an integer >= 1, got {num_experts!r}")
+    if img_size % patch_size != 0:
+        raise ValueError(f"img_size ({img_size}) must be divisible by patch_size ({patch_size})")
+    if embed_dim % num_heads != 0:
+        raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+    if embed_dim % 2 ** (num_experts - 1) != 0:
+        raise ValueError(
+            f"embed_dim ({embed_dim}) must be divisible by 2**(num_experts-1) = {2 ** (num_experts - 1)} "
+            f"so every nested expert has an integer width"
+        )
+
+
+class MoneModelMixin:
+    """Capacity, routing and alpha for an ``nn.Module`` with nested experts.
+
+    The host module sets ``num_experts``, ``beta``, ``delta``, ``blocks`` (the routed blocks; the router reads
+    ``blocks[0].norm1``), ``router`` and ``alpha`` before it calls :meth:`set_capacity`.
+    """
+
+    num_experts: int
+    beta: float
+    delta: float
+    blocks: nn.ModuleList
+    router: Router
+    alpha: nn.Parameter
+
+    def resolve_distribution(self, capacity: CapacityLike | None = None) -> tuple[float, ...]:
+        """Per-expert token fractions for ``capacity`` (a float budget, or a distribution); ``None``: the default."""
+        if capacity is None:
+            return self.distribution
+        if isinstance(capacity, (int, float)) or (isinstance(capacity, torch.Tensor) and capacity.dim() == 0):
+            return capacity_distribution(float(capacity), self.num_experts, beta=self.beta, delta=self.delta)
+        distribution = validate_distribution(capacity)
+        if len(distribution) != self.num_experts:
+            raise ValueError(f"distribution has {len(distribution)} entries, the model has {self.num_experts} experts")
+        return distribution
+
+    def set_capacity(self, capacity: CapacityLike) -> None:
+        """Set the default budget: an effective capacity in ``[2**-(E-1), 1]`` or a per-expert distribution."""
+        if isinstance(capacity, (int, float)):
+            capacity = validate_capacity(capacity, self.num_experts)
+        self.distribution = self.resolve_distribution(capacity)
+        self.capacity = capacity
+
+    @property
+    def alpha_value(self) -> torch.Tensor:
+        """The MLP-scaling coefficient actually used, in ``[0, ALPHA_MAX]``."""
+        return _straight_through_clamp(self.alpha, 0.0, ALPHA_MAX)
+
+    @torch.no_grad()
+    def project_alpha_(self) -> None:
+        """Project the stored ``alpha`` back into ``[0, ALPHA_MAX]`` (call after each optimiser step)."""
+        self.alpha.clamp_(0.0, ALPHA_MAX)
+
+    def route(self, tokens: torch.Tensor, capacity: CapacityLike | None = None) -> RoutingPlan:
+        """Router (on the first block's norm1 output) and EPR for tokens [G, N, D], each of the G groups on its own."""
+        probs = self.router(self.blocks[0].norm1(tokens))  # [G, N, E]
+        return make_routing_plan(probs, self.resolve_distribution(capacity))
