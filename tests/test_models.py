@@ -1,0 +1,190 @@
+"""MoNE ViT: parity with the masked reference and with timm, routing, learning, registry and input checks."""
+
+import pytest
+import torch
+
+import mone
+from mone import MoneVisionTransformer, create_model, list_models
+from reference import reference_features
+
+timm = pytest.importorskip("timm")  # the test extra installs timm; CI always has it
+
+
+def small_model(**kwargs):
+    args = dict(img_size=20, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=4)
+    return MoneVisionTransformer(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize("num_experts", [2, 3, 4])
+@pytest.mark.parametrize("capacity", [0.3, 0.55, 0.9, 1.0])
+def test_forward_matches_masked_reference_float64(num_experts, capacity):
+    torch.manual_seed(num_experts)
+    capacity = max(capacity, 2.0 ** -(num_experts - 1))
+    model = small_model(num_experts=num_experts).double()  # 25 tokens: no capacity divides them evenly
+    with torch.no_grad():
+        model.alpha.fill_(0.3)
+        model.router.weight.normal_(std=1.0)
+    images = torch.randn(3, 3, 20, 20, dtype=torch.float64)
+    distribution = model.resolve_distribution(capacity)
+
+    fast, plan = model.forward_features(images, capacity, return_plan=True)
+    expected, expert = reference_features(model, images, distribution)
+    assert torch.equal(plan.expert, expert)
+    torch.testing.assert_close(fast, expected, rtol=1e-6, atol=1e-6)
+
+    weight = torch.randn_like(fast)
+    params = [p for _, p in model.named_parameters() if p.requires_grad]
+    fast_grads = torch.autograd.grad((fast * weight).sum(), params, allow_unused=True)
+    ref_grads = torch.autograd.grad((expected * weight).sum(), params, allow_unused=True)
+    for (name, _), got, want in zip(model.named_parameters(), fast_grads, ref_grads):
+        if want is None:  # only the classifier head and fc_norm sit outside forward_features
+            assert got is None and (name.startswith("head") or name.startswith("fc_norm")), name
+            continue
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def timm_twin(model):
+    dense = timm.models.VisionTransformer(
+        img_size=model.img_size, patch_size=model.patch_embed.patch_size[0], in_chans=model.in_chans,
+        num_classes=model.num_classes, embed_dim=model.embed_dim, depth=len(model.blocks),
+        num_heads=model.blocks[0].attn.num_heads, global_pool="avg", class_token=False,
+    )
+    missing, unexpected = dense.load_state_dict(model.state_dict(), strict=False)
+    assert missing == [] and sorted(unexpected) == ["alpha", "router.bias", "router.weight"]
+    return dense.eval()
+
+
+@pytest.mark.parametrize("name", ["mone_vit_test", "mone_vit_tiny_patch16_224"])
+def test_capacity_one_alpha_zero_is_timm_vit(name):
+    torch.manual_seed(0)
+    kwargs = {"img_size": 64} if "224" in name else {}
+    model = create_model(name, **kwargs).eval()
+    with torch.no_grad():
+        model.router.weight.normal_()  # the router must not matter at capacity 1 with alpha 0
+    dense = timm_twin(model)
+    # timm's state_dict loads into ours with only the MoNE additions missing
+    missing, unexpected = create_model(name, **kwargs).load_state_dict(dense.state_dict(), strict=False)
+    assert sorted(missing) == ["alpha", "router.bias", "router.weight"] and unexpected == []
+    images = torch.randn(2, 3, model.img_size, model.img_size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, capacity=1.0), dense(images), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.forward_features(images), dense.forward_features(images), rtol=1e-5, atol=1e-5)
+
+
+def test_lower_capacity_changes_the_function_and_keeps_shapes():
+    torch.manual_seed(0)
+    model = small_model().eval()
+    images = torch.randn(2, 3, 20, 20)
+    with torch.no_grad():
+        full = model(images)
+        half = model(images, capacity=0.5)
+        model.set_capacity(0.5)
+        default_half = model(images)
+    assert half.shape == full.shape == (2, 5)
+    assert not torch.allclose(half, full)
+    torch.testing.assert_close(default_half, half, rtol=0, atol=0)
+    assert model.capacity == 0.5 and model.distribution == mone.capacity_distribution(0.5)
+
+
+def test_explicit_distribution_and_one_hot_widths():
+    torch.manual_seed(0)
+    model = small_model().double()
+    images = torch.randn(2, 3, 20, 20, dtype=torch.float64)
+    tokens, plan = model.forward_features(images, capacity=(1.0, 0.0, 0.0, 0.0), return_plan=True)
+    assert torch.all(plan.expert == 0) and plan.order is None
+    expected, _ = reference_features(model, images, (1.0, 0.0, 0.0, 0.0))
+    torch.testing.assert_close(tokens, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    model = small_model(capacity=0.5)
+    with torch.no_grad():
+        model.alpha.fill_(0.5)
+    model(torch.randn(2, 3, 20, 20)).logsumexp(-1).sum().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_router_and_alpha_learn():
+    torch.manual_seed(0)
+    model = small_model(capacity=0.5)
+    router_before = model.router.weight.detach().clone()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    images = torch.randn(32, 3, 20, 20)
+    labels = (images[:, 0, :10].mean(dim=(1, 2)) > 0).long()  # learnable from a region of the image
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.project_alpha_()
+        losses.append(loss.item())
+    assert 0.0 < model.alpha.item() < 1.0
+    assert 0.0 < model.alpha_value.item() < 1.0
+    assert not torch.allclose(model.router.weight, router_before)
+    assert losses[-1] < losses[0]
+
+
+def test_alpha_is_kept_in_range_in_the_forward():
+    model = small_model()
+    for raw, used in ((-0.7, 0.0), (0.25, 0.25), (3.0, 0.999)):
+        with torch.no_grad():
+            model.alpha.fill_(raw)
+        assert model.alpha_value.item() == pytest.approx(used)
+    with torch.no_grad():
+        model.alpha.fill_(-0.7)  # out of range: still receives a gradient, so it can come back
+    model(torch.randn(2, 3, 20, 20), capacity=0.5).sum().backward()
+    assert model.alpha.grad is not None and model.alpha.grad.abs() > 0
+
+
+def test_registry():
+    names = list_models("mone_vit_*")
+    for name in ["mone_vit_tiny_patch16_224", "mone_vit_small_patch16_224", "mone_vit_base_patch16_224",
+                 "mone_vit_large_patch16_224", "mone_vit_test"]:
+        assert name in names
+    model = create_model("mone_vit_small_patch16_224", img_size=32, patch_size=4, embed_dim=64, depth=1,
+                         num_heads=2, num_classes=3, in_chans=1, num_experts=3, capacity=0.5)
+    assert (model.embed_dim, len(model.blocks), model.num_classes, model.num_experts) == (64, 1, 3, 3)
+    assert model.expert_widths == (16, 32, 64)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+    assert isinstance(timm.create_model("mone_vit_test"), MoneVisionTransformer)
+    with pytest.raises(ValueError, match="unknown model 'vit_nope'"):
+        create_model("vit_nope")
+    with pytest.raises(ValueError, match="no pretrained MoNE weights"):
+        create_model("mone_vit_test", pretrained=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(img_size=30, patch_size=4), r"img_size \(30\) must be divisible by patch_size \(4\)"),
+        (dict(num_experts=0), "num_experts must be an integer >= 1"),
+        (dict(embed_dim=36, num_heads=4), r"divisible by 2\*\*\(num_experts-1\) = 8"),
+        (dict(embed_dim=32, num_heads=3), r"embed_dim \(32\) must be divisible by num_heads \(3\)"),
+        (dict(capacity=0.05), r"capacity must be a finite number in \[0.125, 1\]"),
+        (dict(capacity=float("nan")), r"capacity must be a finite number in \[0.125, 1\]"),
+        (dict(depth=0), "depth must be an integer >= 1"),
+    ],
+)
+def test_bad_construction_raises(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        small_model(**kwargs)
+
+
+def test_bad_forward_input_raises():
+    model = small_model()
+    with pytest.raises(ValueError, match="expected 3 input channels, got 1"):
+        model(torch.randn(2, 1, 20, 20))
+    with pytest.raises(ValueError, match="expected 20x20 images, got 24x24"):
+        model(torch.randn(2, 3, 24, 24))
+    with pytest.raises(ValueError, match=r"expected images \[B, C, H, W\]"):
+        model(torch.randn(3, 20, 20))
+    with pytest.raises(ValueError, match=r"capacity must be a finite number in \[0.125, 1\]"):
+        model(torch.randn(2, 3, 20, 20), capacity=1.5)
+    with pytest.raises(ValueError, match=r"capacity must be a finite number in \[0.125, 1\]"):
+        model.set_capacity(float("nan"))
+    with pytest.raises(ValueError, match="distribution has 3 entries, the model has 4 experts"):
+        model(torch.randn(2, 3, 20, 20), capacity=(0.5, 0.25, 0.25))
