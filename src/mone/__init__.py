@@ -10,12 +10,13 @@ from .capacity import (
     uniform_distribution,
 )
 from .flops import count_flops
-from .models import MoneVisionTransformer, create_model, list_models, register_model
+from .models import MoneViViT, MoneVisionTransformer, create_model, list_models, register_model
 from .routing import Router, RoutingPlan, expert_preferred_routing, make_routing_plan
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MoneViViT",
     "MoneVisionTransformer",
     "Router",
     "RoutingPlan",

@@ -3,7 +3,9 @@
 Per example and layer, a dense ViT spends ``12 N D^2`` in its linear layers and ``2 N^2 D`` in attention
 (``Q K^T`` and ``A V``). A token on expert ``j`` costs ``d_j / D`` of the dense linear cost, so MoNE replaces
 ``N D^2`` by ``D * sum_tokens d_j``; attention stays full width. Counts come from the *realised* per-expert token
-counts (floored), never from ``capacity x dense``.
+counts (floored), never from ``capacity x dense``. A ViViT factorised encoder counts its spatial encoder once per
+temporal index (with that index's realised counts) and its temporal encoder as a dense ViT over ``T'`` tokens;
+pooling and layer norms are not counted.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch.nn as nn
 
 from .capacity import expert_token_counts
 from .models.vision_transformer import CapacityLike, MoneVisionTransformer
+from .models.vivit import MoneViViT
 
 __all__ = ["count_flops", "encoder_flops", "dense_flops"]
 
@@ -60,16 +63,34 @@ def _vit_flops(model: MoneVisionTransformer, input_size: Sequence[int], capacity
     )
 
 
+def _vivit_flops(model: MoneViViT, input_size: Sequence[int], capacity: CapacityLike | None) -> int:
+    """Tubelet embedding, the nested spatial encoder once per temporal index, the dense temporal encoder, head."""
+    expected = model.default_input_size
+    if tuple(input_size) != expected:
+        raise ValueError(f"input_size must be (C, T, H, W) = {expected} for this model, got {tuple(input_size)}")
+    T, N, D = model.num_temporal, model.num_patches, model.embed_dim
+    counts = expert_token_counts(model.resolve_distribution(capacity), N)  # per temporal index
+    tubelet_volume = model.tubelet_size * model.patch_embed.patch_size[0] * model.patch_embed.patch_size[1]
+    spatial_hidden = model.blocks[0].mlp.fc1.out_features
+    spatial = encoder_flops(counts, model.expert_widths, D, spatial_hidden, len(model.blocks), model.num_experts)
+    temporal_hidden = model.temporal_blocks[0].mlp.fc1.out_features
+    temporal = encoder_flops((T,), (D,), D, temporal_hidden, len(model.temporal_blocks), 1)  # dense, no router
+    head = D * model.num_classes
+    return patch_embed_flops(T * N, D, model.in_chans, tubelet_volume) + T * spatial + temporal + head
+
+
 def count_flops(model: nn.Module, input_size: Sequence[int], capacity: CapacityLike | None = None) -> int:
     """Multiply-accumulates of one forward pass for one sample of shape ``input_size`` (no batch dimension).
 
     Args:
         model: a MoNE model.
-        input_size: ``(C, H, W)`` for images.
+        input_size: ``(C, H, W)`` for images, ``(C, T, H, W)`` for clips.
         capacity: effective capacity or distribution; ``None`` uses the model's default.
     """
     if isinstance(model, MoneVisionTransformer):
         return _vit_flops(model, input_size, capacity)
+    if isinstance(model, MoneViViT):
+        return _vivit_flops(model, input_size, capacity)
     raise ValueError(f"count_flops does not know models of type {type(model).__name__}")
 
 

@@ -2,5 +2,6 @@
 
 from ._registry import create_model, list_models, register_model
 from .vision_transformer import MoneVisionTransformer
+from .vivit import MoneViViT
 
-__all__ = ["MoneVisionTransformer", "create_model", "list_models", "register_model"]
+__all__ = ["MoneViViT", "MoneVisionTransformer", "create_model", "list_models", "register_model"]

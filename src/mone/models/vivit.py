@@ -1,0 +1,238 @@
+"""MoNE ViViT (spec section 5): a factorised-encoder video transformer whose spatial encoder runs on nested experts.
+
+A clip [B, C, T, H, W] is cut into ``t x p x p`` tubelets, giving ``T' = T / t`` temporal indices of
+``N = (H / p) * (W / p)`` tokens each. The temporal indices are folded into the batch ([B * T', N, D]), so the
+spatial encoder, the router and EPR treat every temporal index as its own "image": expert counts are exact per
+temporal index and indices never compete for capacity. Each index is average-pooled to one vector, a dense
+temporal transformer mixes the T' vectors, and an average over time feeds the head.
+
+Parameter names: ``patch_embed.proj`` (the Conv3d), ``pos_embed``, ``blocks.*`` (spatial, named like timm's
+``Block``), ``spatial_norm``, ``temporal_pos_embed``, ``temporal_blocks.*``, ``fc_norm``, ``head``, ``router``,
+``alpha``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..layers import NestedBlock, nested_blocks_forward
+from ..routing import Router, RoutingPlan
+from ._base import CapacityLike, MoneModelMixin, validate_vit_args
+from ._registry import register_model
+
+__all__ = ["MoneViViT", "TubeletEmbed"]
+
+
+class TubeletEmbed(nn.Module):
+    """Non-overlapping ``t x p x p`` tubelets (a Conv3d named ``proj``): [B, C, T, H, W] -> [B, T', N, D]."""
+
+    def __init__(
+        self, img_size: int, patch_size: int, tubelet_size: int, num_frames: int, in_chans: int, embed_dim: int
+    ) -> None:
+        super().__init__()
+        self.img_size = (img_size, img_size)
+        self.patch_size = (patch_size, patch_size)
+        self.tubelet_size = tubelet_size
+        self.grid_size = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid_size[1] * self.grid_size[2]  # tokens per temporal index
+        kernel = (tubelet_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)  # [B, D, T', H', W']
+        return x.flatten(3).permute(0, 2, 3, 1)  # [B, T', N, D]
+
+
+def _dense_blocks_forward(blocks: Sequence[NestedBlock], x: torch.Tensor) -> torch.Tensor:
+    """Run nested blocks with every token at full width (a plain pre-LN transformer) on [B, L, D]."""
+    B, L, D = x.shape
+    rows = [x.reshape(B * L, D)]  # one group: the largest expert, all L tokens of each example
+    for block in blocks:
+        rows = block(rows, (D,), (L,), (1.0,))  # MLP scale 1: no router here
+    return rows[0].reshape(B, L, D)
+
+
+class MoneViViT(MoneModelMixin, nn.Module):
+    """ViViT factorised encoder with MoNE (one router, EPR per temporal index) in the spatial encoder.
+
+    Args:
+        img_size: frame height and width (square frames).
+        patch_size: tubelet height and width; must divide ``img_size``.
+        in_chans: input channels.
+        num_classes: classifier outputs (0 for no head).
+        embed_dim: token width ``D`` of both encoders; divisible by ``num_heads`` and by ``2**(num_experts-1)``.
+        depth: spatial blocks (nested experts).
+        num_heads: attention heads (both encoders).
+        mlp_ratio: MLP hidden width over ``D`` (both encoders).
+        qkv_bias: bias on the qkv projections.
+        num_experts: nested experts ``E`` (1 gives a dense ViViT).
+        capacity: default effective capacity in ``[2**-(E-1), 1]``, or an explicit per-expert distribution.
+        beta, delta: parameters of the capacity-distribution objective (spec section 4).
+        fused_attn: use ``F.scaled_dot_product_attention``; ``False`` runs the explicit softmax path.
+        num_frames: input frames ``T``; must be divisible by ``tubelet_size``.
+        tubelet_size: frames per tubelet ``t``.
+        temporal_depth: dense temporal blocks.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        num_experts: int = 4,
+        capacity: CapacityLike = 1.0,
+        beta: float = 10.0,
+        delta: float = 2.0,
+        fused_attn: bool = True,
+        num_frames: int = 32,
+        tubelet_size: int = 2,
+        temporal_depth: int = 4,
+    ) -> None:
+        super().__init__()
+        validate_vit_args(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, num_experts)
+        for name, value in (("num_frames", num_frames), ("tubelet_size", tubelet_size),
+                            ("temporal_depth", temporal_depth)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if num_frames % tubelet_size != 0:
+            raise ValueError(f"num_frames ({num_frames}) must be divisible by tubelet_size ({tubelet_size})")
+        self.img_size = img_size
+        self.in_chans = in_chans
+        self.num_frames = num_frames
+        self.tubelet_size = tubelet_size
+        self.num_classes = num_classes
+        self.embed_dim = self.num_features = embed_dim
+        self.num_experts = num_experts
+        self.beta, self.delta = float(beta), float(delta)
+        self.expert_widths = tuple(embed_dim // 2 ** (num_experts - 1 - i) for i in range(num_experts))
+
+        self.patch_embed = TubeletEmbed(img_size, patch_size, tubelet_size, num_frames, in_chans, embed_dim)
+        self.num_patches = self.patch_embed.num_patches  # spatial tokens per temporal index
+        self.num_temporal = self.patch_embed.grid_size[0]  # temporal indices T'
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, embed_dim))
+        self.blocks = nn.ModuleList(
+            [NestedBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, fused_attn) for _ in range(depth)]
+        )
+        self.spatial_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.temporal_pos_embed = nn.Parameter(torch.zeros(1, self.num_temporal, embed_dim))
+        self.temporal_blocks = nn.ModuleList(
+            [NestedBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, fused_attn) for _ in range(temporal_depth)]
+        )
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.router = Router(embed_dim, num_experts)
+        self.alpha = nn.Parameter(torch.zeros(()))
+        self.init_weights()
+        self.set_capacity(capacity)
+
+    def init_weights(self) -> None:
+        """timm's default ViT init: truncated normal (std 0.02) for linears and positions, zero biases, alpha = 0."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.temporal_pos_embed, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.alpha)
+
+    @property
+    def default_input_size(self) -> tuple[int, int, int, int]:
+        """``(C, T, H, W)`` of one input clip."""
+        return (self.in_chans, self.num_frames, self.img_size, self.img_size)
+
+    @property
+    def tokens_per_group(self) -> int:
+        """Tokens that EPR routes together: the spatial tokens of one temporal index."""
+        return self.num_patches
+
+    # -- forward --------------------------------------------------------------------------------------------
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 5:
+            raise ValueError(f"expected clips [B, C, T, H, W] (rank 5), got a tensor of shape {tuple(x.shape)}")
+        B, C, T, H, W = x.shape
+        if C != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels, got {C} (shape {tuple(x.shape)})")
+        if T % self.tubelet_size != 0:
+            raise ValueError(f"number of frames ({T}) must be divisible by tubelet_size ({self.tubelet_size})")
+        if T != self.num_frames:
+            raise ValueError(f"expected num_frames={self.num_frames} frames, got {T} (shape {tuple(x.shape)})")
+        if (H, W) != self.patch_embed.img_size:
+            raise ValueError(f"expected {self.img_size}x{self.img_size} frames, got {H}x{W}")
+
+    def forward_features(
+        self, x: torch.Tensor, capacity: CapacityLike | None = None, return_plan: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, RoutingPlan]:
+        """Clips [B, C, T, H, W] -> spatial tokens [B, T', N, D] in input order.
+
+        With ``return_plan`` also returns the routing plan, whose groups are the ``B * T'`` temporal indices in
+        batch-major order: ``plan.expert`` is [B * T', N] (reshape to [B, T', N] for per-clip maps).
+        """
+        self._check_input(x)
+        x = self.patch_embed(x) + self.pos_embed.unsqueeze(1)  # [B, T', N, D]
+        B, T, N, D = x.shape
+        x = x.reshape(B * T, N, D)  # fold time into the batch: EPR runs per temporal index
+        plan = self.route(x, capacity)
+        x = nested_blocks_forward(self.blocks, x, plan, self.alpha_value, self.expert_widths)  # [B * T', N, D]
+        x = x.reshape(B, T, N, D)
+        return (x, plan) if return_plan else x
+
+    def forward_temporal(self, x: torch.Tensor) -> torch.Tensor:
+        """Spatial tokens [B, T', N, D] -> temporal tokens [B, T', D] (spatial GAP, LayerNorm, dense encoder)."""
+        x = self.spatial_norm(x.mean(dim=2)) + self.temporal_pos_embed  # [B, T', D]
+        return _dense_blocks_forward(self.temporal_blocks, x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Spatial tokens [B, T', N, D] -> logits [B, num_classes] (temporal encoder, GAP over time, LN, linear)."""
+        x = self.fc_norm(self.forward_temporal(x).mean(dim=1))  # [B, D]
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor, capacity: CapacityLike | None = None) -> torch.Tensor:
+        """Clips [B, C, T, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``)."""
+        return self.forward_head(self.forward_features(x, capacity))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def _create(variant: str, defaults: dict, pretrained: bool = False, **kwargs) -> MoneViViT:
+    if pretrained:
+        raise ValueError(f"no pretrained MoNE weights are published for {variant}")
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # passed by timm.create_model
+        kwargs.pop(key, None)
+    return MoneViViT(**{**defaults, **kwargs})
+
+
+@register_model
+def mone_vivit_small_patch16_224(pretrained: bool = False, **kwargs) -> MoneViViT:
+    """MoNE ViViT-S/16 factorised encoder (D=384, 12 spatial + 4 temporal layers, 6 heads, 32 frames, tubelet 2)."""
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create("mone_vivit_small_patch16_224", model_args, pretrained, **kwargs)
+
+
+@register_model
+def mone_vivit_base_patch16_224(pretrained: bool = False, **kwargs) -> MoneViViT:
+    """MoNE ViViT-B/16 factorised encoder (D=768, 12 spatial + 4 temporal layers, 12 heads, 32 frames, tubelet 2)."""
+    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create("mone_vivit_base_patch16_224", model_args, pretrained, **kwargs)
+
+
+@register_model
+def mone_vivit_test(pretrained: bool = False, **kwargs) -> MoneViViT:
+    """Tiny model for tests: 8 frames of 32 px, tubelet 2x8x8, D=64, 2 spatial + 1 temporal layers, 10 classes."""
+    model_args = dict(
+        img_size=32, patch_size=8, num_classes=10, embed_dim=64, depth=2, num_heads=2, num_frames=8,
+        tubelet_size=2, temporal_depth=1,
+    )
+    return _create("mone_vivit_test", model_args, pretrained, **kwargs)

@@ -1,0 +1,245 @@
+"""MoNE ViViT: per-temporal-index routing, equivalence with a dense ViViT, FLOP counts, input checks, gradients."""
+
+import functools
+import inspect
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from mone import MoneViViT, count_flops, create_model, list_models
+from mone.capacity import capacity_distribution, expert_token_counts
+from mone.routing import expert_preferred_routing
+from reference import reference_block, reference_epr, width_masks
+from timm.models.vision_transformer import Block
+
+
+def _randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every parameter (alpha excepted) a non-trivial random value, so equivalence checks are sensitive."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name != "alpha":
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+    return model
+
+
+def _timm_block(block: nn.Module) -> Block:
+    """A timm ``Block`` holding the weights of a ``NestedBlock`` (strict load: the names must agree)."""
+    dim = block.norm1.normalized_shape[0]
+    dense = Block(
+        dim, block.attn.num_heads, mlp_ratio=block.mlp.fc1.out_features / dim, qkv_bias=True,
+        norm_layer=functools.partial(nn.LayerNorm, eps=1e-6),
+    )
+    dense.load_state_dict(block.state_dict(), strict=True)
+    return dense.eval()
+
+
+def _tubelet_tokens(model: MoneViViT, clips: torch.Tensor) -> torch.Tensor:
+    """Tubelet embedding written as cut-into-tubelets then a matmul: [B, C, T, H, W] -> [B, T', N, D]."""
+    B, C, T, H, W = clips.shape
+    t, p = model.tubelet_size, model.patch_embed.patch_size[0]
+    tubes = clips.reshape(B, C, T // t, t, H // p, p, W // p, p)
+    tubes = tubes.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, T // t, (H // p) * (W // p), C * t * p * p)
+    proj = model.patch_embed.proj
+    return tubes @ proj.weight.reshape(proj.out_channels, -1).T + proj.bias
+
+
+def _temporal_and_head(model: MoneViViT, spatial: torch.Tensor) -> torch.Tensor:
+    """Spatial tokens [B, T', N, D] -> logits through dense timm blocks (the temporal encoder is never routed)."""
+    D = spatial.shape[-1]
+    x = F.layer_norm(spatial.mean(2), (D,), model.spatial_norm.weight, model.spatial_norm.bias, 1e-6)
+    x = x + model.temporal_pos_embed
+    for block in model.temporal_blocks:
+        x = _timm_block(block)(x)
+    x = F.layer_norm(x.mean(1), (D,), model.fc_norm.weight, model.fc_norm.bias, 1e-6)
+    return x @ model.head.weight.T + model.head.bias
+
+
+def dense_vivit_reference(model: MoneViViT, clips: torch.Tensor) -> torch.Tensor:
+    """A plain ViViT factorised encoder from the same weights, built from timm blocks on the folded frames."""
+    x = _tubelet_tokens(model, clips) + model.pos_embed.unsqueeze(1)  # [B, T', N, D]
+    B, T, N, D = x.shape
+    x = x.reshape(B * T, N, D)
+    for block in model.blocks:
+        x = _timm_block(block)(x)
+    return _temporal_and_head(model, x.reshape(B, T, N, D))
+
+
+def _clips(model: MoneViViT, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn((batch, *model.default_input_size), generator=torch.Generator().manual_seed(seed))
+
+
+def test_registered_models():
+    assert {"mone_vivit_small_patch16_224", "mone_vivit_base_patch16_224", "mone_vivit_test"} <= set(
+        list_models("mone_vivit_*")
+    )
+    defaults = inspect.signature(MoneViViT).parameters
+    assert (defaults["num_frames"].default, defaults["tubelet_size"].default) == (32, 2)
+    assert defaults["temporal_depth"].default == 4
+    small = create_model("mone_vivit_small_patch16_224", depth=1, temporal_depth=1, num_frames=4, img_size=32)
+    assert (small.embed_dim, small.blocks[0].attn.num_heads) == (384, 6)
+    assert small.patch_embed.proj.kernel_size == (2, 16, 16)
+    assert small.default_input_size == (3, 4, 32, 32) and small.tokens_per_group == 4
+    base = create_model("mone_vivit_base_patch16_224", depth=1, temporal_depth=1, num_frames=2, img_size=16)
+    assert (base.embed_dim, base.blocks[0].attn.num_heads) == (768, 12)
+    model = create_model("mone_vivit_test")
+    out = model(_clips(model), capacity=0.5)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert model.expert_widths == (8, 16, 32, 64)
+    assert sum(isinstance(m, nn.Linear) and m.out_features == 4 for m in model.modules()) == 1  # one router
+
+
+def test_timm_create_model_finds_vivit():
+    import timm
+
+    model = timm.create_model("mone_vivit_test", num_classes=3)
+    assert isinstance(model, MoneViViT) and model.num_classes == 3
+
+
+@pytest.mark.parametrize("capacity", [0.25, 0.5, 0.8, (0.0, 0.0, 1.0, 0.0)])
+def test_expert_counts_per_temporal_index(capacity):
+    model = create_model("mone_vivit_test").eval()
+    clips = _clips(model, batch=3)
+    tokens, plan = model.forward_features(clips, capacity=capacity, return_plan=True)
+    B, T = 3, model.num_temporal
+    assert tokens.shape == (B, T, model.num_patches, model.embed_dim)
+    assert plan.expert.shape == (B * T, model.num_patches)
+    expected = expert_token_counts(model.resolve_distribution(capacity), model.tokens_per_group)
+    for row in plan.expert:  # every temporal index of every clip gets exactly the static counts
+        assert tuple(torch.bincount(row, minlength=model.num_experts).tolist()) == expected
+
+
+def test_dense_capacity_with_alpha_zero_is_a_dense_vivit():
+    model = _randomise_(create_model("mone_vivit_test", temporal_depth=2)).eval()
+    clips = _clips(model)
+    reference = dense_vivit_reference(model, clips)
+    torch.testing.assert_close(model(clips, capacity=1.0), reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model(clips, capacity=(0.0, 0.0, 0.0, 1.0)), reference, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        model.alpha.fill_(0.5)  # the MLP scaling now differs from the dense block
+    assert not torch.allclose(model(clips, capacity=1.0), reference, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("capacity", [0.3, 0.6])
+def test_matches_masked_reference_per_temporal_index(capacity):
+    model = _randomise_(create_model("mone_vivit_test", fused_attn=False), seed=1).eval()
+    with torch.no_grad():
+        model.alpha.fill_(0.5)
+    clips = _clips(model, seed=2)
+    x = _tubelet_tokens(model, clips) + model.pos_embed.unsqueeze(1)
+    B, T, N, D = x.shape
+    x = x.reshape(B * T, N, D)  # each temporal index is an image of its own
+    probs = (model.blocks[0].norm1(x) @ model.router.weight.T + model.router.bias).softmax(-1)
+    distribution = capacity_distribution(capacity, model.num_experts)
+    expert = reference_epr(probs.detach(), distribution)
+    mask = width_masks(expert, model.expert_widths, D)
+    scale = 0.5 * probs.gather(-1, expert.unsqueeze(-1)).squeeze(-1) + 1
+    for block in model.blocks:
+        x = reference_block(block, x, mask, scale)
+    reference = _temporal_and_head(model, x.reshape(B, T, N, D))
+    _, plan = model.forward_features(clips, capacity=capacity, return_plan=True)
+    assert torch.equal(plan.expert, expert)
+    torch.testing.assert_close(model(clips, capacity=capacity), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_routing_is_independent_across_temporal_indices_and_clips():
+    model = _randomise_(create_model("mone_vivit_test"), seed=3).eval()
+    clips = _clips(model, batch=2, seed=4)
+    _, plan = model.forward_features(clips, capacity=0.5, return_plan=True)
+    distribution = model.resolve_distribution(0.5)
+    T = model.num_temporal
+    # Same answer as running EPR on each temporal index alone.
+    for g in range(plan.expert.shape[0]):
+        alone = expert_preferred_routing(plan.probs[g : g + 1], distribution)
+        assert torch.equal(plan.expert[g : g + 1], alone)
+    # Changing the frames of temporal index 1 of clip 0 moves its routing only.
+    changed = clips.clone()
+    changed[0, :, 2:4] = torch.randn_like(changed[0, :, 2:4]) * 3
+    _, plan_changed = model.forward_features(changed, capacity=0.5, return_plan=True)
+    assert not torch.equal(plan_changed.expert[1], plan.expert[1])
+    untouched = [g for g in range(2 * T) if g != 1]
+    assert torch.equal(plan_changed.expert[untouched], plan.expert[untouched])
+    # A clip routed on its own is routed as inside the batch.
+    _, plan_single = model.forward_features(clips[1:], capacity=0.5, return_plan=True)
+    assert torch.equal(plan_single.expert, plan.expert[T:])
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"num_experts": 3, "mlp_ratio": 2.0, "temporal_depth": 2, "tubelet_size": 4, "in_chans": 1}]
+)
+@pytest.mark.parametrize("capacity", [1.0, 0.5, 0.25])
+def test_count_flops_matches_flop_counter(kwargs, capacity):
+    model = create_model("mone_vivit_test", fused_attn=False, **kwargs).eval()  # CPU SDPA is not counted
+    clips = torch.randn(1, *model.default_input_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(clips, capacity=capacity)
+    measured = counter.get_total_flops() / 2  # FlopCounterMode counts 2 FLOPs per multiply-accumulate
+    predicted = count_flops(model, model.default_input_size, capacity)
+    assert abs(predicted - measured) <= 0.01 * measured
+
+
+def test_count_flops_scales_with_capacity_and_checks_input_size():
+    model = create_model("mone_vivit_test")
+    dense = count_flops(model, (3, 8, 32, 32), 1.0)
+    assert count_flops(model, (3, 8, 32, 32), 0.25) < 0.6 * dense
+    with pytest.raises(ValueError, match=r"\(C, T, H, W\)"):
+        count_flops(model, (3, 32, 32), 1.0)
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((2, 3, 32, 32), "rank 5"),
+        ((2, 1, 8, 32, 32), "input channels"),
+        ((2, 3, 7, 32, 32), "divisible by tubelet_size"),
+        ((2, 3, 6, 32, 32), "num_frames=8"),
+        ((2, 3, 8, 24, 32), "32x32"),
+    ],
+)
+def test_bad_input_is_a_clear_error(shape, message):
+    model = create_model("mone_vivit_test")
+    with pytest.raises(ValueError, match=message):
+        model(torch.zeros(shape))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_frames": 7}, "divisible by tubelet_size"),
+        ({"temporal_depth": 0}, "temporal_depth"),
+        ({"tubelet_size": 0}, "tubelet_size"),
+        ({"embed_dim": 60}, "divisible"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create_model("mone_vivit_test", **kwargs)
+
+
+def test_gradients_reach_router_alpha_and_every_parameter():
+    model = create_model("mone_vivit_test")
+    clips = _clips(model)
+    model(clips, capacity=0.5).square().mean().backward()
+    assert model.alpha.grad is not None and model.alpha.grad.abs() > 0  # alpha learns from its initial 0
+    model.zero_grad()
+    with torch.no_grad():
+        model.alpha.fill_(0.5)
+    model(clips, capacity=0.5).square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    model.alpha.data.fill_(1.5)
+    model.project_alpha_()
+    assert 0.0 <= float(model.alpha.detach()) < 1.0
+
+
+def test_capacity_setting_and_one_hot_distribution():
+    model = create_model("mone_vivit_test", capacity=0.5)
+    assert model.distribution == capacity_distribution(0.5, 4)
+    model.set_capacity((1.0, 0.0, 0.0, 0.0))
+    _, plan = model.forward_features(_clips(model), return_plan=True)
+    assert (plan.expert == 0).all()
+    with pytest.raises(ValueError, match="capacity"):
+        model.set_capacity(0.05)
