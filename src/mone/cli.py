@@ -15,6 +15,7 @@ from collections.abc import Sequence
 _SUBCOMMANDS = {
     # name: (module, one-line help)
     "flops": ("mone.flops_cli", "multiply-accumulates per sample across capacities"),
+    "bench": ("mone.bench", "wall-clock speed against timm's dense ViT with the same weights"),
 }
 
 

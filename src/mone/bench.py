@@ -1,0 +1,395 @@
+"""Wall-clock benchmark: timm's dense ViT against MoNE at several capacities, same weights (``mone bench``).
+
+Everything runs in one process. Per mode, the variants (timm's dense twin, MoNE at capacity 1.0, MoNE at each
+capacity) are timed round-robin, one call each per repeat, so a slow drift of a shared machine hits all of them
+alike; tables report medians. Modes:
+
+* ``throughput``: inference on a batch (``torch.inference_mode``);
+* ``latency``: inference on one image;
+* ``train``: one training step (forward, cross-entropy, backward, AdamW step).
+
+Columns: images/s, milliseconds per call, speedup over the dense baseline (timm's ViT when timm is installed,
+else MoNE at capacity 1.0), the FLOP-ideal speedup (``count_flops`` at capacity 1.0 over ``count_flops`` at the
+row's capacity) and efficiency = speedup / ideal. In throughput mode the routing overhead (router, EPR, sort and
+unsort, timed on their own in the same round-robin) is given as a fraction of the MoNE forward. Every row carries
+the glibc allocator settings (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``): on CPU they move the dense
+baseline by 15-18%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import importlib.util
+import io
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .capacity import realised_capacity, validate_capacity
+from .flops import count_flops
+from .models import MoneVisionTransformer, create_model
+
+__all__ = [
+    "BenchConfig",
+    "CSV_COLUMNS",
+    "MODES",
+    "add_arguments",
+    "build_dense_twin",
+    "environment",
+    "run",
+    "run_benchmark",
+    "write_csv",
+    "write_json",
+]
+
+_logger = logging.getLogger(__name__)
+
+MODES = ("throughput", "latency", "train")
+MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+CSV_COLUMNS = (
+    "model", "mode", "variant", "capacity", "realised_capacity", "batch_size", "device", "dtype", "compiled",
+    "threads", "repeats", "median_ms", "min_ms", "images_per_s", "speedup", "ideal_speedup", "efficiency",
+    "routing_ms", "routing_fraction", "malloc_mmap_threshold", "malloc_trim_threshold",
+)  # fmt: skip
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure.
+
+    Attributes:
+        model: a registered MoNE ViT name.
+        batch_size: images per call in ``throughput`` and ``train`` modes (``latency`` uses 1).
+        capacities: MoNE capacities besides 1.0.
+        modes: any of ``throughput``, ``latency``, ``train``.
+        repeats: timed calls per variant (medians are reported).
+        warmup: untimed calls per variant first (with ``compile``, the first one compiles).
+        compile: wrap every model in ``torch.compile(model, fullgraph=True)``.
+        device: ``cpu`` or ``cuda``.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        threads: intra-op CPU threads (``None``: leave torch's setting).
+        timm_baseline: time timm's dense ViT with the same weights and use it as the baseline.
+        seed: seed for weights and inputs.
+    """
+
+    model: str = "mone_vit_base_patch16_224"
+    batch_size: int = 8
+    capacities: tuple[float, ...] = (0.75, 0.5, 0.25)
+    modes: tuple[str, ...] = MODES
+    repeats: int = 5
+    warmup: int = 1
+    compile: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int | None = None
+    timm_baseline: bool = True
+    seed: int = 0
+    model_kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be an integer >= 1, got {self.threads!r}")
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown or not self.modes:
+            raise ValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False")
+
+
+def environment(device: str = "cpu") -> dict:
+    """Versions, hardware, thread count and allocator settings that every result must be read with."""
+    if device == "cuda":
+        hardware = torch.cuda.get_device_name()
+    else:
+        hardware = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                hardware = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), hardware)
+        except OSError:
+            pass
+    try:
+        import timm
+
+        timm_version = timm.__version__
+    except ImportError:
+        timm_version = None
+    return {
+        "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm_version,
+        "hardware": hardware,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "malloc": {name: os.environ.get(name, "unset") for name in MALLOC_SETTINGS},
+        "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+    }
+
+
+def build_dense_twin(model: MoneVisionTransformer) -> nn.Module:
+    """timm's ``VisionTransformer(global_pool='avg', class_token=False)`` of ``model``'s size with its weights.
+
+    Every timm parameter is loaded from ``model`` (strict); only MoNE's ``router.*`` and ``alpha`` are left out.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    block = model.blocks[0]
+    dense = VisionTransformer(
+        img_size=model.img_size,
+        patch_size=model.patch_embed.patch_size[0],
+        in_chans=model.in_chans,
+        num_classes=model.num_classes,
+        global_pool="avg",
+        class_token=False,
+        embed_dim=model.embed_dim,
+        depth=len(model.blocks),
+        num_heads=block.attn.num_heads,
+        mlp_ratio=block.mlp.fc1.out_features / model.embed_dim,
+        qkv_bias=block.attn.qkv.bias is not None,
+    )
+    state = {k: v for k, v in model.state_dict().items() if not (k.startswith("router.") or k == "alpha")}
+    dense.load_state_dict(state, strict=True)
+    return dense.to(device=model.pos_embed.device, dtype=model.pos_embed.dtype)
+
+
+def _synchronizer(device: str) -> Callable[[], None]:
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
+def time_round_robin(
+    calls: dict[str, Callable[[], object]], repeats: int, warmup: int, synchronize: Callable[[], None]
+) -> dict[str, list[float]]:
+    """Seconds per call of each entry, timed one call each per round, ``repeats`` rounds after ``warmup``."""
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    synchronize()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            synchronize()
+            start = time.perf_counter()
+            call()
+            synchronize()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _inference_call(module: nn.Module, images: torch.Tensor, capacity: float | None) -> Callable[[], object]:
+    if capacity is None:
+        return lambda: module(images)
+    return lambda: module(images, capacity=capacity)
+
+
+def _train_call(
+    module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+    capacity: float | None, after_step: Callable[[], None],
+) -> Callable[[], object]:  # fmt: skip
+    kwargs = {} if capacity is None else {"capacity": capacity}
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(module(images, **kwargs).float(), labels)
+        loss.backward()
+        optimizer.step()
+        after_step()
+
+    return step
+
+
+def _routing_call(model: MoneVisionTransformer, images: torch.Tensor, capacity: float) -> Callable[[], object]:
+    """Router, EPR, sort and unsort of one forward, on precomputed patch tokens [B, N, D]."""
+    with torch.inference_mode():
+        tokens = model.patch_embed(images) + model.pos_embed
+
+    def route() -> None:
+        plan = model.route(tokens, capacity)
+        plan.unsort(plan.sort(tokens))
+
+    return route
+
+
+def run_benchmark(config: BenchConfig) -> tuple[list[dict], dict]:
+    """Run every mode of ``config``; returns (rows with the :data:`CSV_COLUMNS`, metadata)."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    device, dtype = torch.device(config.device), _DTYPES[config.dtype]
+    model = create_model(config.model, **config.model_kwargs)
+    if not isinstance(model, MoneVisionTransformer):
+        raise ValueError(f"mone bench measures MoNE image models; {config.model} is a {type(model).__name__}")
+    capacities = [validate_capacity(c, model.num_experts) for c in config.capacities]
+    capacities = [1.0] + [c for c in capacities if c != 1.0]
+    model = model.to(device=device, dtype=dtype)
+    has_timm = importlib.util.find_spec("timm") is not None
+    dense = build_dense_twin(model) if config.timm_baseline and has_timm else None
+    input_size = model.default_input_size
+    dense_macs = count_flops(model, input_size, 1.0)
+    ideal = {c: dense_macs / count_flops(model, input_size, c) for c in capacities}
+    realised = {c: realised_capacity(model.resolve_distribution(c), model.tokens_per_group) for c in capacities}
+    meta = {"config": asdict(config), "environment": environment(config.device), "baseline": None}
+
+    with torch.inference_mode():  # the twin really is the same function (capacity 1.0, alpha 0)
+        probe = torch.randn(2, *input_size, device=device, dtype=dtype)
+        meta["max_abs_diff_capacity_1_vs_timm"] = (
+            None if dense is None else (model(probe, capacity=1.0) - dense(probe)).abs().max().item()
+        )
+    run_model: nn.Module = torch.compile(model, fullgraph=True) if config.compile else model
+    run_dense = None if dense is None else (torch.compile(dense, fullgraph=True) if config.compile else dense)
+    baseline = "timm" if dense is not None else "mone@1.0"
+    meta["baseline"] = baseline
+    synchronize = _synchronizer(config.device)
+    malloc = meta["environment"]["malloc"]
+
+    rows = []
+    for mode in config.modes:
+        batch = 1 if mode == "latency" else config.batch_size
+        images = torch.randn(batch, *input_size, device=device, dtype=dtype)
+        calls: dict[str, Callable[[], object]] = {}
+        if mode == "train":
+            labels = torch.randint(0, max(model.num_classes, 1), (batch,), device=device)
+            model.train()
+            mone_opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+            if dense is not None:
+                dense.train()
+                dense_opt = torch.optim.AdamW(dense.parameters(), lr=1e-6)
+                calls["timm"] = _train_call(run_dense, dense_opt, images, labels, None, lambda: None)
+            for c in capacities:
+                calls[f"mone@{c:g}"] = _train_call(run_model, mone_opt, images, labels, c, model.project_alpha_)
+            _logger.info("%s: %d variants x %d repeats", mode, len(calls), config.repeats)
+            times = time_round_robin(calls, config.repeats, config.warmup, synchronize)
+        else:
+            model.eval()
+            if dense is not None:
+                dense.eval()
+                calls["timm"] = _inference_call(run_dense, images, None)
+            for c in capacities:
+                calls[f"mone@{c:g}"] = _inference_call(run_model, images, c)
+                if mode == "throughput" and c != 1.0:
+                    calls[f"routing@{c:g}"] = _routing_call(model, images, c)
+            _logger.info("%s: %d timed entries x %d repeats", mode, len(calls), config.repeats)
+            with torch.inference_mode():
+                times = time_round_robin(calls, config.repeats, config.warmup, synchronize)
+
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        base = medians[baseline]
+        for name, seconds in medians.items():
+            if name.startswith("routing@"):
+                continue
+            capacity = None if name == "timm" else float(name.split("@")[1])
+            routing = medians.get(f"routing@{name.split('@')[-1]}") if capacity is not None else None
+            speedup = base / seconds
+            ideal_speedup = 1.0 if capacity is None else ideal[capacity]
+            rows.append({
+                "model": config.model, "mode": mode, "variant": "timm-dense" if capacity is None else "mone",
+                "capacity": "" if capacity is None else capacity,
+                "realised_capacity": 1.0 if capacity is None else realised[capacity],
+                "batch_size": batch, "device": config.device, "dtype": config.dtype, "compiled": config.compile,
+                "threads": torch.get_num_threads(), "repeats": config.repeats,
+                "median_ms": seconds * 1e3, "min_ms": min(times[name]) * 1e3, "images_per_s": batch / seconds,
+                "speedup": speedup, "ideal_speedup": ideal_speedup, "efficiency": speedup / ideal_speedup,
+                "routing_ms": "" if routing is None else routing * 1e3,
+                "routing_fraction": "" if routing is None else routing / seconds,
+                "malloc_mmap_threshold": malloc["MALLOC_MMAP_THRESHOLD_"],
+                "malloc_trim_threshold": malloc["MALLOC_TRIM_THRESHOLD_"],
+            })  # fmt: skip
+    model.eval()
+    return rows, meta
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        f.write(text)
+    os.replace(f.name, path)
+
+
+def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
+    """Rows as CSV with a header of :data:`CSV_COLUMNS` (written atomically)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomically(Path(path), buffer.getvalue())
+
+
+def write_json(rows: Sequence[dict], meta: dict, path: str | os.PathLike) -> None:
+    """``{"meta": ..., "rows": [...]}`` as JSON (written atomically)."""
+    _write_atomically(Path(path), json.dumps({"meta": meta, "rows": list(rows)}, indent=2) + "\n")
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """A fixed-width text table of the main columns."""
+    header = f"{'mode':<10} {'variant':<10} {'cap':>5} {'batch':>5} {'ms':>9} {'img/s':>8} {'speedup':>7} " \
+             f"{'ideal':>6} {'eff':>5} {'routing':>7}"  # fmt: skip
+    lines = [header]
+    for r in rows:
+        cap = "" if r["capacity"] == "" else f"{r['capacity']:.2f}"
+        routing = "" if r["routing_fraction"] == "" else f"{100 * r['routing_fraction']:.2f}%"
+        lines.append(
+            f"{r['mode']:<10} {r['variant']:<10} {cap:>5} {r['batch_size']:>5} {r['median_ms']:>9.1f} "
+            f"{r['images_per_s']:>8.2f} {r['speedup']:>7.2f} {r['ideal_speedup']:>6.2f} {r['efficiency']:>5.2f} "
+            f"{routing:>7}"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=BenchConfig.model, help="registered MoNE ViT name")
+    parser.add_argument("--batch-size", type=int, default=BenchConfig.batch_size)
+    parser.add_argument("--capacities", type=float, nargs="+", default=list(BenchConfig.capacities))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--repeats", type=int, default=BenchConfig.repeats, help="timed calls per variant")
+    parser.add_argument("--warmup", type=int, default=BenchConfig.warmup, help="untimed calls per variant first")
+    parser.add_argument("--compile", action="store_true", help="torch.compile(model, fullgraph=True) every model")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
+    parser.add_argument("--no-timm", action="store_true", help="skip timm's dense twin; baseline MoNE at 1.0")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--csv", default=None, help="write the rows here as CSV")
+    parser.add_argument("--json", default=None, help="write rows and settings here as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = BenchConfig(
+        model=args.model, batch_size=args.batch_size, capacities=tuple(args.capacities), modes=tuple(args.modes),
+        repeats=args.repeats, warmup=args.warmup, compile=args.compile, device=args.device, dtype=args.dtype,
+        threads=args.threads, timm_baseline=not args.no_timm, seed=args.seed,
+    )  # fmt: skip
+    rows, meta = run_benchmark(config)
+    env = meta["environment"]
+    print(f"{config.model} on {env['hardware']} ({config.device}, {config.dtype}, {env['threads']} threads, "
+          f"torch {env['torch']}, compiled={config.compile}); baseline: {meta['baseline']}")  # fmt: skip
+    print("malloc: " + ", ".join(f"{k}={v}" for k, v in env["malloc"].items()))
+    print(format_table(rows))
+    if args.csv:
+        write_csv(rows, args.csv)
+    if args.json:
+        write_json(rows, meta, args.json)
+    return 0
