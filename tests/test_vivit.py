@@ -243,3 +243,18 @@ def test_capacity_setting_and_one_hot_distribution():
     assert (plan.expert == 0).all()
     with pytest.raises(ValueError, match="capacity"):
         model.set_capacity(0.05)
+
+
+def test_bench_measures_video_models_against_mone_at_full_capacity():
+    from mone.bench import BenchConfig, run_benchmark
+
+    config = BenchConfig(model="mone_vivit_test", batch_size=2, capacities=(0.5,), modes=("throughput", "train"),
+                         repeats=1, warmup=0)
+    rows, meta = run_benchmark(config)
+    assert meta["baseline"] == "mone@1" and meta["max_abs_diff_capacity_1_vs_timm"] is None
+    assert [(r["mode"], r["capacity"]) for r in rows] == [("throughput", 1.0), ("throughput", 0.5), ("train", 1.0),
+                                                          ("train", 0.5)]
+    model = create_model("mone_vivit_test")
+    ideal = count_flops(model, model.default_input_size, 1.0) / count_flops(model, model.default_input_size, 0.5)
+    assert rows[1]["ideal_speedup"] == pytest.approx(ideal) and rows[0]["speedup"] == 1.0
+    assert rows[1]["routing_fraction"] > 0

@@ -8,6 +8,9 @@ alike; tables report medians. Modes:
 * ``latency``: inference on one image;
 * ``train``: one training step (forward, cross-entropy, backward, AdamW step).
 
+Video models (``mone_vivit_*``) are measured the same way, per clip; timm has no ViViT, so their baseline is
+MoNE at capacity 1.0.
+
 Columns: images/s, milliseconds per call, speedup over the dense baseline (timm's ViT when timm is installed,
 else MoNE at capacity 1.0), the FLOP-ideal speedup (``count_flops`` at capacity 1.0 over ``count_flops`` at the
 row's capacity) and efficiency = speedup / ideal. In throughput mode the routing overhead (router, EPR, sort and
@@ -41,7 +44,7 @@ import torch.nn.functional as F
 
 from .capacity import realised_capacity, validate_capacity
 from .flops import count_flops
-from .models import MoneVisionTransformer, create_model
+from .models import MoneVisionTransformer, MoneViViT, create_model
 
 __all__ = [
     "BenchConfig",
@@ -222,10 +225,15 @@ def _train_call(
     return step
 
 
-def _routing_call(model: MoneVisionTransformer, images: torch.Tensor, capacity: float) -> Callable[[], object]:
-    """Router, EPR, sort and unsort of one forward, on precomputed patch tokens [B, N, D]."""
+def _routing_call(
+    model: MoneVisionTransformer | MoneViViT, images: torch.Tensor, capacity: float
+) -> Callable[[], object]:
+    """Router, EPR, sort and unsort of one forward, on precomputed patch tokens [G, N, D] (G = B * T' for clips)."""
     with torch.inference_mode():
-        tokens = model.patch_embed(images) + model.pos_embed
+        if isinstance(model, MoneViViT):
+            tokens = (model.patch_embed(images) + model.pos_embed.unsqueeze(1)).flatten(0, 1)  # [B * T', N, D]
+        else:
+            tokens = model.patch_embed(images) + model.pos_embed  # [B, N, D]
 
     def route() -> None:
         plan = model.route(tokens, capacity)
@@ -241,13 +249,14 @@ def run_benchmark(config: BenchConfig) -> tuple[list[dict], dict]:
     torch.manual_seed(config.seed)
     device, dtype = torch.device(config.device), _DTYPES[config.dtype]
     model = create_model(config.model, **config.model_kwargs)
-    if not isinstance(model, MoneVisionTransformer):
-        raise ValueError(f"mone bench measures MoNE image models; {config.model} is a {type(model).__name__}")
+    if not isinstance(model, (MoneVisionTransformer, MoneViViT)):
+        raise ValueError(f"mone bench measures MoNE models; {config.model} is a {type(model).__name__}")
     capacities = [validate_capacity(c, model.num_experts) for c in config.capacities]
     capacities = [1.0] + [c for c in capacities if c != 1.0]
     model = model.to(device=device, dtype=dtype)
     has_timm = importlib.util.find_spec("timm") is not None
-    dense = build_dense_twin(model) if config.timm_baseline and has_timm else None
+    is_image_model = isinstance(model, MoneVisionTransformer)  # timm has no dense ViViT twin
+    dense = build_dense_twin(model) if config.timm_baseline and has_timm and is_image_model else None
     input_size = model.default_input_size
     dense_macs = count_flops(model, input_size, 1.0)
     ideal = {c: dense_macs / count_flops(model, input_size, c) for c in capacities}
@@ -261,7 +270,7 @@ def run_benchmark(config: BenchConfig) -> tuple[list[dict], dict]:
         )
     run_model: nn.Module = torch.compile(model, fullgraph=True) if config.compile else model
     run_dense = None if dense is None else (torch.compile(dense, fullgraph=True) if config.compile else dense)
-    baseline = "timm" if dense is not None else "mone@1.0"
+    baseline = "timm" if dense is not None else f"mone@{1.0:g}"  # the key of the capacity-1.0 entry
     meta["baseline"] = baseline
     synchronize = _synchronizer(config.device)
     malloc = meta["environment"]["malloc"]
