@@ -1,0 +1,206 @@
+"""Datasets: cluttered digits, Fashion-MNIST IDX files, ImageFolder trees and the build_dataset factory."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from mone.data import ClutteredDigits, FashionMNIST, build_dataset, list_datasets
+from mone.data.fashion_mnist import read_idx
+
+
+# -- cluttered digits ---------------------------------------------------------------------------------------------
+
+def test_cluttered_digits_samples_are_float_images_with_int_labels():
+    data = ClutteredDigits("train", num_samples=20, img_size=40, digit_size=16, seed=3)
+    assert len(data) == 20 and data.input_size == (1, 40, 40) and data.num_classes == 10
+    for i in range(len(data)):
+        image, label = data[i]
+        assert image.shape == (1, 40, 40) and image.dtype == torch.float32
+        assert isinstance(label, int) and 0 <= label < 10
+        assert 0.0 <= image.min() and image.max() <= 1.0
+        top, left, bottom, right = data.box(i)
+        assert bottom - top == 16 and right - left == 16 and 0 <= top and bottom <= 40 and 0 <= left and right <= 40
+
+
+def test_cluttered_digits_are_deterministic_per_seed():
+    first = ClutteredDigits("train", num_samples=8, seed=5)
+    again = ClutteredDigits("train", num_samples=8, seed=5)
+    other = ClutteredDigits("train", num_samples=8, seed=6)
+    for i in (0, 3, 7):  # any access order gives the same sample
+        assert torch.equal(first[i][0], again[i][0]) and first[i][1] == again[i][1]
+    assert torch.equal(first[7][0], again[7][0])
+    assert any(not torch.equal(first[i][0], other[i][0]) for i in range(8))
+
+
+def test_cluttered_digit_sits_in_its_box_and_matches_an_upscaled_sklearn_digit():
+    digits = load_digits()
+    data = ClutteredDigits("test", num_samples=10, num_fragments=0, noise_std=0.0, digit_size=16, seed=1)
+    reference = F.interpolate(torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1), size=(16, 16),
+                              mode="bilinear", align_corners=False).squeeze(1).clamp(0, 1)  # [1797, 16, 16]
+    test_pool = set(data.source_indices.tolist())
+    for i in range(len(data)):
+        image, label = data[i]
+        top, left, bottom, right = data.box(i)
+        inside = image[0, top:bottom, left:right]
+        outside = image[0].clone()
+        outside[top:bottom, left:right] = 0
+        assert outside.abs().sum() == 0  # no clutter, no noise: nothing outside the box
+        distance = (reference - inside).abs().flatten(1).amax(dim=1)
+        source = int(distance.argmin())
+        assert distance[source] < 1e-6
+        assert digits.target[source] == label and source in test_pool
+
+
+def test_cluttered_digits_clutter_stays_off_the_digit():
+    data = ClutteredDigits("train", num_samples=30, num_fragments=3, noise_std=0.0, img_size=48, seed=2)
+    clean = ClutteredDigits("train", num_samples=30, num_fragments=0, noise_std=0.0, img_size=48, seed=2)
+    cluttered = 0
+    for i in range(len(data)):
+        assert data.box(i) == clean.box(i)
+        top, left, bottom, right = data.box(i)
+        # the digit region is untouched by the fragments on a canvas roomy enough to place them elsewhere
+        assert torch.equal(data[i][0][0, top:bottom, left:right], clean[i][0][0, top:bottom, left:right])
+        cluttered += int(data[i][0].sum() > clean[i][0].sum())
+    assert cluttered >= 25  # fragments are (almost always) there
+
+
+def test_cluttered_digit_splits_use_disjoint_source_digits():
+    pools = {split: set(ClutteredDigits(split, num_samples=1).source_indices.tolist())
+             for split in ("train", "val", "test")}
+    assert not pools["train"] & pools["test"] and not pools["train"] & pools["val"] and not pools["val"] & pools["test"]
+    assert len(pools["train"] | pools["val"] | pools["test"]) == len(load_digits().target)
+    assert len(pools["test"]) == round(0.2 * 1797) and len(pools["val"]) == round(0.1 * 1797)
+
+
+def test_cluttered_digits_reject_bad_arguments():
+    with pytest.raises(ValueError, match="split"):
+        ClutteredDigits("validation")
+    with pytest.raises(ValueError, match="digit_size"):
+        ClutteredDigits("train", img_size=12, digit_size=16)
+    with pytest.raises(ValueError, match="num_samples"):
+        ClutteredDigits("train", num_samples=0)
+    with pytest.raises(IndexError):
+        ClutteredDigits("train", num_samples=3)[3]
+
+
+# -- Fashion-MNIST ------------------------------------------------------------------------------------------------
+
+def _write_idx(path, array: np.ndarray, compress: bool) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + b"".join(struct.pack(">I", n) for n in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as handle:
+            handle.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def _fake_fashion_mnist(folder, num_train=12, num_test=5, compress=True):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (num_train, 28, 28)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, num_train),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (num_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, num_test),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        _write_idx(folder / name, array, compress)
+    return arrays
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_fashion_mnist_reads_idx_files_and_carves_validation(tmp_path, compress):
+    arrays = _fake_fashion_mnist(tmp_path, compress=compress)
+    train = FashionMNIST("train", tmp_path, val_size=4)
+    val = FashionMNIST("val", tmp_path, val_size=4)
+    test = build_dataset("fashion_mnist", "test", str(tmp_path))
+    assert (len(train), len(val), len(test)) == (8, 4, 5)
+    image, label = val[1]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.float32 and isinstance(label, int)
+    np.testing.assert_allclose(image[0].numpy(), arrays["train-images-idx3-ubyte"][9] / 255.0, rtol=0, atol=1e-7)
+    assert label == arrays["train-labels-idx1-ubyte"][9]
+    assert test[4][1] == arrays["t10k-labels-idx1-ubyte"][4]
+
+
+def test_fashion_mnist_pads_to_larger_images(tmp_path):
+    arrays = _fake_fashion_mnist(tmp_path)
+    image, _ = FashionMNIST("test", tmp_path, img_size=32)[2]
+    assert image.shape == (1, 32, 32)
+    np.testing.assert_allclose(image[0, 2:30, 2:30].numpy(), arrays["t10k-images-idx3-ubyte"][2] / 255.0, atol=1e-7)
+    assert image[0, :2].abs().sum() == 0 and image[0, :, 30:].abs().sum() == 0
+
+
+def test_fashion_mnist_missing_files_say_how_to_get_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        FashionMNIST("train", tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        FashionMNIST("train", tmp_path / "empty")
+
+
+def test_fashion_mnist_corrupt_files_are_reported(tmp_path):
+    _fake_fashion_mnist(tmp_path, compress=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    good = path.read_bytes()
+    path.write_bytes(good[:-10])  # truncated
+    with pytest.raises(ValueError, match="corrupt IDX file"):
+        FashionMNIST("train", tmp_path)
+    path.write_bytes(b"\x00\x00\x0d\x03" + good[4:])  # float type code instead of unsigned bytes
+    with pytest.raises(ValueError, match="corrupt IDX file"):
+        FashionMNIST("train", tmp_path)
+    path.unlink()
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match="corrupt IDX file"):
+        read_idx(tmp_path / "train-images-idx3-ubyte.gz", 3)
+
+
+def test_fashion_mnist_label_count_mismatch_is_corrupt(tmp_path):
+    _fake_fashion_mnist(tmp_path, compress=False)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(3), compress=False)
+    with pytest.raises(ValueError, match="12 images but 3 labels"):
+        FashionMNIST("train", tmp_path)
+
+
+# -- ImageFolder ----------------------------------------------------------------------------------------------------
+
+def _image_tree(root):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_image_folder_builds_tensors_with_the_usual_transforms(tmp_path):
+    _image_tree(tmp_path)
+    train = build_dataset("image_folder", "train", str(tmp_path), img_size=32)
+    val = build_dataset("image_folder", "val", str(tmp_path), img_size=32)
+    assert train.num_classes == 2 and train.input_size == (3, 32, 32) and len(val) == 4
+    image, label = val[3]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == 1
+    assert torch.equal(val[3][0], image)  # evaluation transform is deterministic
+    assert image.min() < 0  # normalised with the ImageNet mean/std
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="--data-dir"):
+        build_dataset("image_folder", "train", None)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_dataset("image_folder", "test", str(tmp_path))
+
+
+def test_build_dataset_rejects_unknown_names():
+    assert {"cluttered_digits", "fashion_mnist", "image_folder"} <= set(list_datasets())
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        build_dataset("mnist", "train")
