@@ -187,3 +187,16 @@ def test_video_folder_errors(tmp_path):
         ds[1]
     with pytest.raises(ValueError, match="num_frames"):
         VideoFolderDataset(tmp_path / "bad", "train", num_frames=0)
+
+
+def test_build_dataset_knows_the_video_datasets(tmp_path):
+    from mone.data import build_dataset, list_datasets
+
+    assert {"moving_digits", "video_folder"} <= set(list_datasets())
+    ds = build_dataset("moving_digits", "val", num_samples=5, num_frames=4, seed=3)
+    assert isinstance(ds, MovingDigits) and ds.input_size == (1, 4, 32, 32) and len(ds) == 5
+    assert torch.equal(ds[2][0], MovingDigits("val", num_samples=5, num_frames=4, seed=3)[2][0])
+    with pytest.raises(ValueError, match="--data-dir"):
+        build_dataset("video_folder", "train")
+    _write_frames(tmp_path / "train" / "only" / "clip", [torch.zeros(3, 8, 8, dtype=torch.uint8)] * 2)
+    assert len(build_dataset("video_folder", "train", str(tmp_path), num_frames=2, img_size=8)) == 1

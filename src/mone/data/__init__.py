@@ -1,8 +1,8 @@
 """Datasets and the ``build_dataset(name, split, ...)`` factory.
 
-Every dataset yields ``(sample, label)`` with ``sample`` a float tensor (``[C, H, W]`` for images) and an int label,
-and exposes ``num_classes`` and ``input_size`` (the sample shape without batch). New datasets plug in with
-:func:`register_dataset`.
+Every dataset yields ``(sample, label)`` with ``sample`` a float tensor (``[C, H, W]`` for images, ``[C, T, H, W]``
+for clips) and an int label, and exposes ``num_classes`` and ``input_size`` (the sample shape without batch). New
+datasets plug in with :func:`register_dataset`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,15 @@ from .cluttered_digits import ClutteredDigits
 from .fashion_mnist import DEFAULT_DATA_DIR as FASHION_MNIST_DIR
 from .fashion_mnist import FashionMNIST
 from .image_folder import ImageFolderDataset
+from .moving_digits import MovingDigits
+from .video_folder import VideoFolderDataset
 
 __all__ = [
     "ClutteredDigits",
     "FashionMNIST",
     "ImageFolderDataset",
+    "MovingDigits",
+    "VideoFolderDataset",
     "build_dataset",
     "list_datasets",
     "register_dataset",
@@ -73,3 +77,15 @@ def _image_folder(split: str, data_dir: str | None, **kwargs: Any) -> Dataset:
     if data_dir is None:
         raise ValueError("dataset image_folder needs --data-dir pointing at a root/<split>/<class>/ tree")
     return ImageFolderDataset(data_dir, split, **kwargs)
+
+
+@register_dataset("moving_digits")
+def _moving_digits(split: str, data_dir: str | None, **kwargs: Any) -> Dataset:
+    return MovingDigits(split, **kwargs)
+
+
+@register_dataset("video_folder")
+def _video_folder(split: str, data_dir: str | None, **kwargs: Any) -> Dataset:
+    if data_dir is None:
+        raise ValueError("dataset video_folder needs --data-dir pointing at a root/<split>/<class>/<clip> tree")
+    return VideoFolderDataset(data_dir, split, **kwargs)
