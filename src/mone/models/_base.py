@@ -27,6 +27,15 @@ def _straight_through_clamp(x: torch.Tensor, low: float, high: float) -> torch.T
     return x + (x.clamp(low, high) - x).detach()
 
 
+def _specialised(capacity: float | torch.Tensor) -> float:
+    """``capacity`` as a float that ``torch.compile`` treats as a constant (eager: an exact round trip).
+
+    Dynamo traces float arguments symbolically, but the capacity fixes every tensor shape, so each value needs its
+    own graph: formatting the number makes Dynamo guard on its exact value, and a new capacity recompiles.
+    """
+    return float(f"{float(capacity)!r}")
+
+
 def validate_vit_args(
     img_size: int,
     patch_size: int,
@@ -76,7 +85,7 @@ class MoneModelMixin:
         if capacity is None:
             return self.distribution
         if isinstance(capacity, (int, float)) or (isinstance(capacity, torch.Tensor) and capacity.dim() == 0):
-            return capacity_distribution(float(capacity), self.num_experts, beta=self.beta, delta=self.delta)
+            return capacity_distribution(_specialised(capacity), self.num_experts, beta=self.beta, delta=self.delta)
         distribution = validate_distribution(capacity)
         if len(distribution) != self.num_experts:
             raise ValueError(f"distribution has {len(distribution)} entries, the model has {self.num_experts} experts")
