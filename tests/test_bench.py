@@ -1,0 +1,72 @@
+"""``mone bench`` end to end on the tiny model: files, columns and the arithmetic between them (no timing asserts)."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from mone.bench import CSV_COLUMNS, BenchConfig, build_dense_twin, run_benchmark, write_csv, write_json
+from mone.cli import main
+from mone.flops import count_flops
+from mone.models import create_model
+
+
+def test_dense_twin_is_the_same_function_at_capacity_one():
+    torch.manual_seed(0)
+    model = create_model("mone_vit_test").eval()
+    dense = build_dense_twin(model).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(dense(images), model(images, capacity=1.0), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(dense(images), model(images, capacity=0.25), atol=1e-3)
+
+
+def test_benchmark_rows_files_and_arithmetic(tmp_path):
+    config = BenchConfig(model="mone_vit_test", batch_size=2, capacities=(0.5, 0.25), repeats=2, warmup=0)
+    rows, meta = run_benchmark(config)
+    assert [(r["mode"], r["variant"], r["capacity"]) for r in rows] == [
+        (mode, variant, capacity)
+        for mode in ("throughput", "latency", "train")
+        for variant, capacity in (("timm-dense", ""), ("mone", 1.0), ("mone", 0.5), ("mone", 0.25))
+    ]
+    model = create_model("mone_vit_test")
+    dense_macs = count_flops(model, (3, 32, 32), 1.0)
+    for r in rows:
+        assert r["batch_size"] == (1 if r["mode"] == "latency" else 2)
+        assert r["images_per_s"] == pytest.approx(r["batch_size"] / (r["median_ms"] / 1e3))
+        assert r["efficiency"] == pytest.approx(r["speedup"] / r["ideal_speedup"])
+        if r["variant"] == "timm-dense":
+            assert r["speedup"] == 1.0 and r["ideal_speedup"] == 1.0
+        else:
+            assert r["ideal_speedup"] == pytest.approx(dense_macs / count_flops(model, (3, 32, 32), r["capacity"]))
+        has_routing = r["mode"] == "throughput" and r["capacity"] in (0.5, 0.25)
+        assert (r["routing_fraction"] != "") == has_routing
+        if has_routing:
+            assert r["routing_fraction"] == pytest.approx(r["routing_ms"] / r["median_ms"])
+    assert meta["baseline"] == "timm"
+    assert meta["max_abs_diff_capacity_1_vs_timm"] < 1e-5
+    assert set(meta["environment"]["malloc"]) == {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}
+
+    write_csv(rows, tmp_path / "out" / "bench.csv")
+    write_json(rows, meta, tmp_path / "bench.json")
+    with open(tmp_path / "out" / "bench.csv") as f:
+        table = list(csv.DictReader(f))
+    assert tuple(table[0]) == CSV_COLUMNS and len(table) == len(rows)
+    assert float(table[3]["efficiency"]) == pytest.approx(rows[3]["efficiency"])
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows)) and saved["meta"]["config"]["model"] == "mone_vit_test"
+
+
+def test_cli_writes_files_and_rejects_bad_input(tmp_path, capsys):
+    out_csv, out_json = tmp_path / "b.csv", tmp_path / "b.json"
+    argv = ["bench", "--model", "mone_vit_test", "--batch-size", "2", "--capacities", "0.5", "--modes", "latency",
+            "--repeats", "1", "--warmup", "0", "--no-timm", "--csv", str(out_csv), "--json", str(out_json)]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [r["capacity"] for r in rows] == [1.0, 0.5] and rows[0]["speedup"] == 1.0  # baseline: MoNE at 1.0
+    assert "malloc: MALLOC_MMAP_THRESHOLD_=" in capsys.readouterr().out
+    assert out_csv.exists()
+    assert main(["bench", "--model", "mone_vit_test", "--repeats", "0"]) == 2
+    assert main(["bench", "--model", "mone_vit_test", "--capacities", "0.05"]) == 2
+    assert "capacity must be" in capsys.readouterr().err
