@@ -15,6 +15,10 @@ from collections.abc import Sequence
 _SUBCOMMANDS = {
     # name: (module, one-line help)
     "flops": ("mone.flops_cli", "multiply-accumulates per sample across capacities"),
+    "train": ("mone.train.cli", "train a model (fixed, adaptive or nested capacity)"),
+    "eval": ("mone.train.evaluate", "accuracy at a list of capacities: table, CSV, JSON, plot"),
+    "viz": ("mone.viz", "routing maps: every token tinted by its expert"),
+    "demo": ("mone.demo", "dense ViT vs MoNE on cluttered digits, with a report folder"),
     "bench": ("mone.bench", "wall-clock speed against timm's dense ViT with the same weights"),
 }
 

@@ -59,7 +59,12 @@ def build_dataset(name: str, split: str, data_dir: str | None = None, **kwargs: 
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
-    return _BUILDERS[name](split, data_dir, **kwargs)
+    try:
+        return _BUILDERS[name](split, data_dir, **kwargs)
+    except TypeError as error:  # an option the dataset does not take, e.g. a typo in --dataset-arg
+        if "unexpected keyword argument" not in str(error):
+            raise
+        raise ValueError(f"dataset {name!r} does not take that option: {error}") from None
 
 
 @register_dataset("cluttered_digits")

@@ -1,0 +1,217 @@
+"""Budget sweep (``mone eval``): top-1 accuracy of trained models at a list of capacities.
+
+For every capacity: the realised capacity (after flooring token counts), GFLOPs per sample (multiply-accumulates,
+the ViT/MoNE papers' convention, from :func:`mone.count_flops`), top-1 accuracy and images/s of the forward pass.
+Results are written as CSV and JSON, and plotted as accuracy against GFLOPs with one curve per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..capacity import feasible_capacity_range, realised_capacity, validate_capacity
+from ..data import build_dataset
+from ..flops import count_flops
+from .checkpoint import atomic_write_text, load_model
+from .loop import prepare_output_dir
+
+__all__ = [
+    "DEFAULT_CAPACITIES",
+    "add_arguments",
+    "evaluate",
+    "format_table",
+    "plot_accuracy_vs_flops",
+    "run",
+    "write_results",
+]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_CAPACITIES = (0.2, 0.3, 0.5, 0.75, 1.0)
+COLUMNS = ("capacity", "realised_capacity", "gflops", "top1", "images_per_s")
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    capacities: Sequence[float],
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    bf16: bool = False,
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Top-1 accuracy of ``model`` on every sample of ``dataset`` at each capacity.
+
+    Args:
+        model: a MoNE model (``forward(x, capacity=...)`` with ``num_experts``, ``tokens_per_group``,
+            ``default_input_size``).
+        dataset: yields ``(sample, label)``.
+        capacities: effective capacities, each in the model's feasible range.
+        batch_size, device, num_workers: evaluation batching.
+        bf16: run the forward under bfloat16 autocast.
+        progress: tqdm bar per capacity.
+
+    Returns:
+        One row per capacity: ``capacity``, ``realised_capacity``, ``gflops`` (per sample, multiply-accumulates),
+        ``top1`` (fraction in [0, 1]), ``images_per_s`` (forward passes only) and ``num_samples``.
+    """
+    num_experts = getattr(model, "num_experts", 1)
+    values = [validate_capacity(c, num_experts) for c in capacities]
+    device = torch.device(device)
+    model = model.to(device).eval()
+    input_size = tuple(model.default_input_size)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    rows = []
+    for capacity in values:
+        correct, seen, forward_s = 0, 0, 0.0
+        for images, labels in tqdm(loader, desc=f"eval capacity {capacity:g}", disable=not progress, leave=False):
+            images, labels = images.to(device), labels.to(device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            with autocast:
+                logits = model(images, capacity=capacity)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            forward_s += time.perf_counter() - start
+            correct += (logits.argmax(dim=-1) == labels).sum().item()
+            seen += len(labels)
+        rows.append({
+            "capacity": capacity,
+            "realised_capacity": realised_capacity(model.resolve_distribution(capacity), model.tokens_per_group),
+            "gflops": count_flops(model, input_size, capacity) / 1e9,
+            "top1": correct / seen,
+            "images_per_s": seen / max(forward_s, 1e-9),
+            "num_samples": seen,
+        })
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
+    """A fixed-width text table of evaluation rows (top-1 in percent)."""
+    lines = [title] if title else []
+    lines.append(f"{'capacity':>9} {'realised':>9} {'GFLOPs':>9} {'top-1 %':>8} {'images/s':>9}")
+    for row in rows:
+        lines.append(
+            f"{row['capacity']:>9.3f} {row['realised_capacity']:>9.4f} {row['gflops']:>9.4g} "
+            f"{100 * row['top1']:>8.2f} {row['images_per_s']:>9.0f}"
+        )
+    return "\n".join(lines)
+
+
+def write_results(results: Mapping[str, Sequence[Mapping[str, Any]]], output_dir: str | os.PathLike) -> list[Path]:
+    """Write ``results.csv`` (a ``model`` column plus one row per capacity) and ``results.json``; returns the paths."""
+    output_dir = Path(output_dir)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["model", *COLUMNS, "num_samples"], lineterminator="\n")
+    writer.writeheader()
+    for label, rows in results.items():
+        for row in rows:
+            writer.writerow({"model": label, **row})
+    csv_path, json_path = output_dir / "results.csv", output_dir / "results.json"
+    atomic_write_text(csv_path, buffer.getvalue())
+    atomic_write_text(json_path, json.dumps({k: list(v) for k, v in results.items()}, indent=2) + "\n")
+    return [csv_path, json_path]
+
+
+def plot_accuracy_vs_flops(
+    results: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, title: str = ""
+) -> Path:
+    """Top-1 accuracy against GFLOPs per sample, one curve per model (each point labelled with its capacity)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for label, rows in results.items():
+        rows = sorted(rows, key=lambda r: r["gflops"])
+        xs, ys = [r["gflops"] for r in rows], [100 * r["top1"] for r in rows]
+        ax.plot(xs, ys, marker="o", label=label)
+        for row, x, y in zip(rows, xs, ys):
+            ax.annotate(f"{row['capacity']:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel("GFLOPs per sample (multiply-accumulates)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def default_capacities_for(model: nn.Module) -> list[float]:
+    """:data:`DEFAULT_CAPACITIES` restricted to the model's feasible range (only 1.0 for a dense model)."""
+    low, high = feasible_capacity_range(getattr(model, "num_experts", 1))
+    return [c for c in DEFAULT_CAPACITIES if low <= c <= high]
+
+
+# -- command line -------------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint files (or run folders) to evaluate")
+    parser.add_argument("--labels", nargs="+", default=None, help="curve names (default: the run folder names)")
+    parser.add_argument("--capacities", type=float, nargs="+", default=None,
+                        help=f"capacities to evaluate (default {list(DEFAULT_CAPACITIES)}, within each model's range)")
+    parser.add_argument("--dataset", default=None, help="dataset name (default: the one the model was trained on)")
+    parser.add_argument("--data-dir", default=None, help="dataset folder (default: the training run's)")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--output", default="runs/eval", help="folder for results.csv/json and the plot")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.labels is not None and len(args.labels) != len(args.checkpoints):
+        raise ValueError(f"--labels names {len(args.labels)} curves for {len(args.checkpoints)} checkpoints")
+    loaded = []
+    for path in args.checkpoints:  # load and validate everything before writing anything
+        model, checkpoint = load_model(path, args.device)
+        capacities = default_capacities_for(model) if args.capacities is None else args.capacities
+        for capacity in capacities:
+            validate_capacity(capacity, getattr(model, "num_experts", 1))
+        config = checkpoint.meta.get("config") or {}
+        name = args.dataset or config.get("dataset")
+        if name is None:
+            raise ValueError(f"checkpoint {path} does not name its dataset; pass --dataset")
+        kwargs = config.get("dataset_kwargs", {}) if name == config.get("dataset") else {}
+        data_dir = args.data_dir or (config.get("data_dir") if name == config.get("dataset") else None)
+        dataset = build_dataset(name, args.split, data_dir, **kwargs)
+        loaded.append((path, model, capacities, dataset))
+    output_dir = prepare_output_dir(args.output)
+    labels = args.labels or [Path(p).parent.name if Path(p).is_file() else Path(p).name for p in args.checkpoints]
+    results = {}
+    for label, (path, model, capacities, dataset) in zip(labels, loaded):
+        rows = evaluate(model, dataset, capacities, args.batch_size, args.device, bf16=args.bf16, progress=True)
+        results[label] = rows
+        print(format_table(rows, title=f"{label} ({path}, {args.split} split, {rows[0]['num_samples']} samples)"))
+    paths = write_results(results, output_dir)
+    paths.append(plot_accuracy_vs_flops(results, output_dir / "accuracy_vs_gflops.png"))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

@@ -1,0 +1,242 @@
+"""Routing maps (``mone viz``): which expert each token of an image reaches, at several capacities.
+
+Each image patch is tinted with the colour of its expert (the paper's Figure 8). On datasets that know where the
+object is (cluttered digits keep the digit's box), :func:`object_routing_share` also measures routing: the share
+of object-covering tokens sent to the largest experts, against the share of background tokens sent there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from .capacity import validate_capacity
+
+__all__ = [
+    "add_arguments",
+    "expert_colors",
+    "expert_grid",
+    "object_routing_share",
+    "patch_box_coverage",
+    "run",
+    "save_routing_maps",
+    "tint_image",
+]
+
+Box = tuple[int, int, int, int]  # (top, left, bottom, right) in pixels, bottom/right exclusive
+
+
+def expert_colors(num_experts: int) -> np.ndarray:
+    """One RGB colour per expert [E, 3] in [0, 1], smallest expert first (dark blue ... yellow)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["plasma"]
+    return np.array([cmap(0.05 + 0.9 * i / max(num_experts - 1, 1))[:3] for i in range(num_experts)])
+
+
+@torch.inference_mode()
+def expert_grid(model: nn.Module, images: torch.Tensor, capacity: float) -> torch.Tensor:
+    """Expert index of every patch: images [B, C, H, W] -> [B, H / p, W / p] (0 = smallest expert)."""
+    model.eval()
+    _, plan = model.forward_features(images, capacity, return_plan=True)
+    grid_h, grid_w = model.patch_embed.grid_size
+    return plan.expert.reshape(images.shape[0], grid_h, grid_w).cpu()  # plan.expert is [B, N] in input order
+
+
+def tint_image(image: torch.Tensor, experts: torch.Tensor, colors: np.ndarray, strength: float = 0.5) -> np.ndarray:
+    """Blend each patch of ``image`` [C, H, W] with its expert's colour; ``experts`` is [H / p, W / p].
+
+    Returns an RGB array [H, W, 3] in [0, 1] (the image is min-max scaled to [0, 1] first).
+    """
+    pixels = image.detach().float().cpu()
+    pixels = (pixels - pixels.min()) / (pixels.max() - pixels.min()).clamp_min(1e-8)
+    rgb = pixels.expand(3, -1, -1) if pixels.shape[0] == 1 else pixels[:3]
+    rgb = rgb.permute(1, 2, 0).numpy()  # [H, W, 3]
+    H, W = rgb.shape[:2]
+    grid_h, grid_w = experts.shape
+    tint = colors[experts.numpy()]  # [grid_h, grid_w, 3]
+    tint = tint.repeat(H // grid_h, axis=0).repeat(W // grid_w, axis=1)  # [H, W, 3]
+    return (1 - strength) * rgb + strength * tint
+
+
+def save_routing_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    capacities: Sequence[float],
+    path: str | os.PathLike,
+    boxes: Sequence[Box] | None = None,
+    titles: Sequence[str] | None = None,
+) -> Path:
+    """Write a PNG grid: one row per image [B, C, H, W]; the input, then its routing map at each capacity.
+
+    Args:
+        model: a MoNE image model.
+        images: the inputs (on the model's device).
+        capacities: one column per capacity.
+        path: the PNG to write (atomically).
+        boxes: optional object box per image, outlined on the input column.
+        titles: optional row titles (e.g. the labels).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
+    num_experts = getattr(model, "num_experts", 1)
+    values = [validate_capacity(c, num_experts) for c in capacities]
+    colors = expert_colors(num_experts)
+    grids = [expert_grid(model, images, c) for c in values]  # each [B, gh, gw]
+    B = images.shape[0]
+    fig, axes = plt.subplots(B, len(values) + 1, figsize=(1.6 * (len(values) + 1), 1.6 * B + 0.6), squeeze=False)
+    for b in range(B):
+        plain = tint_image(images[b], grids[0][b], colors, strength=0.0)
+        axes[b, 0].imshow(plain, interpolation="nearest")
+        if boxes is not None:
+            top, left, bottom, right = boxes[b]
+            axes[b, 0].add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top,
+                                           fill=False, edgecolor="lime", linewidth=1.2))
+        axes[b, 0].set_ylabel(titles[b] if titles is not None else "", fontsize=8)
+        for k, capacity in enumerate(values):
+            axes[b, k + 1].imshow(tint_image(images[b], grids[k][b], colors), interpolation="nearest")
+            if b == 0:
+                axes[b, k + 1].set_title(f"capacity {capacity:g}", fontsize=8)
+    axes[0, 0].set_title("input", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    widths = getattr(model, "expert_widths", tuple(range(num_experts)))
+    handles = [Patch(color=colors[i], label=f"expert {i} (width {widths[i]})") for i in range(num_experts)]
+    fig.legend(handles=handles, loc="lower center", ncol=num_experts, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def patch_box_coverage(box: Box, img_size: int, patch_size: int) -> torch.Tensor:
+    """Fraction of each patch's area inside ``box``: [N] in row-major patch order (N = (img_size / patch_size)**2)."""
+    top, left, bottom, right = box
+    starts = torch.arange(0, img_size, patch_size, dtype=torch.float64)  # [grid]
+    rows = ((torch.clamp(starts + patch_size, max=bottom) - torch.clamp(starts, min=top)).clamp_min(0)) / patch_size
+    cols = ((torch.clamp(starts + patch_size, max=right) - torch.clamp(starts, min=left)).clamp_min(0)) / patch_size
+    return (rows[:, None] * cols[None, :]).reshape(-1)  # [grid * grid]
+
+
+@torch.inference_mode()
+def object_routing_share(
+    model: nn.Module,
+    dataset: Dataset,
+    capacity: float,
+    num_samples: int = 512,
+    batch_size: int = 128,
+    top_experts: int = 2,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """How often object tokens reach the largest experts, compared with background tokens.
+
+    A token is an *object* token when at least half of its patch lies inside the dataset's box (``dataset.box(i)``),
+    a *background* token when none of it does (tokens in between are not counted).
+
+    Returns:
+        ``object_share`` and ``background_share`` (fractions of those tokens routed to the ``top_experts`` largest
+        experts), the token counts behind them, and ``expected_share``: the share of *all* tokens the capacity
+        sends to those experts, i.e. what a router blind to content would give both groups on average.
+    """
+    if not hasattr(dataset, "box"):
+        raise ValueError(f"{type(dataset).__name__} has no object boxes; routing shares need e.g. cluttered_digits")
+    num_experts = getattr(model, "num_experts", 1)
+    validate_capacity(capacity, num_experts)
+    num_samples = min(num_samples, len(dataset))
+    patch = model.patch_embed.patch_size[0]
+    img_size = model.patch_embed.img_size[0]
+    first_top = max(num_experts - top_experts, 0)
+    model = model.to(device).eval()
+    counts = torch.zeros(4, dtype=torch.float64)  # object on top, object, background on top, background
+    for start in range(0, num_samples, batch_size):
+        index = range(start, min(start + batch_size, num_samples))
+        images = torch.stack([dataset[i][0] for i in index]).to(device)
+        coverage = torch.stack([patch_box_coverage(dataset.box(i), img_size, patch) for i in index])  # [b, N]
+        _, plan = model.forward_features(images, capacity, return_plan=True)
+        on_top = (plan.expert >= first_top).cpu()  # [b, N]
+        is_object, is_background = coverage >= 0.5, coverage == 0
+        counts += torch.tensor([(on_top & is_object).sum(), is_object.sum(),
+                                (on_top & is_background).sum(), is_background.sum()], dtype=torch.float64)
+    counts_per_expert = plan.counts
+    expected = sum(counts_per_expert[first_top:]) / sum(counts_per_expert)
+    return {
+        "capacity": float(capacity),
+        "top_experts": top_experts,
+        "object_share": (counts[0] / counts[1]).item(),
+        "background_share": (counts[2] / counts[3]).item(),
+        "expected_share": expected,
+        "object_tokens": int(counts[1]),
+        "background_tokens": int(counts[3]),
+        "num_samples": num_samples,
+    }
+
+
+# -- command line -------------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint file or run folder")
+    parser.add_argument("--capacities", type=float, nargs="+", default=[0.2, 0.3, 0.5, 0.75, 1.0])
+    parser.add_argument("--num-images", type=int, default=6, help="rows of the routing-map figure")
+    parser.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--share-samples", type=int, default=512, help="images for the object/background shares")
+    parser.add_argument("--output", default="runs/viz", help="folder for routing_maps.png (and routing_share.json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .data import build_dataset
+    from .train.checkpoint import atomic_write_text, load_model
+    from .train.loop import prepare_output_dir
+
+    model, checkpoint = load_model(args.checkpoint)
+    num_experts = getattr(model, "num_experts", 1)
+    for capacity in args.capacities:
+        validate_capacity(capacity, num_experts)
+    if args.num_images < 1:
+        raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
+    config = checkpoint.meta.get("config") or {}
+    name = args.dataset or config.get("dataset")
+    if name is None:
+        raise ValueError(f"checkpoint {args.checkpoint} does not name its dataset; pass --dataset")
+    same = name == config.get("dataset")
+    dataset = build_dataset(name, args.split, args.data_dir or (config.get("data_dir") if same else None),
+                            **(config.get("dataset_kwargs", {}) if same else {}))
+    output_dir = prepare_output_dir(args.output)
+    count = min(args.num_images, len(dataset))
+    images = torch.stack([dataset[i][0] for i in range(count)])
+    boxes = [dataset.box(i) for i in range(count)] if hasattr(dataset, "box") else None
+    titles = [f"label {dataset[i][1]}" for i in range(count)]
+    path = save_routing_maps(model, images, args.capacities, output_dir / "routing_maps.png", boxes, titles)
+    print(f"wrote {path}")
+    if boxes is not None:
+        shares = [object_routing_share(model, dataset, c, args.share_samples) for c in args.capacities]
+        print(f"share of tokens on the {shares[0]['top_experts']} largest experts ({shares[0]['num_samples']} images)")
+        print(f"{'capacity':>9} {'object':>8} {'background':>11} {'all tokens':>11}")
+        for share in shares:
+            print(f"{share['capacity']:>9.3f} {share['object_share']:>8.3f} {share['background_share']:>11.3f} "
+                  f"{share['expected_share']:>11.3f}")
+        share_path = output_dir / "routing_share.json"
+        atomic_write_text(share_path, json.dumps(shares, indent=2) + "\n")
+        print(f"wrote {share_path}")
+    return 0

@@ -1,0 +1,159 @@
+"""Command line end to end (train -> eval -> viz, demo) and its one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mone.cli import main
+
+MODEL = ["--model", "mone_vit_test", "--model-arg", "img_size=16", "--model-arg", "patch_size=4",
+         "--model-arg", "embed_dim=32", "--model-arg", "depth=1", "--batch-size", "16", "--steps", "3",
+         "--warmup-steps", "1", "--no-progress"]
+TINY = [*MODEL, "--dataset-arg", "img_size=16", "--dataset-arg", "digit_size=8", "--dataset-arg", "fragment_size=4",
+        "--dataset-arg", "num_samples=48"]
+
+
+def one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *TINY, "--capacity", "0.5", "--output", str(run)]) == 0
+    return run
+
+
+def test_train_eval_viz_end_to_end(trained, tmp_path, capsys):
+    assert (trained / "checkpoint.safetensors").exists() and (trained / "checkpoint.json").exists()
+    meta = json.loads((trained / "checkpoint.json").read_text())
+    assert meta["model"] == "mone_vit_test" and meta["model_kwargs"]["depth"] == 1 and meta["step"] == 3
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    assert main(["eval", str(trained), str(trained / "checkpoint.safetensors"), "--labels", "a", "b",
+                 "--capacities", "0.25", "1.0", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "GFLOPs" in printed and "top-1" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert list(results) == ["a", "b"]  # the same checkpoint twice (folder and file): the same accuracies
+    assert [r["top1"] for r in results["a"]] == [r["top1"] for r in results["b"]]
+    assert [r["capacity"] for r in results["a"]] == [0.25, 1.0]
+    assert results["a"][0]["num_samples"] == 48  # the run's dataset options, test split
+    assert (out / "results.csv").exists() and (out / "accuracy_vs_gflops.png").exists()
+    viz = tmp_path / "viz"
+    assert main(["viz", str(trained), "--capacities", "0.25", "0.5", "--num-images", "2", "--share-samples", "16",
+                 "--output", str(viz)]) == 0
+    assert (viz / "routing_maps.png").exists()
+    shares = json.loads((viz / "routing_share.json").read_text())
+    assert [s["capacity"] for s in shares] == [0.25, 0.5] and shares[0]["num_samples"] == 16
+
+
+def test_train_resume_continues_a_finished_run(trained, capsys):
+    # the run is complete: --resume with no other flags reloads its configuration and has nothing left to do
+    assert main(["train", "--output", str(trained), "--resume", "--no-progress"]) == 0
+    assert "checkpoint" in capsys.readouterr().out
+
+
+def test_demo_local_writes_a_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--local", "--steps", "2", "--output", str(out), "--no-progress"]) == 0
+    readme = (out / "README.md").read_text()
+    assert "MoNE at capacity 0.5" in readme and ("matches" in readme or "does not match" in readme or "beats" in readme)
+    for name in ("results.csv", "results.json", "accuracy_vs_gflops.png", "routing_maps_mone.png",
+                 "routing_share.json", "summary.json"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    assert summary["dense_top1"] == results["dense ViT"][0]["top1"]
+    assert [r["capacity"] for r in results["MoNE, trained at 0.5"]] == [0.2, 0.3, 0.5, 0.75, 1.0]
+    assert "MoNE at 0.5" in capsys.readouterr().out
+
+
+# -- bad input: one line, exit 2, nothing written ----------------------------------------------------------------------
+
+def test_missing_dataset(tmp_path, capsys):
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["train", *MODEL, "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "none"),
+                                  "--output", str(out)])
+    assert "apt-get install dataset-fashion-mnist" in err
+    assert not out.exists()
+
+
+def test_corrupt_dataset(tmp_path, capsys):
+    data = tmp_path / "fmnist"
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (data / name).write_bytes(b"\x00\x00\x08\x03garbage")
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["train", *MODEL, "--dataset", "fashion_mnist", "--data-dir", str(data),
+                                  "--output", str(out)])
+    assert "corrupt IDX file" in err and not out.exists()
+
+
+def test_unknown_dataset_option(tmp_path, capsys):
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["train", *TINY, "--dataset-arg", "colour=1", "--output", str(out)])
+    assert "cluttered_digits" in err and "colour" in err and not out.exists()
+
+
+def test_unknown_model(tmp_path, capsys):
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["train", *TINY, "--model", "vit_huge_nonsense", "--output", str(out)])
+    assert "unknown model 'vit_huge_nonsense'" in err and not out.exists()
+
+
+def test_capacity_out_of_range(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["train", *TINY, "--capacity", "0.05", "--output", str(out)])
+    assert "capacity" in err and "[0.125, 1]" in err and not out.exists()
+    err = one_line_error(capsys, ["eval", str(trained), "--capacities", "1.5", "--output", str(out)])
+    assert "capacity" in err and not out.exists()
+    err = one_line_error(capsys, ["viz", str(trained), "--capacities", "0.1", "--output", str(out)])
+    assert "capacity" in err and not out.exists()
+
+
+def test_checkpoint_of_another_architecture(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    wider = [a if a != "embed_dim=32" else "embed_dim=64" for a in TINY]
+    err = one_line_error(capsys, ["train", *wider, "--init-from", str(trained), "--output", str(out)])
+    assert "another architecture" in err and not out.exists()
+    copy = tmp_path / "copy"  # resuming a run with a different model
+    copy.mkdir()
+    for name in ("checkpoint.safetensors", "checkpoint.json"):
+        (copy / name).write_bytes((trained / name).read_bytes())
+    err = one_line_error(capsys, ["train", "--resume", "--model-arg", "embed_dim=64", "--output", str(copy),
+                                  "--no-progress"])
+    assert "cannot resume" in err and "model_kwargs" in err
+    assert sorted(p.name for p in copy.iterdir()) == ["checkpoint.json", "checkpoint.safetensors"]
+
+
+def test_corrupt_or_missing_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"junk")
+    out = tmp_path / "out"
+    assert "corrupt" in one_line_error(capsys, ["eval", str(bad), "--output", str(out)])
+    assert "does not exist" in one_line_error(capsys, ["viz", str(tmp_path / "nope"), "--output", str(out)])
+    assert not out.exists()
+
+
+def test_unwritable_output_folder(trained, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should go")
+    err = one_line_error(capsys, ["train", *TINY, "--output", str(blocker / "run")])
+    assert "output folder" in err
+    err = one_line_error(capsys, ["eval", str(trained), "--output", str(blocker)])
+    assert "output folder" in err and blocker.read_text().startswith("a file")
+    err = one_line_error(capsys, ["demo", "--local", "--output", str(blocker / "demo"), "--no-progress"])
+    assert "output folder" in err
+    if os.geteuid() != 0:  # root ignores permission bits
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        err = one_line_error(capsys, ["train", *TINY, "--output", str(locked / "run")])
+        assert "output folder" in err and not Path(locked / "run").exists()

@@ -1,0 +1,321 @@
+"""Trainer: schedule, config, data order, capacities per step, checkpoints, exact resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mone import count_flops, create_model
+from mone.train.checkpoint import (
+    load_checkpoint,
+    load_model,
+    optimizer_state_from_tensors,
+    optimizer_state_to_tensors,
+    save_checkpoint,
+    set_rng_state,
+)
+from mone.train.config import PAPER_CAPACITIES, TrainConfig
+from mone.train.loop import (
+    StepBatchSampler,
+    capacities_for_step,
+    epoch_permutation,
+    planned_steps,
+    train,
+)
+from mone.train.schedule import warmup_cosine_lr
+
+TINY_MODEL = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2)
+
+
+def tiny_config(tmp_path, **changes) -> TrainConfig:
+    base = TrainConfig(
+        model="mone_vit_test",
+        model_kwargs=dict(TINY_MODEL),
+        dataset="cluttered_digits",
+        dataset_kwargs=dict(img_size=16, digit_size=8, fragment_size=4, num_samples=40),
+        steps=6, batch_size=8, lr=3e-3, warmup_steps=1, log_every=1, checkpoint_every=3,
+        capacity=0.5, output_dir=str(tmp_path / "run"),
+    )
+    return base.replace(**changes)
+
+
+# -- schedule and config --------------------------------------------------------------------------------------------
+
+def test_warmup_cosine_schedule():
+    lrs = [warmup_cosine_lr(s, 20, 1.0, warmup_steps=4, min_lr=0.1) for s in range(20)]
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1)
+    # the cosine's midpoint: half-way between lr and min_lr
+    assert warmup_cosine_lr(4 + 15 // 2, 20, 1.0, 4, 0.1) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 7 / 15)))
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    with pytest.raises(ValueError, match="step"):
+        warmup_cosine_lr(20, 20, 1.0)
+
+
+def test_train_config_round_trips_through_json():
+    config = TrainConfig(model_kwargs={"depth": 2}, capacities=[0.25, 0.5], capacity_mode="adaptive")
+    again = TrainConfig.from_dict(json.loads(config.to_json()))
+    assert again == config and again.capacities == (0.25, 0.5)
+    with pytest.raises(ValueError, match="unknown TrainConfig fields: colour"):
+        TrainConfig.from_dict({"colour": "red"})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"steps": 0}, "steps"), ({"capacity_mode": "random"}, "capacity_mode"), ({"precision": "fp8"}, "precision"),
+    ({"label_smoothing": 1.0}, "label_smoothing"), ({"lr": 1e-3, "min_lr": 1e-2}, "min_lr"),
+])
+def test_train_config_rejects_bad_values(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
+
+
+# -- data order and capacities --------------------------------------------------------------------------------------
+
+def test_epoch_permutation_depends_only_on_seed_and_epoch():
+    a = epoch_permutation(50, seed=1, epoch=2)
+    assert torch.equal(a, epoch_permutation(50, seed=1, epoch=2))
+    assert sorted(a.tolist()) == list(range(50))
+    assert not torch.equal(a, epoch_permutation(50, seed=1, epoch=3))
+    assert not torch.equal(a, epoch_permutation(50, seed=2, epoch=2))
+
+
+def test_step_sampler_resumes_mid_epoch_and_splits_batches_across_processes():
+    full = list(StepBatchSampler(30, 8, seed=0, start_step=0, total_steps=10))
+    assert len(full) == 10 and all(len(b) == 8 for b in full)
+    # 3 steps per epoch (30 // 8): step 4 is the second batch of epoch 1
+    assert full[4] == epoch_permutation(30, 0, 1)[8:16].tolist()
+    assert list(StepBatchSampler(30, 8, seed=0, start_step=4, total_steps=10)) == full[4:]
+    ranks = [list(StepBatchSampler(30, 8, 0, 0, 10, rank=r, world_size=2)) for r in range(2)]
+    for step in range(10):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(full[step])
+    with pytest.raises(ValueError, match="divisible"):
+        StepBatchSampler(30, 9, 0, 0, 1, world_size=2)
+    with pytest.raises(ValueError, match="larger than the dataset"):
+        StepBatchSampler(5, 8, 0, 0, 1)
+
+
+def test_capacities_per_step():
+    fixed = TrainConfig(capacity=0.4)
+    assert capacities_for_step(fixed, 17, 4) == [0.4]
+    adaptive = TrainConfig(capacity_mode="adaptive")
+    draws = [capacities_for_step(adaptive, step, 4)[0] for step in range(300)]
+    assert draws == [capacities_for_step(adaptive, step, 4)[0] for step in range(300)]  # a function of the step
+    assert set(draws) == set(PAPER_CAPACITIES)
+    assert capacities_for_step(TrainConfig(capacity_mode="nested"), 5, 3) == [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0),
+                                                                             (0.0, 0.0, 1.0)]
+
+
+def test_iso_flops_scales_steps_by_the_flop_ratio(tmp_path):
+    model = create_model("mone_vit_test", **TINY_MODEL)
+    size = model.default_input_size
+    dense = count_flops(model, size, 1.0)
+    fixed = tiny_config(tmp_path, steps=100, iso_flops=True, capacity=0.25)
+    assert planned_steps(fixed, model, size) == round(100 * dense / count_flops(model, size, 0.25))
+    assert planned_steps(fixed, model, size) > 200  # 0.25 of the linear cost, attention and embedding unchanged
+    adaptive = fixed.replace(capacity_mode="adaptive", capacities=(0.25, 0.75))
+    mean = (count_flops(model, size, 0.25) + count_flops(model, size, 0.75)) / 2
+    assert planned_steps(adaptive, model, size) == round(100 * dense / mean)
+    assert planned_steps(fixed.replace(iso_flops=False), model, size) == 100
+
+
+# -- checkpoints -------------------------------------------------------------------------------------------------------
+
+def test_checkpoint_round_trip_restores_model_optimizer_and_rng(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("mone_vit_test", **TINY_MODEL)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.95))
+    model(torch.randn(2, 3, 16, 16), capacity=0.5).sum().backward()
+    optimizer.step()
+    path = save_checkpoint(tmp_path / "c.safetensors", model, "mone_vit_test", TINY_MODEL, config={"a": 1},
+                           optimizer=optimizer, step=7)
+    after_save = torch.rand(5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.safetensors"]  # no temporary files left
+    loaded, checkpoint = load_model(path)
+    assert checkpoint.meta["step"] == 7 and checkpoint.meta["config"] == {"a": 1}
+    assert json.loads((tmp_path / "c.json").read_text()) == checkpoint.meta
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    other = torch.optim.AdamW(loaded.parameters(), lr=5.0)
+    other.load_state_dict(optimizer_state_from_tensors(checkpoint.section("optimizer"), checkpoint.meta["optimizer"]))
+    saved, restored = optimizer.state_dict(), other.state_dict()
+    assert restored["param_groups"] == saved["param_groups"]
+    for index, state in saved["state"].items():
+        for key, value in state.items():
+            assert torch.equal(restored["state"][index][key], value)
+    set_rng_state(checkpoint.section("rng"), checkpoint.meta["rng"])
+    assert torch.equal(torch.rand(5), after_save)
+    # the file is plain safetensors: readable without mone and without pickle
+    assert "model.alpha" in load_file(str(path))
+
+
+def test_optimizer_state_tensors_are_json_free(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    tensors, meta = optimizer_state_to_tensors(optimizer)
+    assert set(tensors) == {"0.step", "0.exp_avg", "0.exp_avg_sq", "1.step", "1.exp_avg", "1.exp_avg_sq"}
+    json.dumps(meta)  # everything else is JSON
+
+
+def test_corrupt_or_foreign_checkpoints_are_rejected(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_checkpoint(bad)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="not a mone checkpoint"):
+        load_checkpoint(tmp_path / "plain.safetensors")
+
+
+# -- training ------------------------------------------------------------------------------------------------------------
+
+def test_training_reduces_the_loss_and_writes_its_files(tmp_path):
+    config = tiny_config(tmp_path, steps=40, batch_size=20, lr=3e-3, log_every=5, checkpoint_every=20,
+                         dataset_kwargs=dict(img_size=16, digit_size=8, fragment_size=4, num_samples=20,
+                                             num_fragments=0, noise_std=0.0))
+    alphas = []
+    result = train(config, progress=False, step_callback=lambda step, m: alphas.append(m.get("alpha")))
+    run = Path(config.output_dir)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(5, 41, 5))
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.3  # one batch of 20 images is easy to fit
+    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == config
+    checkpoint = load_checkpoint(run)
+    assert checkpoint.meta["step"] == 40 and checkpoint.meta["config"] == config.to_dict()
+    assert checkpoint.meta["model_kwargs"]["num_classes"] == 10 and checkpoint.meta["model_kwargs"]["in_chans"] == 1
+    logged = [a for a in alphas if a is not None]  # the callback sees the latest logged metrics
+    assert len(alphas) == 40 and len(logged) == 36 and all(0.0 <= a <= 0.999 for a in logged)
+    assert float(result.model.alpha.detach()) == alphas[-1]
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "nested"])
+def test_adaptive_and_nested_training_run(tmp_path, mode):
+    config = tiny_config(tmp_path, capacity_mode=mode, steps=3, precision="bf16")
+    result = train(config, progress=False)
+    metrics = [json.loads(line) for line in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    if mode == "nested":
+        assert metrics[-1]["capacity"] == [0.0, 0.0, 0.0, 1.0]  # logged accuracy is the full width's
+    else:
+        assert metrics[-1]["capacity"] in PAPER_CAPACITIES
+    assert all(math.isfinite(m["loss"]) for m in metrics) and result.total_steps == 3
+
+
+def test_init_from_starts_from_the_checkpoint_weights(tmp_path):
+    nested = train(tiny_config(tmp_path / "a", capacity_mode="nested", steps=4), progress=False)
+    fine_tune = tiny_config(tmp_path / "b", init_from=str(nested.checkpoint), steps=1, lr=1e-9, min_lr=0.0)
+    model = train(fine_tune, progress=False).model
+    fresh = create_model("mone_vit_test", **dict(TINY_MODEL, in_chans=1, num_classes=10))
+    for key, value in nested.model.state_dict().items():
+        assert torch.allclose(model.state_dict()[key], value, atol=1e-6)
+    assert not torch.allclose(model.state_dict()["head.weight"], fresh.state_dict()["head.weight"], atol=1e-3)
+
+
+def test_init_from_another_architecture_fails_before_writing(tmp_path):
+    other = train(tiny_config(tmp_path / "a", model_kwargs=dict(TINY_MODEL, embed_dim=16)), progress=False)
+    config = tiny_config(tmp_path / "b", init_from=str(other.checkpoint))
+    with pytest.raises(ValueError, match="another architecture"):
+        train(config, progress=False)
+    assert not Path(config.output_dir).exists()
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    train(tiny_config(tmp_path, steps=3), progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        train(tiny_config(tmp_path, steps=3, lr=1e-2), resume=True, progress=False)
+
+
+_RESUME_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    from mone.train.config import TrainConfig
+    from mone.train.loop import train
+    import json
+    config = TrainConfig.from_dict(json.loads(sys.argv[1]))
+    mode = sys.argv[2]
+    def die(step, metrics):
+        if mode == "kill" and step == 8:
+            os.kill(os.getpid(), signal.SIGKILL)  # mid-epoch, after the checkpoint of step 6
+    train(config, resume=(mode == "resume"), progress=False, step_callback=die)
+""")
+
+
+def test_resume_after_sigkill_ends_bit_identical(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(_RESUME_SCRIPT)
+    # 40 samples / batch 8 = 5 steps per epoch; 12 steps = 2.4 epochs; checkpoints at 3, 6, 9, 12; killed at 8.
+    config = tiny_config(tmp_path, steps=12, capacity_mode="adaptive", log_every=1, checkpoint_every=3)
+    straight = config.replace(output_dir=str(tmp_path / "straight"))
+    killed = config.replace(output_dir=str(tmp_path / "killed"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def launch(cfg, mode):
+        return subprocess.run([sys.executable, str(script), cfg.to_json(), mode], env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    done = launch(straight, "plain")
+    assert done.returncode == 0, done.stderr
+    died = launch(killed, "kill")
+    assert died.returncode == -9, died.stderr
+    assert load_checkpoint(killed.output_dir).meta["step"] == 6
+    assert len((Path(killed.output_dir) / "metrics.jsonl").read_text().splitlines()) == 8
+    resumed = launch(killed, "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_checkpoint(straight.output_dir), load_checkpoint(killed.output_dir)
+    assert a.meta["step"] == b.meta["step"] == 12
+    assert set(a.tensors) == set(b.tensors)
+    for key in a.tensors:
+        if not key.startswith("rng."):
+            assert torch.equal(a.tensors[key], b.tensors[key]), key
+    lines = [json.loads(line) for line in (Path(killed.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(1, 13))  # the lines of steps 7-8 were replaced, not repeated
+
+
+_DDP_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import torch
+    torch.set_num_threads(1)
+    from mone.train.config import TrainConfig
+    from mone.train.loop import train
+    train(TrainConfig.from_dict(json.loads(sys.argv[1])), progress=False)
+""")
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT)
+    config = tiny_config(tmp_path, steps=4, batch_size=8, capacity_mode="adaptive", grad_clip=0.0,
+                         label_smoothing=0.0)
+    single = config.replace(output_dir=str(tmp_path / "single"))
+    double = config.replace(output_dir=str(tmp_path / "double"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, str(script), single.to_json()], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), double.to_json()], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = load_checkpoint(single.output_dir), load_checkpoint(double.output_dir)
+    torch.manual_seed(config.seed)  # the trainer's initialisation
+    initial = create_model("mone_vit_test", **a.meta["model_kwargs"]).state_dict()
+    # Adam turns round-off in near-zero gradients into differences of up to ~1e-4 after a few steps; a process
+    # that trained on its half batch alone (no gradient averaging) would be off by ~lr = 3e-3.
+    moved = 0
+    for key, value in a.model_state.items():
+        assert torch.allclose(b.model_state[key], value, atol=2e-4), key
+        moved += int((value - initial[key]).abs().max() > 5e-3)
+    assert moved > 10  # the weights did train, far beyond the tolerance
