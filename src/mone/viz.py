@@ -2,7 +2,8 @@
 
 Each image patch is tinted with the colour of its expert (the paper's Figure 8). On datasets that know where the
 object is (cluttered digits keep the digit's box), :func:`object_routing_share` also measures routing: the share
-of object-covering tokens sent to the largest experts, against the share of background tokens sent there.
+of object-covering tokens sent to the largest experts, against the share of background tokens sent there. For video
+models the maps are a frame grid (:func:`save_video_routing_maps`): one column per temporal index.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from .capacity import validate_capacity
 __all__ = [
     "add_arguments",
     "expert_colors",
+    "expert_frame_grids",
     "expert_grid",
     "object_routing_share",
     "patch_box_coverage",
     "run",
     "save_routing_maps",
+    "save_video_routing_maps",
     "tint_image",
 ]
 
@@ -118,7 +121,13 @@ def save_routing_maps(
     handles = [Patch(color=colors[i], label=f"expert {i} (width {widths[i]})") for i in range(num_experts)]
     fig.legend(handles=handles, loc="lower center", ncol=num_experts, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    path = Path(path)
+    return _save_figure(fig, Path(path))
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure atomically (temp file + ``os.replace``) and close it."""
+    import matplotlib.pyplot as plt
+
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         fig.savefig(tmp, dpi=110)
@@ -127,6 +136,65 @@ def save_routing_maps(
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path
+
+
+@torch.inference_mode()
+def expert_frame_grids(model: nn.Module, clips: torch.Tensor, capacity: float) -> torch.Tensor:
+    """Expert index of every tubelet: clips [B, C, T, H, W] -> [B, T', H / p, W / p] (0 = smallest expert)."""
+    model.eval()
+    _, plan = model.forward_features(clips, capacity, return_plan=True)
+    num_temporal, grid_h, grid_w = model.patch_embed.grid_size
+    return plan.expert.reshape(clips.shape[0], num_temporal, grid_h, grid_w).cpu()  # plan.expert is [B * T', N]
+
+
+def save_video_routing_maps(
+    model: nn.Module,
+    clips: torch.Tensor,
+    capacities: Sequence[float],
+    path: str | os.PathLike,
+    titles: Sequence[str] | None = None,
+) -> Path:
+    """Write a PNG frame grid for clips [B, C, T, H, W]: per clip, a row of frames, then one routing row per capacity.
+
+    Column ``k`` is temporal index ``k`` (the first frame of tubelet ``k``); EPR routes every temporal index on its
+    own, so every tile of a routing row holds the same number of tokens per expert.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    num_experts = getattr(model, "num_experts", 1)
+    values = [validate_capacity(c, num_experts) for c in capacities]
+    colors = expert_colors(num_experts)
+    grids = [expert_frame_grids(model, clips, c) for c in values]  # each [B, T', gh, gw]
+    frames = clips[:, :, :: model.tubelet_size].cpu()  # [B, C, T', H, W]
+    B, num_temporal = grids[0].shape[:2]
+    per_clip = len(values) + 1
+    legend_rows = 2 if num_temporal < 6 else 1  # the legend wraps on narrow grids
+    height = 1.1 * B * per_clip + 0.3 + 0.2 * legend_rows
+    fig, axes = plt.subplots(B * per_clip, num_temporal, figsize=(1.1 * num_temporal + 0.6, height), squeeze=False)
+    for b in range(B):
+        for t in range(num_temporal):
+            plain = tint_image(frames[b, :, t], grids[0][b, t], colors, strength=0.0)
+            axes[b * per_clip, t].imshow(plain, interpolation="nearest")
+            for k in range(len(values)):
+                tinted = tint_image(frames[b, :, t], grids[k][b, t], colors)
+                axes[b * per_clip + k + 1, t].imshow(tinted, interpolation="nearest")
+        axes[b * per_clip, 0].set_ylabel(titles[b] if titles is not None else "input", fontsize=7)
+        for k, capacity in enumerate(values):
+            axes[b * per_clip + k + 1, 0].set_ylabel(f"capacity {capacity:g}", fontsize=7)
+    for t in range(num_temporal):
+        axes[0, t].set_title(f"t' = {t}", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    widths = getattr(model, "expert_widths", tuple(range(num_experts)))
+    handles = [Patch(color=colors[i], label=f"expert {i} (width {widths[i]})") for i in range(num_experts)]
+    fig.legend(handles=handles, loc="lower center", ncol=-(-num_experts // legend_rows), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.25 * legend_rows / height, 1, 1))
+    return _save_figure(fig, Path(path))
 
 
 def patch_box_coverage(box: Box, img_size: int, patch_size: int) -> torch.Tensor:
@@ -227,7 +295,10 @@ def run(args: argparse.Namespace) -> int:
     images = torch.stack([dataset[i][0] for i in range(count)])
     boxes = [dataset.box(i) for i in range(count)] if hasattr(dataset, "box") else None
     titles = [f"label {dataset[i][1]}" for i in range(count)]
-    path = save_routing_maps(model, images, args.capacities, output_dir / "routing_maps.png", boxes, titles)
+    if images.dim() == 5:  # clips [B, C, T, H, W]: one frame grid
+        path = save_video_routing_maps(model, images, args.capacities, output_dir / "routing_maps.png", titles)
+    else:
+        path = save_routing_maps(model, images, args.capacities, output_dir / "routing_maps.png", boxes, titles)
     print(f"wrote {path}")
     if boxes is not None:
         shares = [object_routing_share(model, dataset, c, args.share_samples) for c in args.capacities]
