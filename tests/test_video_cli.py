@@ -82,3 +82,23 @@ def test_expert_frame_grids_is_the_plan_per_temporal_index(tmp_path):
     with Image.open(path) as image:
         assert image.width > image.height / 2  # one clip: 3 rows of 4 temporal columns
     assert not list(Path(tmp_path).glob(".maps*"))  # no temporary file left behind
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_image_model_on_clips_and_video_model_on_images_fail_before_writing(tmp_path, capsys):
+    out = tmp_path / "run"
+    err = _one_line_error(capsys, ["train", "--model", "mone_vit_test", "--dataset", "moving_digits",
+                                   "--dataset-arg", "num_samples=8", "--steps", "1", "--output", str(out)])
+    assert "mone_vit_test" in err and "num_frames" in err
+    err = _one_line_error(capsys, ["train", "--model", "mone_vivit_test", "--dataset", "cluttered_digits",
+                                   "--dataset-arg", "num_samples=8", "--steps", "1", "--output", str(out)])
+    assert "(1, 8, 32, 32)" in err and "(1, 32, 32)" in err
+    err = _one_line_error(capsys, ["train", *VIDEO, "--model-arg", "img_size=64", "--output", str(out)])
+    assert "(1, 4, 64, 64)" in err and "(1, 4, 32, 32)" in err
+    assert not out.exists()

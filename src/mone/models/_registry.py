@@ -40,4 +40,9 @@ def create_model(name: str, **kwargs) -> nn.Module:
     """Build the registered model ``name``; keyword arguments override its defaults."""
     if name not in _model_entrypoints:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return _model_entrypoints[name](**kwargs)
+    try:
+        return _model_entrypoints[name](**kwargs)
+    except TypeError as error:  # a keyword the model does not take, e.g. num_frames for an image model
+        if "unexpected keyword argument" not in str(error):
+            raise
+        raise ValueError(f"model {name} does not take that argument: {error}") from None

@@ -297,6 +297,9 @@ def _train(
     model = create_model(config.model, **model_kwargs)
     _validate_capacities(config, model)
     input_size = tuple(model.default_input_size)
+    if input_size != tuple(dataset.input_size):  # e.g. a video model on images, or an img_size override
+        raise ValueError(f"model {config.model} takes samples of shape {input_size} but dataset {config.dataset} "
+                         f"yields {tuple(dataset.input_size)}")
     total_steps = planned_steps(config, model, input_size)
 
     output_dir = Path(config.output_dir)
