@@ -132,7 +132,8 @@ def environment(device: str = "cpu") -> dict:
         hardware = platform.processor() or platform.machine()
         try:
             with open("/proc/cpuinfo") as f:
-                hardware = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), hardware)
+                names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            hardware = names[0] if names else hardware
         except OSError:
             pass
     try:
