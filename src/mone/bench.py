@@ -32,7 +32,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._io import atomic_write_text
 from .capacity import realised_capacity, validate_capacity
 from .flops import count_flops
 from .models import MoneVisionTransformer, MoneViViT, create_model
@@ -334,9 +334,7 @@ def run_benchmark(config: BenchConfig) -> tuple[list[dict], dict]:
 
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(text)
-    os.replace(f.name, path)
+    atomic_write_text(path, text)
 
 
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:

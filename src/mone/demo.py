@@ -22,7 +22,7 @@ import torch
 from .capacity import feasible_capacity_range
 from .configs import demo as demo_config
 from .data import build_dataset
-from .train.checkpoint import atomic_write_text
+from ._io import atomic_write_text
 from .train.evaluate import format_table, evaluate, plot_accuracy_vs_flops, write_results
 from .train.loop import prepare_output_dir, train
 from .viz import object_routing_share, save_routing_maps

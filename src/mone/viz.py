@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from ._io import atomic_write_text, save_figure
 from .capacity import validate_capacity
 
 __all__ = [
@@ -121,24 +122,9 @@ def save_routing_maps(
     handles = [Patch(color=colors[i], label=f"expert {i} (width {widths[i]})") for i in range(num_experts)]
     fig.legend(handles=handles, loc="lower center", ncol=num_experts, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, path, dpi=110)
 
 
-def _save_figure(fig: Any, path: Path) -> Path:
-    """Write a matplotlib figure atomically (temp file + ``os.replace``) and close it."""
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-@torch.inference_mode()
 def expert_frame_grids(model: nn.Module, clips: torch.Tensor, capacity: float) -> torch.Tensor:
     """Expert index of every tubelet: clips [B, C, T, H, W] -> [B, T', H / p, W / p] (0 = smallest expert)."""
     model.eval()
@@ -194,7 +180,7 @@ def save_video_routing_maps(
     handles = [Patch(color=colors[i], label=f"expert {i} (width {widths[i]})") for i in range(num_experts)]
     fig.legend(handles=handles, loc="lower center", ncol=-(-num_experts // legend_rows), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.25 * legend_rows / height, 1, 1))
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, path, dpi=110)
 
 
 def patch_box_coverage(box: Box, img_size: int, patch_size: int) -> torch.Tensor:
@@ -274,7 +260,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .data import build_dataset
-    from .train.checkpoint import atomic_write_text, load_model
+    from .train.checkpoint import load_model
     from .train.loop import prepare_output_dir
 
     model, checkpoint = load_model(args.checkpoint)

@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..capacity import capacity_distribution, validate_capacity, validate_distribution
 from ..routing import Router, RoutingPlan, make_routing_plan
 
-__all__ = ["ALPHA_MAX", "CapacityLike", "MoneModelMixin", "validate_vit_args"]
+__all__ = ["ALPHA_MAX", "CapacityLike", "MoneModelMixin", "build_registered_model", "validate_vit_args"]
 
 ALPHA_MAX = 0.999  # alpha lives in [0, 1) (spec section 2)
 
@@ -103,6 +103,11 @@ class MoneModelMixin:
         """The MLP-scaling coefficient actually used, in ``[0, ALPHA_MAX]``."""
         return _straight_through_clamp(self.alpha, 0.0, ALPHA_MAX)
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a fresh ``num_classes``-way linear layer (``0``: no head)."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
     @torch.no_grad()
     def project_alpha_(self) -> None:
         """Project the stored ``alpha`` back into ``[0, ALPHA_MAX]`` (call after each optimiser step)."""
@@ -112,3 +117,17 @@ class MoneModelMixin:
         """Router (on the first block's norm1 output) and EPR for tokens [G, N, D], each of the G groups on its own."""
         probs = self.router(self.blocks[0].norm1(tokens))  # [G, N, E]
         return make_routing_plan(probs, self.resolve_distribution(capacity))
+
+
+def build_registered_model(
+    model_cls: type[nn.Module], variant: str, defaults: dict, pretrained: bool, **kwargs
+) -> nn.Module:
+    """Body of every registered entrypoint: ``model_cls`` with the caller's ``kwargs`` over ``defaults``."""
+    if pretrained:
+        raise ValueError(
+            f"no pretrained MoNE weights are published for {variant}; load a dense timm checkpoint with "
+            f"model.load_state_dict(state_dict, strict=False) instead"
+        )
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # passed by timm.create_model
+        kwargs.pop(key, None)
+    return model_cls(**{**defaults, **kwargs})

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ..layers import NestedBlock, PatchEmbed, nested_blocks_forward
 from ..routing import Router, RoutingPlan
-from ._base import ALPHA_MAX, CapacityLike, MoneModelMixin, validate_vit_args
+from ._base import ALPHA_MAX, CapacityLike, MoneModelMixin, build_registered_model, validate_vit_args
 from ._registry import register_model
 
 __all__ = ["ALPHA_MAX", "MoneVisionTransformer", "CapacityLike"]
@@ -128,20 +128,9 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         """Images [B, C, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``)."""
         return self.forward_head(self.forward_features(x, capacity))
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
 
 def _create(variant: str, defaults: dict, pretrained: bool = False, **kwargs) -> MoneVisionTransformer:
-    if pretrained:
-        raise ValueError(
-            f"no pretrained MoNE weights are published for {variant}; load a dense timm checkpoint with "
-            f"model.load_state_dict(state_dict, strict=False) instead"
-        )
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # passed by timm.create_model
-        kwargs.pop(key, None)
-    return MoneVisionTransformer(**{**defaults, **kwargs})
+    return build_registered_model(MoneVisionTransformer, variant, defaults, pretrained, **kwargs)
 
 
 @register_model

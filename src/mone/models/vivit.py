@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ..layers import NestedBlock, nested_blocks_forward
 from ..routing import Router, RoutingPlan
-from ._base import CapacityLike, MoneModelMixin, validate_vit_args
+from ._base import CapacityLike, MoneModelMixin, build_registered_model, validate_vit_args
 from ._registry import register_model
 
 __all__ = ["MoneViViT", "TubeletEmbed"]
@@ -201,17 +201,9 @@ class MoneViViT(MoneModelMixin, nn.Module):
         """Clips [B, C, T, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``)."""
         return self.forward_head(self.forward_features(x, capacity))
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
 
 def _create(variant: str, defaults: dict, pretrained: bool = False, **kwargs) -> MoneViViT:
-    if pretrained:
-        raise ValueError(f"no pretrained MoNE weights are published for {variant}")
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # passed by timm.create_model
-        kwargs.pop(key, None)
-    return MoneViViT(**{**defaults, **kwargs})
+    return build_registered_model(MoneViViT, variant, defaults, pretrained, **kwargs)
 
 
 @register_model

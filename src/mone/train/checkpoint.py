@@ -25,11 +25,11 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .._io import atomic_write_text, fsync_replace
 from ..models import create_model
 
 __all__ = [
     "Checkpoint",
-    "atomic_write_text",
     "check_same_architecture",
     "load_checkpoint",
     "load_model",
@@ -59,23 +59,6 @@ class Checkpoint:
     @property
     def model_state(self) -> dict[str, torch.Tensor]:
         return self.section("model")
-
-
-def _fsync_replace(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        _fsync_replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def optimizer_state_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -183,7 +166,7 @@ def save_checkpoint(
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata={"format": FORMAT, "mone": text})
-        _fsync_replace(tmp, path)
+        fsync_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     atomic_write_text(path.with_suffix(".json"), text + "\n")

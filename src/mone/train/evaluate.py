@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from ..capacity import feasible_capacity_range, realised_capacity, validate_capacity
 from ..data import build_dataset
 from ..flops import count_flops
-from .checkpoint import atomic_write_text, load_model
+from .._io import atomic_write_text, save_figure
+from .checkpoint import load_model
 from .loop import prepare_output_dir
 
 __all__ = [
@@ -155,14 +156,7 @@ def plot_accuracy_vs_flops(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path)
 
 
 def default_capacities_for(model: nn.Module) -> list[float]:

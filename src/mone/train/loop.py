@@ -35,9 +35,9 @@ from ..capacity import validate_capacity
 from ..data import build_dataset
 from ..flops import count_flops
 from ..models import create_model
+from .._io import atomic_write_text
 from .checkpoint import (
     Checkpoint,
-    atomic_write_text,
     check_same_architecture,
     load_checkpoint,
     optimizer_state_from_tensors,
