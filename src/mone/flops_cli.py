@@ -41,5 +41,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.model}  input {tuple(input_size)}  (GMACs = 1e9 multiply-accumulates per sample)")
         print(f"{'capacity':>9} {'realised':>9} {'GMACs':>9} {'dense/MoNE':>11}")
         for row in rows:
-            print(f"{row['capacity']:>9.3f} {row['realised_capacity']:>9.4f} {row['gmacs']:>9.3f} {row['dense_over_mone']:>11.2f}")
+            print(
+                f"{row['capacity']:>9.3f} {row['realised_capacity']:>9.4f} {row['gmacs']:>9.3f} "
+                f"{row['dense_over_mone']:>11.2f}"
+            )
     return 0

@@ -45,7 +45,10 @@ class NestedBlock(nn.Module):
         counts: Sequence[int],
         mlp_scales: Sequence[torch.Tensor],
     ) -> list[torch.Tensor]:
-        """Groups [B * counts[j], D] -> groups of the same shapes; ``mlp_scales[j]`` is ``alpha * r_j + 1`` [rows_j, 1]."""
+        """Groups [B * counts[j], D] -> groups of the same shapes.
+
+        ``mlp_scales[j]`` is ``alpha * r_j + 1`` for each row of group ``j`` [rows_j, 1].
+        """
         attn_updates = self.attn([self.norm1(x) for x in xs], widths, counts)
         zs = [add_to_prefix(x, u) for x, u in zip(xs, attn_updates)]
         mlp_updates = self.mlp([self.norm2(z) for z in zs], widths)

@@ -24,7 +24,8 @@ class NestedMlp(nn.Module):
 
     def forward(self, xs: Sequence[torch.Tensor], widths: Sequence[int]) -> list[torch.Tensor]:
         """Groups [rows_j, D] -> updates [rows_j, widths[j]]."""
-        return [
-            F.linear(self.act(F.linear(x[:, :d], self.fc1.weight[:, :d], self.fc1.bias)), self.fc2.weight[:d], self.fc2.bias[:d])
-            for x, d in zip(xs, widths)
-        ]
+        updates = []
+        for x, d in zip(xs, widths):
+            hidden = self.act(F.linear(x[:, :d], self.fc1.weight[:, :d], self.fc1.bias))  # [rows_j, hidden]
+            updates.append(F.linear(hidden, self.fc2.weight[:d], self.fc2.bias[:d]))  # [rows_j, d_j]
+        return updates
