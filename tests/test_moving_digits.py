@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from mone.data.image_folder import IMAGENET_MEAN, IMAGENET_STD
-from mone.data.moving_digits import DIRECTIONS, MovingDigits, source_indices
+from mone.data.cluttered_digits import source_pool
+from mone.data.moving_digits import DIRECTIONS, MovingDigits
 from mone.data.video_folder import VideoFolderDataset, read_clip, sample_frame_indices
 
 
@@ -29,7 +30,7 @@ def test_clips_are_deterministic_per_seed():
 
 
 def test_source_digits_are_disjoint_across_splits():
-    pools = {split: set(source_indices(split).tolist()) for split in ("train", "val", "test")}
+    pools = {split: set(source_pool(split)[0].tolist()) for split in ("train", "val", "test")}
     assert not pools["train"] & pools["test"] and not pools["train"] & pools["val"] and not pools["val"] & pools["test"]
     assert len(pools["train"] | pools["val"] | pools["test"]) == 1797
     assert MovingDigits("test", num_samples=1).source_indices.tolist() == sorted(pools["test"])

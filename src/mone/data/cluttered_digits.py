@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["ClutteredDigits", "SPLITS"]
+__all__ = ["ClutteredDigits", "SPLITS", "source_pool"]
 
 SPLITS = ("train", "val", "test")
 _SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
@@ -28,8 +28,11 @@ _DEFAULT_NUM_SAMPLES = {"train": 50_000, "val": 2_000, "test": 2_000}
 Box = tuple[int, int, int, int]  # (top, left, bottom, right) in pixels, bottom/right exclusive
 
 
-def _source_pool(split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The split's source digits: indices into sklearn's digits [M], images [M, 8, 8] in [0, 1], labels [M]."""
+def source_pool(split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The split's source digits: indices into sklearn's digits [M], images [M, 8, 8] in [0, 1], labels [M].
+
+    The pools are disjoint across splits and fixed (they never depend on a data seed); moving digits use them too.
+    """
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -95,7 +98,7 @@ class ClutteredDigits(Dataset):
         self.fragment_size = fragment_size
         self.noise_std = float(noise_std)
         self.seed = int(seed)
-        self.source_indices, sources, self.source_labels = _source_pool(split)
+        self.source_indices, sources, self.source_labels = source_pool(split)
         self.sources = F.interpolate(  # [M, digit_size, digit_size]
             sources.unsqueeze(1), size=(digit_size, digit_size), mode="bilinear", align_corners=False
         ).squeeze(1).clamp_(0.0, 1.0).numpy()

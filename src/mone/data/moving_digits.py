@@ -17,26 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .cluttered_digits import SPLITS, source_pool
+
 __all__ = ["DIRECTIONS", "SPLITS", "MovingDigits"]
 
-SPLITS = ("train", "val", "test")
 DIRECTIONS = ("right", "left", "down", "up")  # the first ``num_directions`` are used
 _STEPS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # (row, column) per unit of travel
 _SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
-_SOURCE_PERMUTATION_SEED = 5_2024  # fixed: the source pools never depend on the data seed
-_TEST_FRACTION, _VAL_FRACTION = 0.2, 0.1
 _DEFAULT_NUM_SAMPLES = {"train": 20_000, "val": 1_000, "test": 1_000}
-
-
-def source_indices(split: str) -> np.ndarray:
-    """Indices into ``sklearn.datasets.load_digits()`` of the split's source digits (sorted, disjoint across splits)."""
-    if split not in _SPLIT_IDS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    num_digits = 1797
-    order = np.random.default_rng(_SOURCE_PERMUTATION_SEED).permutation(num_digits)
-    num_test, num_val = round(_TEST_FRACTION * num_digits), round(_VAL_FRACTION * num_digits)
-    pools = {"test": order[:num_test], "val": order[num_test:num_test + num_val], "train": order[num_test + num_val:]}
-    return np.sort(pools[split])
 
 
 class MovingDigits(Dataset):
@@ -92,15 +80,11 @@ class MovingDigits(Dataset):
             raise ValueError(f"num_fragments and noise_std must be >= 0, got {num_fragments}, {noise_std}")
         if in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3, got {in_chans!r}")
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        self.source_indices = source_indices(split)
-        sources = torch.as_tensor(digits.images[self.source_indices], dtype=torch.float32) / 16.0  # [M, 8, 8]
+        self.source_indices, sources, source_labels = source_pool(split)  # sources [M, 8, 8]
         self.sources = F.interpolate(  # [M, digit_size, digit_size]
             sources.unsqueeze(1), size=(digit_size, digit_size), mode="bilinear", align_corners=False
         ).squeeze(1).clamp_(0.0, 1.0).numpy()
-        self.source_labels = digits.target[self.source_indices].astype(np.int64)
+        self.source_labels = source_labels.numpy()
         self.split = split
         self.num_samples = num_samples
         self.num_frames = num_frames
