@@ -43,11 +43,11 @@ class NestedBlock(nn.Module):
         xs: Sequence[torch.Tensor],
         widths: Sequence[int],
         counts: Sequence[int],
-        mlp_scales: Sequence[torch.Tensor],
+        mlp_scales: Sequence[torch.Tensor | float],
     ) -> list[torch.Tensor]:
         """Groups [B * counts[j], D] -> groups of the same shapes.
 
-        ``mlp_scales[j]`` is ``alpha * r_j + 1`` for each row of group ``j`` [rows_j, 1].
+        ``mlp_scales[j]`` is ``alpha * r_j + 1`` for each row of group ``j`` [rows_j, 1], or 1.0 where no router scales.
         """
         attn_updates = self.attn([self.norm1(x) for x in xs], widths, counts)
         zs = [add_to_prefix(x, u) for x, u in zip(xs, attn_updates)]

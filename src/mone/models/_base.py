@@ -69,10 +69,12 @@ def validate_vit_args(
 class MoneModelMixin:
     """Capacity, routing and alpha for an ``nn.Module`` with nested experts.
 
-    The host module sets ``num_experts``, ``beta``, ``delta``, ``blocks`` (the routed blocks; the router reads
-    ``blocks[0].norm1``), ``router`` and ``alpha`` before it calls :meth:`set_capacity`.
+    The host module sets ``embed_dim``, ``num_experts``, ``beta``, ``delta``, ``blocks`` (the routed blocks; the
+    router reads ``blocks[0].norm1``), ``router`` and ``alpha`` before it calls :meth:`init_weights` and
+    :meth:`set_capacity`.
     """
 
+    embed_dim: int
     num_experts: int
     beta: float
     delta: float
@@ -102,6 +104,24 @@ class MoneModelMixin:
     def alpha_value(self) -> torch.Tensor:
         """The MLP-scaling coefficient actually used, in ``[0, ALPHA_MAX]``."""
         return _straight_through_clamp(self.alpha, 0.0, ALPHA_MAX)
+
+    @property
+    def expert_widths(self) -> tuple[int, ...]:
+        """Feature width of each expert, smallest first: ``D / 2**(E-1-i)``."""
+        return tuple(self.embed_dim // 2 ** (self.num_experts - 1 - i) for i in range(self.num_experts))
+
+    def init_weights(self) -> None:
+        """timm's default ViT init: truncated normal (std 0.02) for linears and position embeddings, zero biases,
+        alpha = 0."""
+        for name, param in self.named_parameters():
+            if name.endswith("pos_embed"):
+                nn.init.trunc_normal_(param, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.alpha)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head with a fresh ``num_classes``-way linear layer (``0``: no head)."""

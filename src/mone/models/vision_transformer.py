@@ -62,7 +62,6 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         self.embed_dim = self.num_features = embed_dim
         self.num_experts = num_experts
         self.beta, self.delta = float(beta), float(delta)
-        self.expert_widths = tuple(embed_dim // 2 ** (num_experts - 1 - i) for i in range(num_experts))
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.num_patches = self.patch_embed.num_patches
@@ -76,18 +75,6 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         self.alpha = nn.Parameter(torch.zeros(()))
         self.init_weights()
         self.set_capacity(capacity)
-
-    def init_weights(self) -> None:
-        """timm's default ViT init: truncated normal (std 0.02) for linears and positions, zero biases, alpha = 0."""
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        nn.init.zeros_(self.alpha)
-
-    # -- capacity (resolve_distribution, set_capacity, alpha_value, project_alpha_, route: MoneModelMixin) ---
 
     @property
     def default_input_size(self) -> tuple[int, int, int]:
