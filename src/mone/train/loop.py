@@ -352,7 +352,8 @@ def _train(
 
     bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and ddp.main), dynamic_ncols=True,
                desc=f"train {config.model}")
-    window = torch.zeros(3, dtype=torch.float64)  # summed loss * n, correct, n over the logging window
+    # Summed loss * n, correct, n over the logging window; kept on the device so steps never wait for the host.
+    window = torch.zeros(3, dtype=torch.float64, device=device)
     window_start = time.perf_counter()
     last_metrics: dict[str, Any] = {}
     model.train()
@@ -365,7 +366,7 @@ def _train(
             group["lr"] = lr
         capacities = capacities_for_step(config, step, num_experts)
         optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=device)
         for i, capacity in enumerate(capacities):
             # Accumulate one backward per capacity; DDP averages the gradients once, after the last one.
             last = i == len(capacities) - 1
@@ -375,7 +376,7 @@ def _train(
                     logits = train_model(images, capacity=capacity)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
                 (loss / len(capacities)).backward()
-            step_loss += loss.item() / len(capacities)
+            step_loss += loss.detach() / len(capacities)
         if config.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
@@ -384,8 +385,10 @@ def _train(
         step += 1
 
         with torch.no_grad():  # accuracy at the step's last capacity (the full width in nested mode)
-            correct = (logits.argmax(dim=-1) == labels).sum().item()
-        window += torch.tensor([step_loss * len(labels), correct, len(labels)], dtype=torch.float64)
+            correct = (logits.argmax(dim=-1) == labels).sum()
+            window[0] += step_loss.double() * len(labels)
+            window[1] += correct
+            window[2] += len(labels)
         if step % config.log_every == 0 or step == total_steps:
             if ddp.world_size > 1:
                 dist.all_reduce(window)
