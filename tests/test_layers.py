@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mone.layers import NestedBlock, add_to_prefix
+from mone.layers.linear import nested_input_linear, nested_output_linear
 from mone.routing import make_routing_plan
 from reference import reference_block, width_masks
 from mone.capacity import capacity_distribution
@@ -76,3 +77,40 @@ def test_fused_and_manual_attention_agree():
 def test_block_rejects_indivisible_heads():
     with pytest.raises(ValueError, match="divisible by num_heads"):
         NestedBlock(30, num_heads=4)
+
+
+@pytest.mark.parametrize("widths", [(2, 4, 8), (2, 4), (8,), (4, 2, 4)])
+@pytest.mark.parametrize("slicing", ["input", "output"])
+def test_nested_linear_gradients(widths, slicing):
+    """The in-place weight-gradient accumulation against finite differences, and against plain sliced F.linear."""
+    rows = [3, 5, 2][: len(widths)]
+    weight = torch.randn(8, 8, requires_grad=True)
+    bias = torch.randn(8, requires_grad=True)
+    if slicing == "input":
+        xs = [torch.randn(n, d, requires_grad=True) for n, d in zip(rows, widths)]
+        nested, plain = nested_input_linear, lambda x, d: torch.nn.functional.linear(x, weight[:, :d], bias)
+    else:
+        xs = [torch.randn(n, 8, requires_grad=True) for n in rows]
+        nested, plain = nested_output_linear, lambda x, d: torch.nn.functional.linear(x, weight[:d], bias[:d])
+
+    def run(*tensors):
+        return tuple(nested(list(tensors[2:]), tensors[0], tensors[1], widths))
+
+    assert torch.autograd.gradcheck(run, (weight, bias, *xs))
+    outs = run(weight, bias, *xs)
+    refs = [plain(x, d) for x, d in zip(xs, widths)]
+    for out, ref in zip(outs, refs):
+        assert torch.allclose(out, ref)
+    probes = [torch.randn_like(o) for o in outs]
+    got = torch.autograd.grad(outs, (weight, bias, *xs), probes)
+    want = torch.autograd.grad(refs, (weight, bias, *xs), probes)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w)
+
+
+def test_nested_linear_respects_frozen_weights():
+    weight = torch.randn(6, 4)
+    x = torch.randn(3, 2, requires_grad=True)
+    (out,) = nested_input_linear([x], weight, None, [2])
+    out.sum().backward()
+    assert torch.allclose(x.grad, weight[:, :2].sum(0).expand(3, 2))

@@ -42,6 +42,16 @@ def test_forward_matches_masked_reference_float64(num_experts, capacity):
             continue
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
+    # forward() pools the expert-sorted tokens without unsorting them: same logits and gradients as the reference
+    logits = model(images, capacity)
+    expected_logits = model.forward_head(reference_features(model, images, distribution)[0])
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-6, atol=1e-6)
+    weight = torch.randn_like(logits)
+    fast_grads = torch.autograd.grad((logits * weight).sum(), params)
+    ref_grads = torch.autograd.grad((expected_logits * weight).sum(), params, allow_unused=True)
+    for (name, _), got, want in zip(model.named_parameters(), fast_grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
 
 def timm_twin(model):
     dense = timm.models.VisionTransformer(

@@ -13,8 +13,9 @@ MoNE at capacity 1.0.
 
 Columns: images/s, milliseconds per call, speedup over the dense baseline (timm's ViT when timm is installed,
 else MoNE at capacity 1.0), the FLOP-ideal speedup (``count_flops`` at capacity 1.0 over ``count_flops`` at the
-row's capacity) and efficiency = speedup / ideal. In throughput mode the routing overhead (router, EPR, sort and
-unsort, timed on their own in the same round-robin) is given as a fraction of the MoNE forward. Every row carries
+row's capacity) and efficiency = speedup / ideal. In throughput mode the routing overhead (router, EPR and the sort
+into expert groups, timed on their own in the same round-robin; the classifying forward pools the sorted tokens,
+so it has no unsort) is given as a fraction of the MoNE forward. Every row carries
 the glibc allocator settings (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``): on CPU they move the dense
 baseline by 15-18%.
 """
@@ -229,7 +230,10 @@ def _train_call(
 def _routing_call(
     model: MoneVisionTransformer | MoneViViT, images: torch.Tensor, capacity: float
 ) -> Callable[[], object]:
-    """Router, EPR, sort and unsort of one forward, on precomputed patch tokens [G, N, D] (G = B * T' for clips)."""
+    """Router, EPR and sort of one forward, on precomputed patch tokens [G, N, D] (G = B * T' for clips).
+
+    ``forward`` pools the sorted tokens and never unsorts them (only ``forward_features`` does).
+    """
     with torch.inference_mode():
         if isinstance(model, MoneViViT):
             tokens = (model.patch_embed(images) + model.pos_embed.unsqueeze(1)).flatten(0, 1)  # [B * T', N, D]
@@ -238,7 +242,7 @@ def _routing_call(
 
     def route() -> None:
         plan = model.route(tokens, capacity)
-        plan.unsort(plan.sort(tokens))
+        plan.sort(tokens)
 
     return route
 

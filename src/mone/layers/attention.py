@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .linear import nested_input_linear, nested_output_linear
+
 
 class NestedAttention(nn.Module):
     """Multi-head self-attention whose expert ``j`` reads and writes only the first ``d_j`` features.
@@ -44,10 +46,8 @@ class NestedAttention(nn.Module):
         B = xs[0].shape[0] // counts[0]
         N = sum(counts)
         H, hd = self.num_heads, self.head_dim
-        qkv = [
-            F.linear(x[:, :d], self.qkv.weight[:, :d], self.qkv.bias).view(B, n, 3 * D)  # [B, n_j, 3D]
-            for x, d, n in zip(xs, widths, counts)
-        ]
+        qkv = nested_input_linear([x[:, :d] for x, d in zip(xs, widths)], self.qkv.weight, self.qkv.bias, widths)
+        qkv = [q.view(B, n, 3 * D) for q, n in zip(qkv, counts)]  # [B, n_j, 3D]
         qkv = qkv[0] if len(qkv) == 1 else torch.cat(qkv, dim=1)  # [B, N, 3D], groups side by side
         q, k, v = qkv.view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, hd]
         if self.fused_attn:
@@ -56,10 +56,6 @@ class NestedAttention(nn.Module):
             attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, H, N, hd] x [B, H, hd, N] -> [B, H, N, N]
             o = attn.softmax(dim=-1) @ v  # [B, H, N, N] x [B, H, N, hd] -> [B, H, N, hd]
         o = o.transpose(1, 2)  # [B, N, H, hd]
-        outs = []
-        start = 0
-        for d, n in zip(widths, counts):
-            o_j = o[:, start : start + n].reshape(B * n, D)  # this group's rows, example-major
-            outs.append(F.linear(o_j, self.proj.weight[:d], None if self.proj.bias is None else self.proj.bias[:d]))
-            start += n
-        return outs
+        o = o.split(list(counts), dim=1)  # per group [B, n_j, D]
+        o = [o_j.reshape(B * n, D) for o_j, n in zip(o, counts)]  # this group's rows, example-major
+        return nested_output_linear(o, self.proj.weight, self.proj.bias, widths)

@@ -56,12 +56,19 @@ class NestedBlock(nn.Module):
 
 
 def nested_blocks_forward(
-    blocks: Sequence[NestedBlock], x: torch.Tensor, plan: RoutingPlan, alpha: torch.Tensor, expert_widths: Sequence[int]
+    blocks: Sequence[NestedBlock],
+    x: torch.Tensor,
+    plan: RoutingPlan,
+    alpha: torch.Tensor,
+    expert_widths: Sequence[int],
+    pool: bool = False,
 ) -> torch.Tensor:
-    """Run ``blocks`` on tokens [B, N, D] routed by ``plan``; returns tokens [B, N, D] in input order.
+    """Run ``blocks`` on tokens [B, N, D] routed by ``plan``.
 
-    Tokens are sorted into contiguous per-expert groups once, stay sorted through every block (attention is
-    permutation-equivariant), and are put back in order once at the end.
+    Tokens are sorted into contiguous per-expert groups once and stay sorted through every block (attention is
+    permutation-equivariant). Returns tokens [B, N, D] put back in input order, or with ``pool`` their mean over
+    the N tokens [B, D], taken straight from the sorted groups: a mean does not need the order back, so a
+    classifier never pays for the unsort.
     """
     present = [j for j, n in enumerate(plan.counts) if n > 0]
     widths = [expert_widths[j] for j in present]
@@ -72,5 +79,8 @@ def nested_blocks_forward(
     scales = [all_scales[j] for j in present]
     for block in blocks:
         groups = block(groups, widths, counts, scales)
+    if pool:
+        B = plan.batch_size
+        return sum(g.view(B, n, -1).sum(dim=1) for g, n in zip(groups, counts)) / sum(counts)  # [B, D]
     rows = groups[0] if len(groups) == 1 else torch.cat(groups, dim=0)  # [B * N, D], group-major
     return plan.unsort(rows)

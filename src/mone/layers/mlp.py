@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from .linear import nested_input_linear, nested_output_linear
 
 
 class NestedMlp(nn.Module):
@@ -24,8 +25,6 @@ class NestedMlp(nn.Module):
 
     def forward(self, xs: Sequence[torch.Tensor], widths: Sequence[int]) -> list[torch.Tensor]:
         """Groups [rows_j, D] -> updates [rows_j, widths[j]]."""
-        updates = []
-        for x, d in zip(xs, widths):
-            hidden = self.act(F.linear(x[:, :d], self.fc1.weight[:, :d], self.fc1.bias))  # [rows_j, hidden]
-            updates.append(F.linear(hidden, self.fc2.weight[:d], self.fc2.bias[:d]))  # [rows_j, d_j]
-        return updates
+        hidden = nested_input_linear([x[:, :d] for x, d in zip(xs, widths)], self.fc1.weight, self.fc1.bias, widths)
+        hidden = [self.act(h) for h in hidden]  # [rows_j, hidden]
+        return nested_output_linear(hidden, self.fc2.weight, self.fc2.bias, widths)  # [rows_j, d_j]

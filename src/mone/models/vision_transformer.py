@@ -100,20 +100,33 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         self, x: torch.Tensor, capacity: CapacityLike | None = None, return_plan: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, RoutingPlan]:
         """Images [B, C, H, W] -> tokens [B, N, D] in input order (and the routing plan if ``return_plan``)."""
-        self._check_input(x)
-        x = self.patch_embed(x) + self.pos_embed  # [B, N, D]
-        plan = self.route(x, capacity)
+        x, plan = self._embed_and_route(x, capacity)
         x = nested_blocks_forward(self.blocks, x, plan, self.alpha_value, self.expert_widths)
         return (x, plan) if return_plan else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens [B, N, D] -> logits [B, num_classes] (global average pool, LayerNorm, linear)."""
-        x = self.fc_norm(x.mean(dim=1))  # [B, D]
-        return x if pre_logits else self.head(x)
+        return self._pooled_head(x.mean(dim=1), pre_logits)
 
     def forward(self, x: torch.Tensor, capacity: CapacityLike | None = None) -> torch.Tensor:
-        """Images [B, C, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``)."""
-        return self.forward_head(self.forward_features(x, capacity))
+        """Images [B, C, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``).
+
+        Same result as ``forward_head(forward_features(x))``, but pools the expert-sorted tokens directly.
+        """
+        x, plan = self._embed_and_route(x, capacity)
+        x = nested_blocks_forward(self.blocks, x, plan, self.alpha_value, self.expert_widths, pool=True)  # [B, D]
+        return self._pooled_head(x)
+
+    def _embed_and_route(self, x: torch.Tensor, capacity: CapacityLike | None) -> tuple[torch.Tensor, RoutingPlan]:
+        """Images [B, C, H, W] -> (patch tokens [B, N, D], their routing plan)."""
+        self._check_input(x)
+        x = self.patch_embed(x) + self.pos_embed  # [B, N, D]
+        return x, self.route(x, capacity)
+
+    def _pooled_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Mean token [B, D] -> logits [B, num_classes] (LayerNorm, linear)."""
+        x = self.fc_norm(x)
+        return x if pre_logits else self.head(x)
 
 
 def _create(variant: str, defaults: dict, pretrained: bool = False, **kwargs) -> MoneVisionTransformer:

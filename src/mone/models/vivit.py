@@ -166,28 +166,46 @@ class MoneViViT(MoneModelMixin, nn.Module):
         With ``return_plan`` also returns the routing plan, whose groups are the ``B * T'`` temporal indices in
         batch-major order: ``plan.expert`` is [B * T', N] (reshape to [B, T', N] for per-clip maps).
         """
-        self._check_input(x)
-        x = self.patch_embed(x) + self.pos_embed.unsqueeze(1)  # [B, T', N, D]
-        B, T, N, D = x.shape
-        x = x.reshape(B * T, N, D)  # fold time into the batch: EPR runs per temporal index
-        plan = self.route(x, capacity)
+        B = x.shape[0]
+        x, plan = self._embed_and_route(x, capacity)
         x = nested_blocks_forward(self.blocks, x, plan, self.alpha_value, self.expert_widths)  # [B * T', N, D]
-        x = x.reshape(B, T, N, D)
+        x = x.reshape(B, -1, *x.shape[1:])  # [B, T', N, D]
         return (x, plan) if return_plan else x
 
     def forward_temporal(self, x: torch.Tensor) -> torch.Tensor:
         """Spatial tokens [B, T', N, D] -> temporal tokens [B, T', D] (spatial GAP, LayerNorm, dense encoder)."""
-        x = self.spatial_norm(x.mean(dim=2)) + self.temporal_pos_embed  # [B, T', D]
-        return _dense_blocks_forward(self.temporal_blocks, x)
+        return self._temporal_encoder(x.mean(dim=2))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Spatial tokens [B, T', N, D] -> logits [B, num_classes] (temporal encoder, GAP over time, LN, linear)."""
-        x = self.fc_norm(self.forward_temporal(x).mean(dim=1))  # [B, D]
-        return x if pre_logits else self.head(x)
+        return self._clip_head(self.forward_temporal(x), pre_logits)
 
     def forward(self, x: torch.Tensor, capacity: CapacityLike | None = None) -> torch.Tensor:
-        """Clips [B, C, T, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``)."""
-        return self.forward_head(self.forward_features(x, capacity))
+        """Clips [B, C, T, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``).
+
+        Same result as ``forward_head(forward_features(x))``, but pools the expert-sorted tokens directly.
+        """
+        B = x.shape[0]
+        x, plan = self._embed_and_route(x, capacity)
+        x = nested_blocks_forward(self.blocks, x, plan, self.alpha_value, self.expert_widths, pool=True)  # [B * T', D]
+        return self._clip_head(self._temporal_encoder(x.reshape(B, -1, x.shape[-1])))
+
+    def _embed_and_route(self, x: torch.Tensor, capacity: CapacityLike | None) -> tuple[torch.Tensor, RoutingPlan]:
+        """Clips [B, C, T, H, W] -> (tubelet tokens [B * T', N, D], their routing plan)."""
+        self._check_input(x)
+        x = self.patch_embed(x) + self.pos_embed.unsqueeze(1)  # [B, T', N, D]
+        x = x.flatten(0, 1)  # fold time into the batch: EPR runs per temporal index
+        return x, self.route(x, capacity)
+
+    def _temporal_encoder(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean spatial token per temporal index [B, T', D] -> temporal tokens [B, T', D]."""
+        x = self.spatial_norm(x) + self.temporal_pos_embed
+        return _dense_blocks_forward(self.temporal_blocks, x)
+
+    def _clip_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Temporal tokens [B, T', D] -> logits [B, num_classes] (GAP over time, LayerNorm, linear)."""
+        x = self.fc_norm(x.mean(dim=1))
+        return x if pre_logits else self.head(x)
 
 
 def _create(variant: str, defaults: dict, pretrained: bool = False, **kwargs) -> MoneViViT:

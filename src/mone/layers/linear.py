@@ -1,0 +1,125 @@
+"""Linear layers over per-expert token groups, with one weight gradient accumulated in place.
+
+Expert ``j`` uses a prefix slice of one shared weight ``W`` [out, in]:
+
+* ``input`` slicing (``qkv``, ``fc1``): ``y_j = x_j[:, :d_j] @ W[:, :d_j].T + b`` -> [rows_j, out];
+* ``output`` slicing (``proj``, ``fc2``): ``y_j = h_j @ W[:d_j].T + b[:d_j]`` -> [rows_j, d_j].
+
+Left to autograd, each slice ``W[:, :d_j]`` gets its own zero-filled full-size gradient and the E of them are
+summed: E fills and E additions of the whole weight per layer and step. The functions here write every group's
+contribution straight into one gradient (``grad_W[:, :d_j] += g_j.T @ x_j``), so the weight is touched once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["nested_input_linear", "nested_output_linear"]
+
+
+def _weight_grad(
+    weight: torch.Tensor,
+    grads: Sequence[torch.Tensor],
+    inputs: Sequence[torch.Tensor],
+    widths: Sequence[int],
+    slicing: str,
+) -> torch.Tensor:
+    """``sum_j Pad(g_j.T @ x_j)``: each group's [out, d_j] (input slicing) or [d_j, in] (output slicing) block."""
+    full = weight.shape[1] if slicing == "input" else weight.shape[0]
+    widest = max(range(len(widths)), key=lambda j: widths[j])
+    if widths[widest] == full:  # the full-width group writes the whole gradient; no zero fill needed
+        grad = grads[widest].t().mm(inputs[widest])
+    else:
+        grad = torch.zeros_like(weight)
+    for j, (g, x, d) in enumerate(zip(grads, inputs, widths)):
+        if j == widest and d == full:
+            continue
+        block = grad[:, :d] if slicing == "input" else grad[:d]
+        block.addmm_(g.t(), x)
+    return grad
+
+
+def _bias_grad(bias: torch.Tensor, grads: Sequence[torch.Tensor], widths: Sequence[int]) -> torch.Tensor:
+    grad = torch.zeros_like(bias)
+    for g, d in zip(grads, widths):
+        grad[:d] += g.sum(0)
+    return grad
+
+
+class _NestedInputLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, widths, weight, bias, *xs):  # type: ignore[override]
+        ctx.widths = widths
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(weight, *xs)
+        return tuple(F.linear(x, weight[:, :d], bias) for x, d in zip(xs, widths))
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        weight, *xs = ctx.saved_tensors
+        widths = ctx.widths
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = _weight_grad(weight, grads, xs, widths, "input")
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = sum(g.sum(0) for g in grads)
+        grad_xs = [g.mm(weight[:, :d]) if need else None for g, d, need in zip(grads, widths, ctx.needs_input_grad[3:])]
+        return (None, grad_weight, grad_bias, *grad_xs)
+
+
+class _NestedOutputLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, widths, weight, bias, *hs):  # type: ignore[override]
+        ctx.widths = widths
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(weight, bias, *hs)
+        return tuple(F.linear(h, weight[:d], None if bias is None else bias[:d]) for h, d in zip(hs, widths))
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        weight, bias, *hs = ctx.saved_tensors
+        widths = ctx.widths
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = _weight_grad(weight, grads, hs, widths, "output")
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = _bias_grad(bias, grads, widths)
+        grad_hs = [g.mm(weight[:d]) if need else None for g, d, need in zip(grads, widths, ctx.needs_input_grad[3:])]
+        return (None, grad_weight, grad_bias, *grad_hs)
+
+
+def nested_input_linear(
+    xs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, widths: Sequence[int]
+) -> list[torch.Tensor]:
+    """Per group ``x_j @ W[:, :d_j].T + b``.
+
+    Args:
+        xs: one group per expert, each [rows_j, d_j] (already cut to its width; views are fine).
+        weight: the shared weight [out, in].
+        bias: [out] or ``None``.
+        widths: ``d_j`` of each group (``<= in``).
+
+    Returns:
+        One output per group, [rows_j, out].
+    """
+    return list(_NestedInputLinear.apply(tuple(widths), weight, bias, *xs))
+
+
+def nested_output_linear(
+    hs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, widths: Sequence[int]
+) -> list[torch.Tensor]:
+    """Per group ``h_j @ W[:d_j].T + b[:d_j]``.
+
+    Args:
+        hs: one group per expert, each [rows_j, in].
+        weight: the shared weight [out, in].
+        bias: [out] or ``None``.
+        widths: ``d_j`` of each group (``<= out``).
+
+    Returns:
+        One output per group, [rows_j, d_j].
+    """
+    return list(_NestedOutputLinear.apply(tuple(widths), weight, bias, *hs))
