@@ -114,3 +114,27 @@ def test_nested_linear_respects_frozen_weights():
     (out,) = nested_input_linear([x], weight, None, [2])
     out.sum().backward()
     assert torch.allclose(x.grad, weight[:, :2].sum(0).expand(3, 2))
+
+
+@pytest.mark.parametrize("slicing", ["input", "output"])
+def test_nested_linear_under_bfloat16_autocast(slicing):
+    """Under autocast the forward runs in bfloat16 and float32 weights still get float32 gradients like F.linear's."""
+    torch.set_default_dtype(torch.float32)
+    widths = (2, 4, 8)
+    weight = torch.randn(8, 8, requires_grad=True)
+    bias = torch.randn(8, requires_grad=True)
+    if slicing == "input":
+        xs = [torch.randn(4, d) for d in widths]
+        nested, plain = nested_input_linear, lambda x, d: torch.nn.functional.linear(x, weight[:, :d], bias)
+    else:
+        xs = [torch.randn(4, 8) for _ in widths]
+        nested, plain = nested_output_linear, lambda x, d: torch.nn.functional.linear(x, weight[:d], bias[:d])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = nested(xs, weight, bias, widths)
+        refs = [plain(x, d) for x, d in zip(xs, widths)]
+    assert all(o.dtype == torch.bfloat16 for o in outs)
+    got = torch.autograd.grad(sum(o.float().square().sum() for o in outs), (weight, bias))
+    want = torch.autograd.grad(sum(r.float().square().sum() for r in refs), (weight, bias))
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2)

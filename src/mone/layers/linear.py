@@ -49,6 +49,11 @@ def _bias_grad(bias: torch.Tensor, grads: Sequence[torch.Tensor], widths: Sequen
     return grad
 
 
+def _to_dtype(tensors: Sequence[torch.Tensor | None], dtype: torch.dtype) -> list[torch.Tensor | None]:
+    """Saved tensors in the gradients' dtype: under autocast the forward ran in a lower precision than they hold."""
+    return [t if t is None else t.to(dtype) for t in tensors]
+
+
 class _NestedInputLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, widths, weight, bias, *xs):  # type: ignore[override]
@@ -59,7 +64,7 @@ class _NestedInputLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
-        weight, *xs = ctx.saved_tensors
+        weight, *xs = _to_dtype(ctx.saved_tensors, grads[0].dtype)
         widths = ctx.widths
         grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:
@@ -80,7 +85,7 @@ class _NestedOutputLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
-        weight, bias, *hs = ctx.saved_tensors
+        weight, bias, *hs = _to_dtype(ctx.saved_tensors, grads[0].dtype)
         widths = ctx.widths
         grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:
