@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from mone.layers import NestedBlock, add_to_prefix
-from mone.layers.linear import nested_input_linear, nested_output_linear
+from mone.layers import NestedBlock, add_to_prefix, nested_input_linear, nested_output_linear
 from mone.routing import make_routing_plan
 from reference import reference_block, width_masks
 from mone.capacity import capacity_distribution

@@ -2,7 +2,17 @@
 
 from .attention import NestedAttention
 from .block import NestedBlock, add_to_prefix, nested_blocks_forward
+from .linear import nested_input_linear, nested_output_linear
 from .mlp import NestedMlp
 from .patch_embed import PatchEmbed
 
-__all__ = ["NestedAttention", "NestedBlock", "NestedMlp", "PatchEmbed", "add_to_prefix", "nested_blocks_forward"]
+__all__ = [
+    "NestedAttention",
+    "NestedBlock",
+    "NestedMlp",
+    "PatchEmbed",
+    "add_to_prefix",
+    "nested_blocks_forward",
+    "nested_input_linear",
+    "nested_output_linear",
+]
