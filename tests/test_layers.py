@@ -93,7 +93,11 @@ def test_nested_linear_gradients(widths, slicing):
         nested, plain = nested_output_linear, lambda x, d: torch.nn.functional.linear(x, weight[:d], bias[:d])
 
     def run(*tensors):
-        return tuple(nested(list(tensors[2:]), tensors[0], tensors[1], widths))
+        outs = nested(list(tensors[2:]), tensors[0], tensors[1], widths)
+        if slicing == "input":  # one tensor, the groups' rows one after the other
+            assert outs.shape == (sum(rows), 8)
+            return outs.split(rows)
+        return tuple(outs)
 
     assert torch.autograd.gradcheck(run, (weight, bias, *xs))
     outs = run(weight, bias, *xs)
@@ -110,7 +114,7 @@ def test_nested_linear_gradients(widths, slicing):
 def test_nested_linear_respects_frozen_weights():
     weight = torch.randn(6, 4)
     x = torch.randn(3, 2, requires_grad=True)
-    (out,) = nested_input_linear([x], weight, None, [2])
+    out = nested_input_linear([x], weight, None, [2])
     out.sum().backward()
     assert torch.allclose(x.grad, weight[:, :2].sum(0).expand(3, 2))
 
@@ -130,6 +134,7 @@ def test_nested_linear_under_bfloat16_autocast(slicing):
         nested, plain = nested_output_linear, lambda x, d: torch.nn.functional.linear(x, weight[:d], bias[:d])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outs = nested(xs, weight, bias, widths)
+        outs = outs.split(4) if slicing == "input" else outs
         refs = [plain(x, d) for x, d in zip(xs, widths)]
     assert all(o.dtype == torch.bfloat16 for o in outs)
     got = torch.autograd.grad(sum(o.float().square().sum() for o in outs), (weight, bias))

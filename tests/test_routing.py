@@ -92,9 +92,13 @@ def test_plan_sorts_into_groups_and_back(problem):
     assert [g.shape[0] for g in groups] == [B * n for n in plan.counts]
     expert_rows = plan.split(plan.sort(plan.expert.unsqueeze(-1).to(x.dtype)).squeeze(-1))
     example_rows = plan.split(plan.sort(torch.arange(B).view(B, 1, 1).expand(B, N, 1).to(x.dtype)).squeeze(-1))
+    token_rows = plan.split(plan.sort(torch.arange(N).view(1, N, 1).expand(B, N, 1).to(x.dtype)).squeeze(-1))
     for j in range(E):
+        n = plan.counts[j]
         assert torch.all(expert_rows[j] == j)  # group j holds exactly expert j's tokens
-        assert torch.all(example_rows[j].diff() >= 0)  # example-major inside the group
+        if plan.order is not None:  # slot-major: row s * B + b is example b's s-th token of expert j
+            assert torch.equal(example_rows[j], torch.arange(B, dtype=x.dtype).repeat(n))
+            assert torch.all(token_rows[j].view(n, B).diff(dim=0) > 0)  # slots in token order
     assert torch.equal(plan.unsort(rows), x)
     own = probs.gather(-1, plan.expert.unsqueeze(-1)).squeeze(-1)
     assert torch.equal(plan.unsort(plan.expert_probs.unsqueeze(-1)).squeeze(-1), own)

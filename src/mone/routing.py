@@ -3,8 +3,11 @@
 Routing happens once per forward: the router scores every token, EPR assigns each token to one expert, and a
 :class:`RoutingPlan` records the permutation that sorts the tokens of the whole batch into contiguous
 per-expert groups (group-major: all tokens of the smallest expert from every example first, then the next
-expert, ...). Every layer then runs on contiguous row ranges with static shapes; tokens are put back in their
-input order only where they are returned.
+expert, ...). Inside a group the rows are *slot-major*: row ``s * B + b`` is example ``b``'s ``s``-th token of that
+expert (tokens in index order). So the rows of the whole batch, read as ``[N, B, D]``, hold every example's tokens
+sorted by expert along the first axis: per-group outputs written one after the other already form the ``[N, B, 3D]``
+qkv tensor that attention needs, with no concatenation. Every layer runs on contiguous row ranges with static
+shapes; tokens are put back in their input order only where they are returned.
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ class RoutingPlan:
         expert: expert index per token in input order [B, N].
         probs: router probabilities in input order [B, N, E].
         counts: tokens per expert and example (static Python ints, smallest expert first).
-        order: flat source row (``b * N + n``) of each group-major row [B * N].
+        order: flat source row (``b * N + n``) of each group-major, slot-major row [B * N]; ``None`` when one
+            expert takes every token (then the rows stay in input order, ``b * N + n``).
         inverse_order: group-major row of each flat input row [B * N]; ``None`` when ``order`` is the identity.
         expert_probs: router probability of each token's own expert, group-major [B * N].
     """
@@ -132,10 +136,12 @@ def make_routing_plan(probs: torch.Tensor, distribution: Sequence[float]) -> Rou
         expert = torch.full((B, N), j, dtype=torch.long, device=probs.device)
         return RoutingPlan(expert, probs, counts, None, None, probs[..., j].reshape(-1))
     expert = expert_preferred_routing(probs, distribution)  # [B, N]
-    # Group-major order: sort by (expert, example, token). The key is unique, so the order is deterministic.
+    # Each example's tokens sorted by (expert, token index): position p = start_j + s holds its s-th token of
+    # expert j. Row p * B + b of the batch is example b's position p: group-major, slot-major inside each group.
+    token = torch.arange(N, device=probs.device)
+    position_to_token = torch.argsort(expert * N + token, dim=1)  # [B, N]; unique keys: deterministic
     example = torch.arange(B, device=probs.device).unsqueeze(1)  # [B, 1]
-    flat_index = example * N + torch.arange(N, device=probs.device)  # [B, N]
-    order = torch.argsort((expert * (B * N) + flat_index).reshape(-1))  # [B * N]
+    order = (example * N + position_to_token).t().reshape(-1)  # [N * B]
     inverse_order = torch.empty_like(order).scatter_(0, order, torch.arange(B * N, device=probs.device))
     expert_probs = probs.gather(-1, expert.unsqueeze(-1)).reshape(-1).index_select(0, order)  # [B * N]
     return RoutingPlan(expert, probs, counts, order, inverse_order, expert_probs)

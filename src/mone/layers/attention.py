@@ -35,7 +35,8 @@ class NestedAttention(nn.Module):
         """Attend over all tokens of each example.
 
         Args:
-            xs: one normalised group per expert, [B * counts[j], D], example-major inside the group.
+            xs: one normalised group per expert, [B * counts[j], D]: slot-major rows (``s * B + b``) when there are
+                several groups, input order (``b * N + n``) when there is one (see :class:`mone.routing.RoutingPlan`).
             widths: feature width ``d_j`` of each group.
             counts: tokens per example in each group (all > 0).
 
@@ -43,19 +44,23 @@ class NestedAttention(nn.Module):
             One update per group, [B * counts[j], widths[j]].
         """
         D = self.qkv.in_features
-        B = xs[0].shape[0] // counts[0]
         N = sum(counts)
+        B = xs[0].shape[0] // counts[0]
         H, hd = self.num_heads, self.head_dim
         qkv = nested_input_linear([x[:, :d] for x, d in zip(xs, widths)], self.qkv.weight, self.qkv.bias, widths)
-        qkv = [q.view(B, n, 3 * D) for q, n in zip(qkv, counts)]  # [B, n_j, 3D]
-        qkv = qkv[0] if len(qkv) == 1 else torch.cat(qkv, dim=1)  # [B, N, 3D], groups side by side
-        q, k, v = qkv.view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, hd]
+        if len(xs) == 1:
+            qkv = qkv.view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
+        else:  # rows p * B + b: every example's tokens sorted by expert along N
+            qkv = qkv.view(N, B, 3, H, hd).permute(2, 1, 3, 0, 4)  # [3, B, H, N, hd]
+        q, k, v = qkv.unbind(0)  # each [B, H, N, hd]
         if self.fused_attn:
             o = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, hd]
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, H, N, hd] x [B, H, hd, N] -> [B, H, N, N]
             o = attn.softmax(dim=-1) @ v  # [B, H, N, N] x [B, H, N, hd] -> [B, H, N, hd]
-        o = o.transpose(1, 2)  # [B, N, H, hd]
-        o = o.split(list(counts), dim=1)  # per group [B, n_j, D]
-        o = [o_j.reshape(B * n, D) for o_j, n in zip(o, counts)]  # this group's rows, example-major
+        if len(xs) == 1:
+            o = o.transpose(1, 2).reshape(B * N, D)  # [B, N, H, hd] -> rows b * N + n
+        else:
+            o = o.permute(2, 0, 1, 3).reshape(N * B, D)  # [N, B, H, hd] -> rows p * B + b
+        o = o.split([B * n for n in counts])  # per group [B * n_j, D]
         return nested_output_linear(o, self.proj.weight, self.proj.bias, widths)

@@ -81,6 +81,8 @@ def nested_blocks_forward(
         groups = block(groups, widths, counts, scales)
     if pool:
         B = plan.batch_size
-        return sum(g.view(B, n, -1).sum(dim=1) for g, n in zip(groups, counts)) / sum(counts)  # [B, D]
+        if len(groups) == 1:  # input order
+            return groups[0].view(B, -1, groups[0].shape[-1]).mean(dim=1)  # [B, D]
+        return sum(g.view(n, B, -1).sum(dim=0) for g, n in zip(groups, counts)) / sum(counts)  # slot-major rows
     rows = groups[0] if len(groups) == 1 else torch.cat(groups, dim=0)  # [B * N, D], group-major
     return plan.unsort(rows)

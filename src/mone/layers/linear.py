@@ -2,7 +2,8 @@
 
 Expert ``j`` uses a prefix slice of one shared weight ``W`` [out, in]:
 
-* ``input`` slicing (``qkv``, ``fc1``): ``y_j = x_j[:, :d_j] @ W[:, :d_j].T + b`` -> [rows_j, out];
+* ``input`` slicing (``qkv``, ``fc1``): ``y_j = x_j[:, :d_j] @ W[:, :d_j].T + b`` -> [rows_j, out], every group
+  written straight into its row range of one output [sum rows_j, out] (no concatenation afterwards);
 * ``output`` slicing (``proj``, ``fc2``): ``y_j = h_j @ W[:d_j].T + b[:d_j]`` -> [rows_j, d_j].
 
 Left to autograd, each slice ``W[:, :d_j]`` gets its own zero-filled full-size gradient and the E of them are
@@ -54,18 +55,33 @@ def _to_dtype(tensors: Sequence[torch.Tensor | None], dtype: torch.dtype) -> lis
     return [t if t is None else t.to(dtype) for t in tensors]
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype F.linear would compute in: autocast's when it is on (``out=`` ops are not autocast for us)."""
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+
+
 class _NestedInputLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, widths, weight, bias, *xs):  # type: ignore[override]
         ctx.widths = widths
         ctx.has_bias = bias is not None
         ctx.save_for_backward(weight, *xs)
-        return tuple(F.linear(x, weight[:, :d], bias) for x, d in zip(xs, widths))
+        dtype = _compute_dtype(xs[0])
+        weight = weight.to(dtype)
+        out = torch.empty(sum(x.shape[0] for x in xs), weight.shape[0], dtype=dtype, device=weight.device)
+        for x, d, rows in zip(xs, widths, out.split([x.shape[0] for x in xs])):
+            if bias is None:
+                torch.mm(x.to(dtype), weight[:, :d].t(), out=rows)
+            else:
+                torch.addmm(bias.to(dtype), x.to(dtype), weight[:, :d].t(), out=rows)
+        return out
 
     @staticmethod
-    def backward(ctx, *grads):  # type: ignore[override]
-        weight, *xs = _to_dtype(ctx.saved_tensors, grads[0].dtype)
+    def backward(ctx, grad):  # type: ignore[override]
+        weight, *xs = _to_dtype(ctx.saved_tensors, grad.dtype)
         widths = ctx.widths
+        grads = grad.split([x.shape[0] for x in xs])
         grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:
             grad_weight = _weight_grad(weight, grads, xs, widths, "input")
@@ -98,8 +114,8 @@ class _NestedOutputLinear(torch.autograd.Function):
 
 def nested_input_linear(
     xs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, widths: Sequence[int]
-) -> list[torch.Tensor]:
-    """Per group ``x_j @ W[:, :d_j].T + b``.
+) -> torch.Tensor:
+    """Per group ``x_j @ W[:, :d_j].T + b``, the groups' rows one after the other.
 
     Args:
         xs: one group per expert, each [rows_j, d_j] (already cut to its width; views are fine).
@@ -108,9 +124,9 @@ def nested_input_linear(
         widths: ``d_j`` of each group (``<= in``).
 
     Returns:
-        One output per group, [rows_j, out].
+        [sum_j rows_j, out]: group 0's rows, then group 1's, ...
     """
-    return list(_NestedInputLinear.apply(tuple(widths), weight, bias, *xs))
+    return _NestedInputLinear.apply(tuple(widths), weight, bias, *xs)
 
 
 def nested_output_linear(

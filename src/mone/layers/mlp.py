@@ -26,5 +26,5 @@ class NestedMlp(nn.Module):
     def forward(self, xs: Sequence[torch.Tensor], widths: Sequence[int]) -> list[torch.Tensor]:
         """Groups [rows_j, D] -> updates [rows_j, widths[j]]."""
         hidden = nested_input_linear([x[:, :d] for x, d in zip(xs, widths)], self.fc1.weight, self.fc1.bias, widths)
-        hidden = [self.act(h) for h in hidden]  # [rows_j, hidden]
+        hidden = self.act(hidden).split([x.shape[0] for x in xs])  # per group [rows_j, hidden]
         return nested_output_linear(hidden, self.fc2.weight, self.fc2.bias, widths)  # [rows_j, d_j]
