@@ -61,21 +61,37 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
 
 
+def _input_linear(
+    xs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, widths: Sequence[int]
+) -> torch.Tensor:
+    dtype = _compute_dtype(xs[0])
+    weight = weight.to(dtype)
+    out = torch.empty(sum(x.shape[0] for x in xs), weight.shape[0], dtype=dtype, device=weight.device)
+    for x, d, rows in zip(xs, widths, out.split([x.shape[0] for x in xs])):
+        if bias is None:
+            torch.mm(x.to(dtype), weight[:, :d].t(), out=rows)
+        else:
+            torch.addmm(bias.to(dtype), x.to(dtype), weight[:, :d].t(), out=rows)
+    return out
+
+
+def _output_linear(
+    hs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, widths: Sequence[int]
+) -> list[torch.Tensor]:
+    return [F.linear(h, weight[:d], None if bias is None else bias[:d]) for h, d in zip(hs, widths)]
+
+
+def _needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 class _NestedInputLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, widths, weight, bias, *xs):  # type: ignore[override]
         ctx.widths = widths
         ctx.has_bias = bias is not None
         ctx.save_for_backward(weight, *xs)
-        dtype = _compute_dtype(xs[0])
-        weight = weight.to(dtype)
-        out = torch.empty(sum(x.shape[0] for x in xs), weight.shape[0], dtype=dtype, device=weight.device)
-        for x, d, rows in zip(xs, widths, out.split([x.shape[0] for x in xs])):
-            if bias is None:
-                torch.mm(x.to(dtype), weight[:, :d].t(), out=rows)
-            else:
-                torch.addmm(bias.to(dtype), x.to(dtype), weight[:, :d].t(), out=rows)
-        return out
+        return _input_linear(xs, weight, bias, widths)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -97,7 +113,7 @@ class _NestedOutputLinear(torch.autograd.Function):
         ctx.widths = widths
         ctx.has_bias = bias is not None
         ctx.save_for_backward(weight, bias, *hs)
-        return tuple(F.linear(h, weight[:d], None if bias is None else bias[:d]) for h, d in zip(hs, widths))
+        return tuple(_output_linear(hs, weight, bias, widths))
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
@@ -126,6 +142,8 @@ def nested_input_linear(
     Returns:
         [sum_j rows_j, out]: group 0's rows, then group 1's, ...
     """
+    if not _needs_autograd(weight, bias, *xs):  # inference: no autograd node to build
+        return _input_linear(xs, weight, bias, widths)
     return _NestedInputLinear.apply(tuple(widths), weight, bias, *xs)
 
 
@@ -143,4 +161,6 @@ def nested_output_linear(
     Returns:
         One output per group, [rows_j, d_j].
     """
+    if not _needs_autograd(weight, bias, *hs):
+        return _output_linear(hs, weight, bias, widths)
     return list(_NestedOutputLinear.apply(tuple(widths), weight, bias, *hs))
