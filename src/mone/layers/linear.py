@@ -102,7 +102,7 @@ class _NestedInputLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_weight = _weight_grad(weight, grads, xs, widths, "input")
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = sum(g.sum(0) for g in grads)
+            grad_bias = grad.sum(0)
         grad_xs = [g.mm(weight[:, :d]) if need else None for g, d, need in zip(grads, widths, ctx.needs_input_grad[3:])]
         return (None, grad_weight, grad_bias, *grad_xs)
 
