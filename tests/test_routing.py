@@ -99,6 +99,9 @@ def test_plan_sorts_into_groups_and_back(problem):
         if plan.order is not None:  # slot-major: row s * B + b is example b's s-th token of expert j
             assert torch.equal(example_rows[j], torch.arange(B, dtype=x.dtype).repeat(n))
             assert torch.all(token_rows[j].view(n, B).diff(dim=0) > 0)  # slots in token order
+        elif n > 0:  # a single group keeps the input order: example b's tokens b * N ... b * N + N - 1
+            assert torch.equal(example_rows[j], torch.arange(B, dtype=x.dtype).repeat_interleave(n))
+            assert torch.equal(token_rows[j], torch.arange(N, dtype=x.dtype).repeat(B))
     assert torch.equal(plan.unsort(rows), x)
     own = probs.gather(-1, plan.expert.unsqueeze(-1)).squeeze(-1)
     assert torch.equal(plan.unsort(plan.expert_probs.unsqueeze(-1)).squeeze(-1), own)

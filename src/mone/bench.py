@@ -16,8 +16,8 @@ else MoNE at capacity 1.0), the FLOP-ideal speedup (``count_flops`` at capacity 
 row's capacity) and efficiency = speedup / ideal. In throughput mode the routing overhead (router, EPR and the sort
 into expert groups, timed on their own in the same round-robin; the classifying forward pools the sorted tokens,
 so it has no unsort) is given as a fraction of the MoNE forward. Every row carries
-the glibc allocator settings (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``): on CPU they move the dense
-baseline by 15-18%.
+the glibc allocator settings (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``): on CPU they can move the
+dense baseline by 10% or more (docs/performance.md).
 """
 
 from __future__ import annotations
