@@ -85,9 +85,9 @@ def test_nested_linear_gradients(widths, slicing):
     rows = [3, 5, 2][: len(widths)]
     weight = torch.randn(8, 8, requires_grad=True)
     bias = torch.randn(8, requires_grad=True)
-    if slicing == "input":
-        xs = [torch.randn(n, d, requires_grad=True) for n, d in zip(rows, widths)]
-        nested, plain = nested_input_linear, lambda x, d: torch.nn.functional.linear(x, weight[:, :d], bias)
+    if slicing == "input":  # full-width inputs: group j reads its first d_j features
+        xs = [torch.randn(n, 8, requires_grad=True) for n in rows]
+        nested, plain = nested_input_linear, lambda x, d: torch.nn.functional.linear(x[:, :d], weight[:, :d], bias)
     else:
         xs = [torch.randn(n, 8, requires_grad=True) for n in rows]
         nested, plain = nested_output_linear, lambda x, d: torch.nn.functional.linear(x, weight[:d], bias[:d])
@@ -116,10 +116,11 @@ def test_nested_linear_gradients(widths, slicing):
 
 def test_nested_linear_respects_frozen_weights():
     weight = torch.randn(6, 4)
-    x = torch.randn(3, 2, requires_grad=True)
+    x = torch.randn(3, 4, requires_grad=True)
     out = nested_input_linear([x], weight, None, [2])
     out.sum().backward()
-    assert torch.allclose(x.grad, weight[:, :2].sum(0).expand(3, 2))
+    assert torch.allclose(x.grad[:, :2], weight[:, :2].sum(0).expand(3, 2))
+    assert torch.equal(x.grad[:, 2:], torch.zeros(3, 2))  # features the group does not read
 
 
 @pytest.mark.parametrize("slicing", ["input", "output"])
@@ -130,8 +131,8 @@ def test_nested_linear_under_bfloat16_autocast(slicing):
     weight = torch.randn(8, 8, requires_grad=True)
     bias = torch.randn(8, requires_grad=True)
     if slicing == "input":
-        xs = [torch.randn(4, d) for d in widths]
-        nested, plain = nested_input_linear, lambda x, d: torch.nn.functional.linear(x, weight[:, :d], bias)
+        xs = [torch.randn(4, 8) for _ in widths]
+        nested, plain = nested_input_linear, lambda x, d: torch.nn.functional.linear(x[:, :d], weight[:, :d], bias)
     else:
         xs = [torch.randn(4, 8) for _ in widths]
         nested, plain = nested_output_linear, lambda x, d: torch.nn.functional.linear(x, weight[:d], bias[:d])

@@ -99,11 +99,22 @@ def test_lower_capacity_changes_the_function_and_keeps_shapes():
 def test_explicit_distribution_and_one_hot_widths():
     torch.manual_seed(0)
     model = small_model().double()
+    with torch.no_grad():
+        model.alpha.fill_(0.3)  # inside the reference's clamp range, so alpha's gradient is compared too
     images = torch.randn(2, 3, 20, 20, dtype=torch.float64)
     tokens, plan = model.forward_features(images, capacity=(1.0, 0.0, 0.0, 0.0), return_plan=True)
     assert torch.all(plan.expert == 0) and plan.order is None
     expected, _ = reference_features(model, images, (1.0, 0.0, 0.0, 0.0))
     torch.testing.assert_close(tokens, expected, rtol=1e-9, atol=1e-9)
+    # one group narrower than D, in input order: its gradients too
+    params = [p for _, p in model.named_parameters()]
+    weight = torch.randn_like(tokens)
+    got = torch.autograd.grad((tokens * weight).sum(), params, allow_unused=True)
+    want = torch.autograd.grad((expected * weight).sum(), params, allow_unused=True)
+    for (name, _), g, w in zip(model.named_parameters(), got, want):
+        assert (g is None) == (w is None), name
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
 
 
 def test_every_parameter_gets_a_gradient():

@@ -115,8 +115,15 @@ class RoutingPlan:
         return rows.reshape(self.batch_size, -1, rows.shape[-1])
 
     def split(self, rows: torch.Tensor) -> list[torch.Tensor]:
-        """Group-major rows [B * N, ...] -> one contiguous view per expert [B * counts[j], ...] (empty groups too)."""
-        return list(rows.split(self.group_sizes, dim=0))
+        """Group-major rows [B * N, ...] -> one contiguous view per expert [B * counts[j], ...] (empty groups too).
+
+        When one expert takes every token its group is ``rows`` itself, not a view of it: autograd would copy the
+        gradient of a whole-tensor view back into a fresh tensor.
+        """
+        sizes = self.group_sizes
+        if self.order is None:
+            return [rows if size else rows[:0] for size in sizes]
+        return list(rows.split(sizes, dim=0))
 
 
 def make_routing_plan(probs: torch.Tensor, distribution: Sequence[float]) -> RoutingPlan:

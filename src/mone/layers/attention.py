@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .linear import nested_input_linear, nested_output_linear
+from .linear import nested_input_linear, nested_output_linear, split_rows
 
 
 class NestedAttention(nn.Module):
@@ -47,7 +47,7 @@ class NestedAttention(nn.Module):
         N = sum(counts)
         B = xs[0].shape[0] // counts[0]
         H, hd = self.num_heads, self.head_dim
-        qkv = nested_input_linear([x[:, :d] for x, d in zip(xs, widths)], self.qkv.weight, self.qkv.bias, widths)
+        qkv = nested_input_linear(xs, self.qkv.weight, self.qkv.bias, widths)
         if len(xs) == 1:
             qkv = qkv.view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
         else:  # rows p * B + b: every example's tokens sorted by expert along N
@@ -62,5 +62,5 @@ class NestedAttention(nn.Module):
             o = o.transpose(1, 2).reshape(B * N, D)  # [B, N, H, hd] -> rows b * N + n
         else:
             o = o.permute(2, 0, 1, 3).reshape(N * B, D)  # [N, B, H, hd] -> rows p * B + b
-        o = o.split([B * n for n in counts])  # per group [B * n_j, D]
+        o = split_rows(o, [B * n for n in counts])  # per group [B * n_j, D]
         return nested_output_linear(o, self.proj.weight, self.proj.bias, widths)

@@ -3,7 +3,9 @@
 Expert ``j`` uses a prefix slice of one shared weight ``W`` [out, in]:
 
 * ``input`` slicing (``qkv``, ``fc1``): ``y_j = x_j[:, :d_j] @ W[:, :d_j].T + b`` -> [rows_j, out], every group
-  written straight into its row range of one output [sum rows_j, out] (no concatenation afterwards);
+  written straight into its row range of one output [sum rows_j, out] (no concatenation afterwards). The slice
+  ``x_j[:, :d_j]`` is taken inside, so a full-width group's input gradient is ``g_j @ W`` itself, not a copy of
+  it into a zero-filled tensor (what autograd does for a slice), and narrower ones are padded once;
 * ``output`` slicing (``proj``, ``fc2``): ``y_j = h_j @ W[:d_j].T + b[:d_j]`` -> [rows_j, d_j].
 
 Left to autograd, each slice ``W[:, :d_j]`` gets its own zero-filled full-size gradient and the E of them are
@@ -18,7 +20,15 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["nested_input_linear", "nested_output_linear"]
+__all__ = ["nested_input_linear", "nested_output_linear", "split_rows"]
+
+
+def split_rows(rows: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """``rows`` [sum sizes, ...] as one view per group; a single group is ``rows`` itself.
+
+    The backward of a one-piece ``split`` would copy the whole gradient (a ``cat`` of one tensor).
+    """
+    return [rows] if len(sizes) == 1 else list(rows.split(list(sizes)))
 
 
 def _weight_grad(
@@ -69,10 +79,16 @@ def _input_linear(
     out = torch.empty(sum(x.shape[0] for x in xs), weight.shape[0], dtype=dtype, device=weight.device)
     for x, d, rows in zip(xs, widths, out.split([x.shape[0] for x in xs])):
         if bias is None:
-            torch.mm(x.to(dtype), weight[:, :d].t(), out=rows)
+            torch.mm(x[:, :d].to(dtype), weight[:, :d].t(), out=rows)
         else:
-            torch.addmm(bias.to(dtype), x.to(dtype), weight[:, :d].t(), out=rows)
+            torch.addmm(bias.to(dtype), x[:, :d].to(dtype), weight[:, :d].t(), out=rows)
     return out
+
+
+def _input_grad(grad: torch.Tensor, weight: torch.Tensor, width: int) -> torch.Tensor:
+    """Gradient of a full-width input [rows, in] whose first ``width`` features fed ``W[:, :width]``."""
+    grad_x = grad.mm(weight[:, :width])  # [rows, width]
+    return grad_x if width == weight.shape[1] else F.pad(grad_x, (0, weight.shape[1] - width))
 
 
 def _output_linear(
@@ -100,10 +116,11 @@ class _NestedInputLinear(torch.autograd.Function):
         grads = grad.split([x.shape[0] for x in xs])
         grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:
-            grad_weight = _weight_grad(weight, grads, xs, widths, "input")
+            grad_weight = _weight_grad(weight, grads, [x[:, :d] for x, d in zip(xs, widths)], widths, "input")
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0)
-        grad_xs = [g.mm(weight[:, :d]) if need else None for g, d, need in zip(grads, widths, ctx.needs_input_grad[3:])]
+        needs = ctx.needs_input_grad[3:]
+        grad_xs = [_input_grad(g, weight, d) if need else None for g, d, need in zip(grads, widths, needs)]
         return (None, grad_weight, grad_bias, *grad_xs)
 
 
@@ -131,10 +148,11 @@ class _NestedOutputLinear(torch.autograd.Function):
 def nested_input_linear(
     xs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, widths: Sequence[int]
 ) -> torch.Tensor:
-    """Per group ``x_j @ W[:, :d_j].T + b``, the groups' rows one after the other.
+    """Per group ``x_j[:, :d_j] @ W[:, :d_j].T + b``, the groups' rows one after the other.
 
     Args:
-        xs: one group per expert, each [rows_j, d_j] (already cut to its width; views are fine).
+        xs: one group per expert, each [rows_j, in] at full width (views are fine); group ``j`` reads its first
+            ``d_j`` features and gets a zero gradient for the others.
         weight: the shared weight [out, in].
         bias: [out] or ``None``.
         widths: ``d_j`` of each group (``<= in``).

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from .linear import nested_input_linear, nested_output_linear
+from .linear import nested_input_linear, nested_output_linear, split_rows
 
 
 class NestedMlp(nn.Module):
@@ -25,6 +25,6 @@ class NestedMlp(nn.Module):
 
     def forward(self, xs: Sequence[torch.Tensor], widths: Sequence[int]) -> list[torch.Tensor]:
         """Groups [rows_j, D] -> updates [rows_j, widths[j]]."""
-        hidden = nested_input_linear([x[:, :d] for x, d in zip(xs, widths)], self.fc1.weight, self.fc1.bias, widths)
-        hidden = self.act(hidden).split([x.shape[0] for x in xs])  # per group [rows_j, hidden]
+        hidden = nested_input_linear(xs, self.fc1.weight, self.fc1.bias, widths)
+        hidden = split_rows(self.act(hidden), [x.shape[0] for x in xs])  # per group [rows_j, hidden]
         return nested_output_linear(hidden, self.fc2.weight, self.fc2.bias, widths)  # [rows_j, d_j]
