@@ -1,12 +1,15 @@
 """Where the forward's time goes: torch.profiler op totals per category, timm's dense ViT vs MoNE capacities.
 
-    python benchmarks/profile_cpu.py --model mone_vit_base_patch16_224 --batch-size 8 --capacities 0.5 0.25
+    python benchmarks/profile_cpu.py --model mone_vit_base_patch16_224 --batch-size 8 --capacities 0.5 0.25 --ops
 
-Prints milliseconds per forward (self CPU time, averaged over --repeats profiled forwards) for GEMMs, attention,
-copies (cat, copy_, index_select), element-wise ops (GELU, LayerNorm, add, mul) and the rest.
+Prints milliseconds per forward (self CPU time, averaged over --repeats profiled rounds) for GEMMs, attention,
+copies (cat, copy_, index_select), element-wise ops (GELU, LayerNorm, add, mul) and the rest; with --ops also one
+row per op. The variants are profiled round-robin (one forward of each per round), so slow drift of the machine
+falls on all of them alike.
 """
 
 import argparse
+from collections import defaultdict
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -22,12 +25,18 @@ CATEGORIES = {
 }
 
 
-def categorise(events) -> dict[str, float]:
-    totals = {name: 0.0 for name in [*CATEGORIES, "other"]}
-    for event in events:
-        name = next((c for c, ops in CATEGORIES.items() if event.key in ops), "other")
-        totals[name] += event.self_cpu_time_total / 1e3
-    return totals
+def category_of(op: str) -> str:
+    return next((c for c, ops in CATEGORIES.items() if op in ops), "other")
+
+
+def print_table(title: str, label: str, rows: list[str], results: dict[str, dict[str, float]]) -> None:
+    names = list(results)
+    print(title)
+    print(f"| {label} | {' | '.join(names)} |")
+    print(f"|---|{'---:|' * len(names)}")
+    for row in rows:
+        print(f"| {row} | {' | '.join(f'{results[n].get(row, 0.0):.1f}' for n in names)} |")
+    print(f"| total | {' | '.join(f'{sum(results[n].values()):.1f}' for n in names)} |")
 
 
 def main() -> None:
@@ -35,7 +44,8 @@ def main() -> None:
     parser.add_argument("--model", default="mone_vit_base_patch16_224")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--capacities", type=float, nargs="+", default=[0.5, 0.25])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="profiled rounds (one forward of every variant each)")
+    parser.add_argument("--ops", action="store_true", help="also print every op above 0.5 ms per forward")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = create_model(args.model).eval()
@@ -43,21 +53,26 @@ def main() -> None:
     images = torch.randn(args.batch_size, *model.default_input_size)
     calls = {"timm dense": lambda: dense(images)}
     calls.update({f"MoNE {c:g}": (lambda c=c: model(images, capacity=c)) for c in args.capacities})
-    results = {}
+    per_op: dict[str, dict[str, float]] = {name: defaultdict(float) for name in calls}
     with torch.inference_mode():
-        for name, call in calls.items():
+        for call in calls.values():  # warm-up
             call()
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for _ in range(args.repeats):
+        for _ in range(args.repeats):
+            for name, call in calls.items():
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
                     call()
-            results[name] = {k: v / args.repeats for k, v in categorise(prof.key_averages()).items()}
-    names = list(results)
-    print(f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads: ms per forward (profiled)")
-    print(f"| category | {' | '.join(names)} |")
-    print(f"|---|{'---:|' * len(names)}")
-    for category in [*CATEGORIES, "other"]:
-        print(f"| {category} | {' | '.join(f'{results[n][category]:.1f}' for n in names)} |")
-    print(f"| total | {' | '.join(f'{sum(results[n].values()):.1f}' for n in names)} |")
+                for event in prof.key_averages():
+                    per_op[name][event.key] += event.self_cpu_time_total / 1e3 / args.repeats
+    per_category = {name: defaultdict(float) for name in calls}
+    for name, ops in per_op.items():
+        for op, ms in ops.items():
+            per_category[name][category_of(op)] += ms
+    header = f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads: ms per forward (profiled)"
+    print_table(header, "category", [*CATEGORIES, "other"], per_category)
+    if args.ops:
+        ops = sorted({op for table in per_op.values() for op, ms in table.items() if ms >= 0.5},
+                     key=lambda op: -sum(table.get(op, 0.0) for table in per_op.values()))
+        print_table(f"{args.model}, batch {args.batch_size}: ms per forward by op", "op", ops, per_op)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+"""Speed per multiply-accumulate of the per-expert GEMMs of an input-sliced layer, against the dense GEMM.
+
+    python benchmarks/gemm_shapes.py --dim 768 --batch-size 8 --layer fc1
+
+For every expert group a MoNE model of width ``--dim`` runs at capacities 0.5 and 0.25 (196 patch tokens + 1,
+counts from the capacity solver), times ``torch.addmm(b, x[:, :d], W[:, :d].T, out=...)``, exactly the call
+``nested_input_linear`` makes, and prints GMAC/s relative to the dense call ``[B*N, D] x [D, out]``. All shapes
+are timed round-robin (one call of each per round), medians over ``--rounds``.
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from mone.capacity import capacity_distribution, expert_relative_widths, expert_token_counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=197)
+    parser.add_argument("--layer", choices=["qkv", "fc1"], default="fc1")
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    out_features = 3 * args.dim if args.layer == "qkv" else 4 * args.dim
+    weight, bias = torch.randn(out_features, args.dim), torch.randn(out_features)
+    rows = args.batch_size * args.tokens
+    shapes = [("dense", rows, args.dim)]
+    widths = [round(w * args.dim) for w in expert_relative_widths(4)]
+    for capacity in (0.5, 0.25):
+        counts = expert_token_counts(capacity_distribution(capacity, 4), args.tokens)
+        shapes += [(f"{capacity:g}", args.batch_size * n, d) for n, d in zip(counts, widths) if n > 0]
+    inputs = [torch.randn(m, args.dim) for _, m, _ in shapes]
+    outputs = [torch.empty(m, out_features) for _, m, _ in shapes]
+    times: list[list[float]] = [[] for _ in shapes]
+    with torch.inference_mode():
+        for round_ in range(args.rounds + 1):
+            for i, (_, _, d) in enumerate(shapes):
+                start = time.perf_counter()
+                torch.addmm(bias, inputs[i][:, :d], weight[:, :d].t(), out=outputs[i])
+                if round_:  # round 0 warms up
+                    times[i].append(time.perf_counter() - start)
+    print(f"{args.layer} (out {out_features}), {torch.get_num_threads()} threads, medians of {args.rounds} rounds")
+    print("| capacity | rows M | width K | ms | GMAC/s | per MAC vs dense |")
+    print("|---|---:|---:|---:|---:|---:|")
+    dense_rate = None
+    for (label, m, d), samples in zip(shapes, times):
+        seconds = statistics.median(samples)
+        rate = m * d * out_features / seconds / 1e9
+        dense_rate = dense_rate or rate
+        print(f"| {label} | {m} | {d} | {seconds * 1e3:.2f} | {rate:.1f} | {rate / dense_rate:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
