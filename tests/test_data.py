@@ -6,6 +6,8 @@ import gzip
 import struct
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from mone.data import ClutteredDigits, FashionMNIST, build_dataset, list_datasets
+from mone.data.cluttered_digits import _two_integers
 from mone.data.fashion_mnist import read_idx
 
 
@@ -38,6 +41,14 @@ def test_cluttered_digits_are_deterministic_per_seed():
         assert torch.equal(first[i][0], again[i][0]) and first[i][1] == again[i][1]
     assert torch.equal(first[7][0], again[7][0])
     assert any(not torch.equal(first[i][0], other[i][0]) for i in range(8))
+
+
+@given(seed=st.integers(0, 2**32 - 1), high=st.integers(1, 1000))
+def test_two_scalar_draws_follow_the_size_two_stream(seed, high):
+    """The scalar draws that make samples cheap give exactly the samples of ``integers(0, high, size=2)``."""
+    reference, rng = np.random.default_rng(seed), np.random.default_rng(seed)
+    assert list(_two_integers(rng, high)) == reference.integers(0, high, size=2).tolist()
+    assert rng.integers(1 << 40) == reference.integers(1 << 40)  # and the generators stay in step
 
 
 def test_cluttered_digit_sits_in_its_box_and_matches_an_upscaled_sklearn_digit():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mone.layers import NestedBlock, add_to_prefix, nested_input_linear, nested_output_linear
+from mone.layers.linear import split_rows
 from mone.routing import make_routing_plan
 from reference import reference_block, width_masks
 from mone.capacity import capacity_distribution
@@ -146,3 +147,10 @@ def test_nested_linear_under_bfloat16_autocast(slicing):
     for g, w in zip(got, want):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2)
+
+
+def test_split_rows_keeps_a_single_group_whole():
+    rows = torch.randn(7, 3, requires_grad=True)
+    assert split_rows(rows, [7])[0] is rows
+    parts = split_rows(rows, [2, 5])
+    assert [p.shape[0] for p in parts] == [2, 5] and torch.equal(torch.cat(parts), rows)

@@ -115,6 +115,10 @@ def test_single_group_plan_has_no_permutation():
     assert torch.equal(plan.expert, torch.full((2, 5), 3))
     x = torch.randn(2, 5, 3)
     assert plan.sort(x).data_ptr() == x.data_ptr()  # a view, no copy
+    rows = plan.sort(x)
+    groups = plan.split(rows)
+    assert groups[3] is rows  # the tensor itself: autograd copies nothing back for it
+    assert [g.shape[0] for g in groups] == [0, 0, 0, 10]
 
 
 def test_router_is_a_softmax_over_experts():
