@@ -15,7 +15,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from mone.data import ClutteredDigits, FashionMNIST, build_dataset, list_datasets
-from mone.data.cluttered_digits import _two_integers
+from mone.data.cluttered_digits import draw_two_integers
 from mone.data.fashion_mnist import read_idx
 
 
@@ -47,7 +47,7 @@ def test_cluttered_digits_are_deterministic_per_seed():
 def test_two_scalar_draws_follow_the_size_two_stream(seed, high):
     """The scalar draws that make samples cheap give exactly the samples of ``integers(0, high, size=2)``."""
     reference, rng = np.random.default_rng(seed), np.random.default_rng(seed)
-    assert list(_two_integers(rng, high)) == reference.integers(0, high, size=2).tolist()
+    assert list(draw_two_integers(rng, high)) == reference.integers(0, high, size=2).tolist()
     assert rng.integers(1 << 40) == reference.integers(1 << 40)  # and the generators stay in step
 
 

@@ -46,7 +46,7 @@ def source_pool(split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return index, images[index], labels[index]
 
 
-def _two_integers(rng: np.random.Generator, high: int) -> tuple[int, int]:
+def draw_two_integers(rng: np.random.Generator, high: int) -> tuple[int, int]:
     """Two draws from ``[0, high)``: the same stream as ``rng.integers(0, high, size=2)``, three times faster."""
     return int(rng.integers(high)), int(rng.integers(high))
 
@@ -122,7 +122,7 @@ class ClutteredDigits(Dataset):
     def _layout(self, rng: np.random.Generator) -> tuple[int, Box]:
         """Draw the source digit and its box (the first draws of a sample's generator)."""
         source = int(rng.integers(len(self.source_labels)))
-        top, left = _two_integers(rng, self.img_size - self.digit_size + 1)
+        top, left = draw_two_integers(rng, self.img_size - self.digit_size + 1)
         return source, (top, left, top + self.digit_size, left + self.digit_size)
 
     def _check_index(self, index: int) -> int:
@@ -141,11 +141,11 @@ class ClutteredDigits(Dataset):
         size, frag = self.digit_size, self.fragment_size
         for _ in range(self.num_fragments):
             other = int(rng.integers(len(self.source_labels)))
-            dy, dx = _two_integers(rng, size - frag + 1)
+            dy, dx = draw_two_integers(rng, size - frag + 1)
             crop = self.sources[other, dy:dy + frag, dx:dx + frag]
             # Place the crop away from the digit so the label stays unambiguous (give up after a few tries).
             for _attempt in range(20):
-                y, x = _two_integers(rng, self.img_size - frag + 1)
+                y, x = draw_two_integers(rng, self.img_size - frag + 1)
                 if not _boxes_overlap((y, x, y + frag, x + frag), box):
                     break
             np.maximum(canvas[y:y + frag, x:x + frag], crop, out=canvas[y:y + frag, x:x + frag])

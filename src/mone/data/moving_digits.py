@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .cluttered_digits import SPLITS, source_pool
+from .cluttered_digits import SPLITS, draw_two_integers, source_pool
 
 __all__ = ["DIRECTIONS", "SPLITS", "MovingDigits"]
 
@@ -141,8 +141,8 @@ class MovingDigits(Dataset):
         frag = self.fragment_size
         for _ in range(self.num_fragments):
             other = int(rng.integers(len(self.source_labels)))
-            dy, dx = (int(v) for v in rng.integers(0, self.digit_size - frag + 1, size=2))
-            y, x = (int(v) for v in rng.integers(0, self.img_size - frag + 1, size=2))
+            dy, dx = draw_two_integers(rng, self.digit_size - frag + 1)
+            y, x = draw_two_integers(rng, self.img_size - frag + 1)
             crop = self.sources[other, dy:dy + frag, dx:dx + frag]
             np.maximum(background[y:y + frag, x:x + frag], crop, out=background[y:y + frag, x:x + frag])
         clip = np.repeat(background[None], self.num_frames, axis=0)  # [T, H, W]
