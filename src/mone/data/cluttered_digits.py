@@ -24,6 +24,8 @@ _SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 _SOURCE_PERMUTATION_SEED = 20240729  # fixed: the train/val/test source pools never depend on the data seed
 _TEST_FRACTION, _VAL_FRACTION = 0.2, 0.1
 _DEFAULT_NUM_SAMPLES = {"train": 50_000, "val": 2_000, "test": 2_000}
+# Pixel mean and standard deviation of the default train split (32 px canvas, 2,000 samples: 0.1094 and 0.2217).
+MEAN, STD = 0.11, 0.22
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right) in pixels, bottom/right exclusive
 
@@ -67,8 +69,12 @@ class ClutteredDigits(Dataset):
         fragment_size: side of each distractor crop (taken from an upscaled digit).
         noise_std: standard deviation of the additive Gaussian pixel noise (images are clipped to [0, 1]).
         seed: generation seed; the same seed gives the same samples.
+        normalize: standardise pixels with the train split's statistics, ``(x - MEAN) / STD``, as a
+            ``transforms.Normalize`` would. Without it a ViT trained from scratch sits at chance for a few hundred
+            steps: the pooled tokens are dominated by the near-constant background.
 
-    Samples are ``(image [1, img_size, img_size] float32 in [0, 1], label int)``; :meth:`box` gives the digit's box.
+    Samples are ``(image [1, img_size, img_size] float32, label int)``, pixels in [0, 1] (standardised with
+    ``normalize``); :meth:`box` gives the digit's box.
     """
 
     num_classes = 10
@@ -83,6 +89,7 @@ class ClutteredDigits(Dataset):
         fragment_size: int = 4,
         noise_std: float = 0.05,
         seed: int = 0,
+        normalize: bool = False,
     ) -> None:
         if split not in _SPLIT_IDS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -103,6 +110,7 @@ class ClutteredDigits(Dataset):
         self.fragment_size = fragment_size
         self.noise_std = float(noise_std)
         self.seed = int(seed)
+        self.normalize = bool(normalize)
         self.source_indices, sources, self.source_labels = source_pool(split)
         self.sources = F.interpolate(  # [M, digit_size, digit_size]
             sources.unsqueeze(1), size=(digit_size, digit_size), mode="bilinear", align_corners=False
@@ -154,6 +162,8 @@ class ClutteredDigits(Dataset):
         if self.noise_std > 0:
             canvas += self.noise_std * rng.standard_normal(canvas.shape, dtype=np.float32)
         np.clip(canvas, 0.0, 1.0, out=canvas)
+        if self.normalize:
+            canvas = (canvas - MEAN) / STD
         return torch.from_numpy(canvas).unsqueeze(0), int(self.source_labels[source])
 
     def __repr__(self) -> str:

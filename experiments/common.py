@@ -1,0 +1,232 @@
+"""What every study script shares: arms (a training recipe plus how to evaluate it), seeds, runs, tables, plots.
+
+An *arm* is one row of a comparison: a function ``seed -> TrainConfig`` (or a chain of them: pre-training then
+fine-tuning), the capacities to evaluate it at and the router to evaluate with. :func:`run_study` trains every arm
+for every seed (a finished run is reused, an interrupted one resumed), evaluates each on the test split, and writes
+``results.json`` / ``results.csv`` (one row per arm, capacity and seed), ``summary.json`` (mean and standard
+deviation over seeds) and two plots: top-1 against GFLOPs and against measured images/s, with error bars.
+
+Hyper-parameters are chosen on the validation split (see ``probe`` notes in docs/results.md); the test split is
+only ever evaluated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mone._io import atomic_write_text, save_figure
+from mone.data import build_dataset
+from mone.train.checkpoint import load_model
+from mone.train.config import TrainConfig
+from mone.train.evaluate import evaluate
+from mone.train.loop import CHECKPOINT_NAME, train
+
+__all__ = ["Arm", "aggregate", "main", "run_study"]
+
+_logger = logging.getLogger("experiments")
+
+Stage = Callable[[int, str | None], TrainConfig]  # (seed, checkpoint of the previous stage or None) -> config
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of a comparison.
+
+    Attributes:
+        name: label in tables and plots.
+        stages: training stages run in order; each gets the seed and the previous stage's checkpoint path.
+        capacities: capacities (or one-hot distributions, with ``capacity_labels``) to evaluate at.
+        capacity_labels: labels for distribution-valued capacities (e.g. the widths of a MatViT model).
+        router: ``"learned"`` or ``"random"``: the router used at evaluation.
+        family: groups arms in the verdicts (``dense``, ``mone``, ``matvit``, ``mod``, ...).
+    """
+
+    name: str
+    stages: tuple[Stage, ...]
+    capacities: tuple[Any, ...] = (1.0,)
+    capacity_labels: tuple[str, ...] = ()
+    router: str = "learned"
+    family: str = "mone"
+    reuse: str | None = None  # evaluate another arm's trained model instead of training (e.g. with a random router)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _run_dir(root: Path, arm: str, seed: int, stage: int) -> Path:
+    return root / "runs" / arm.replace(" ", "_").replace("/", "-") / f"seed{seed}" / f"stage{stage}"
+
+
+def _finished(run_dir: Path) -> bool:
+    """A run whose checkpoint holds its last step."""
+    path = run_dir / CHECKPOINT_NAME
+    if not path.exists():
+        return False
+    from mone.train.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(path).meta
+    return int(meta["step"]) == int(meta.get("extra", {}).get("total_steps", meta["step"]))
+
+
+def train_arm(arm: Arm, seed: int, root: Path, progress: bool) -> tuple[Path, float]:
+    """Train every stage of ``arm`` for ``seed`` (reusing finished stages); returns the last checkpoint, seconds."""
+    previous: str | None = None
+    seconds = 0.0
+    for index, stage in enumerate(arm.stages):
+        run_dir = _run_dir(root, arm.name, seed, index)
+        config = stage(seed, previous).replace(output_dir=str(run_dir))
+        timing = run_dir / "train_seconds.json"
+        if not _finished(run_dir):
+            tic = time.perf_counter()
+            train(config, resume=True, progress=progress)
+            atomic_write_text(timing, json.dumps({"seconds": time.perf_counter() - tic}) + "\n")
+        seconds += json.loads(timing.read_text())["seconds"] if timing.exists() else float("nan")
+        previous = str(run_dir / CHECKPOINT_NAME)
+    return Path(previous), seconds
+
+
+def evaluate_arm(arm: Arm, checkpoint: Path, split: str, num_samples: int) -> list[dict[str, Any]]:
+    """Test-split rows of one trained model at the arm's capacities and router."""
+    model, ckpt = load_model(checkpoint)
+    config = ckpt.meta["config"]
+    dataset = build_dataset(config["dataset"], split, config.get("data_dir"),
+                            **dict(config.get("dataset_kwargs", {}), num_samples=num_samples))
+    if arm.router != "learned":
+        model.set_router(arm.router)
+    torch.manual_seed(0)  # a random router draws from torch's generator: the same draws for every arm
+    rows = evaluate(model, dataset, arm.capacities, batch_size=500)
+    labels = arm.capacity_labels or tuple(f"{c:g}" for c in arm.capacities)
+    for row, label in zip(rows, labels):
+        row["capacity"] = label
+    return rows
+
+
+def run_study(
+    name: str, arms: Sequence[Arm], seeds: Sequence[int], root: Path, split: str = "test", num_samples: int = 2000,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train and evaluate every arm for every seed; write results and summary under ``root``; return the summary."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    by_name = {arm.name: arm for arm in arms}
+    for seed in seeds:
+        for arm in arms:
+            source = by_name[arm.reuse] if arm.reuse else arm
+            checkpoint, seconds = train_arm(source, seed, root, progress)
+            for row in evaluate_arm(arm, checkpoint, split, num_samples):
+                rows.append({"arm": arm.name, "family": arm.family, "seed": seed, "train_seconds": seconds, **row})
+            _logger.info("%s seed %d done", arm.name, seed)
+    summary = aggregate(rows)
+    write_outputs(name, rows, summary, root, split)
+    return summary
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation (over seeds) of top-1 per arm and capacity; GFLOPs; median images/s."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["arm"], str(row["capacity"])), []).append(row)
+    summary = []
+    for (arm, capacity), members in groups.items():
+        top1 = [100 * m["top1"] for m in members]
+        summary.append({
+            "arm": arm,
+            "family": members[0]["family"],
+            "capacity": capacity,
+            "gflops": members[0]["gflops"],
+            "top1_mean": statistics.fmean(top1),
+            "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+            "seeds": len(top1),
+            "top1_per_seed": top1,
+            "images_per_s": statistics.median(m["images_per_s"] for m in members),
+            "train_seconds": statistics.fmean(m["train_seconds"] for m in members),
+        })
+    return summary
+
+
+def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
+    """Rows of the summary as a markdown table."""
+    lines = ["| arm | capacity | GFLOPs | top-1 % (mean ± std) | seeds | images/s | train s |",
+             "|---|---|---|---|---|---|---|"]
+    for s in summary:
+        lines.append(f"| {s['arm']} | {s['capacity']} | {1000 * s['gflops']:.2f}e-3 | {s['top1_mean']:.2f} ± "
+                     f"{s['top1_std']:.2f} | {s['seeds']} | {s['images_per_s']:.0f} | {s['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def write_outputs(name: str, rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], root: Path,
+                  split: str) -> None:
+    buffer = io.StringIO()
+    columns = ["arm", "family", "seed", "capacity", "realised_capacity", "gflops", "top1", "images_per_s",
+               "num_samples", "train_seconds"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(root / "results.csv", buffer.getvalue())
+    atomic_write_text(root / "results.json", json.dumps(list(rows), indent=2) + "\n")
+    atomic_write_text(root / "summary.json", json.dumps({"study": name, "split": split, "rows": list(summary)},
+                                                        indent=2) + "\n")
+    plot(summary, root / "accuracy_vs_gflops.png", "gflops", "GFLOPs per image (multiply-accumulates)", name)
+    plot(summary, root / "accuracy_vs_images_per_s.png", "images_per_s", "images/s (forward, this machine)", name)
+
+
+def plot(summary: Sequence[dict[str, Any]], path: Path, x_key: str, x_label: str, title: str) -> Path:
+    """Top-1 (mean ± std over seeds) against ``x_key``, one curve per arm."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.6))
+    ax = fig.subplots()
+    arms: dict[str, list[dict[str, Any]]] = {}
+    for s in summary:
+        arms.setdefault(s["arm"], []).append(s)
+    for arm, points in arms.items():
+        points = sorted(points, key=lambda p: p[x_key])
+        ax.errorbar([p[x_key] for p in points], [p["top1_mean"] for p in points],
+                    yerr=[p["top1_std"] for p in points], marker="o", capsize=3, label=arm)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("top-1 accuracy (%), mean ± std over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def lookup(summary: Sequence[dict[str, Any]], arm: str, capacity: str) -> dict[str, Any]:
+    for s in summary:
+        if s["arm"] == arm and s["capacity"] == capacity:
+            return s
+    raise KeyError(f"no result for {arm!r} at capacity {capacity}")
+
+
+def difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
+    """Mean difference a - b in points and its standard error (independent seeds)."""
+    se = math.sqrt(a["top1_std"] ** 2 / a["seeds"] + b["top1_std"] ** 2 / b["seeds"])
+    return a["top1_mean"] - b["top1_mean"], se
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--output", type=Path, required=True, help="study folder (runs, results, plots)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--quick", action="store_true", help="tiny models and steps: checks the script end to end")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--progress", action="store_true")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)

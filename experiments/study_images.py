@@ -1,0 +1,61 @@
+"""Does MoNE hold up on images? Every arm on cluttered digits, 3 seeds, test split; writes ``--output``.
+
+Arms (same architecture as the demo: D=64, 4 blocks, 4 heads, 64 tokens; same data and steps unless noted):
+    dense ViT; dense ViTs of matched inference FLOPs (depth 2: 0.5x; D=32: 0.3x);
+    MoNE at a fixed capacity 0.5; MoNE adaptive; MatViT (nested, each width alone); MatViT -> MoNE adaptive
+    fine-tuning; a trained MoNE evaluated with a random router; MoNE trained with a random router;
+    Mixture-of-Depths (12.5% of tokens in every other block); dense ViT upcycled into MoNE.
+
+    python experiments/study_images.py --output experiments/results/images          # about 2 h on 2 CPU cores
+    python experiments/study_images.py --output /tmp/quick --quick --seeds 0 1      # a minute, end to end
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Arm, main, parser, run_study  # noqa: E402
+
+from mone.configs import demo  # noqa: E402
+from mone.train.config import TrainConfig  # noqa: E402
+
+CAPACITIES = (0.25, 0.5, 0.75, 1.0)
+WIDTHS = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
+WIDTH_LABELS = ("width 1/8", "width 1/4", "width 1/2", "width 1")
+FINE_TUNE = dict(steps=600, lr=5e-4, warmup_steps=30)  # the fine-tuning stage of the two-stage recipes
+
+
+def arms(quick: bool) -> list[Arm]:
+    def with_model(variant: str, model_changes: dict, **changes) -> callable:
+        def stage(seed: int, previous: str | None) -> TrainConfig:
+            config = demo(variant, quick)
+            return config.replace(seed=seed, model_kwargs=dict(config.model_kwargs, **model_changes), **changes)
+        return stage
+
+    def fine_tune(seed: int, previous: str | None) -> TrainConfig:
+        config = demo("adaptive", quick).replace(seed=seed, init_from=previous)
+        return config if quick else config.replace(**FINE_TUNE)
+
+    nested = with_model("mone", {}, capacity_mode="nested", capacity=1.0)
+    return [
+        Arm("dense ViT", (with_model("dense", {}),), family="dense"),
+        Arm("dense ViT, depth 2", (with_model("dense", {"depth": 2}),), family="dense"),
+        Arm("dense ViT, D=32", (with_model("dense", {"embed_dim": 32}),), family="dense"),
+        Arm("MoNE fixed 0.5", (with_model("mone", {}),), CAPACITIES),
+        Arm("MoNE adaptive", (with_model("adaptive", {}),), CAPACITIES),
+        Arm("MatViT (nested)", (nested,), WIDTHS, WIDTH_LABELS, family="matvit"),
+        Arm("MatViT -> MoNE adaptive", (nested, fine_tune), CAPACITIES),
+        Arm("MatViT -> MoNE, random router at eval", (), CAPACITIES, router="random",
+            reuse="MatViT -> MoNE adaptive", family="random"),
+        Arm("dense -> MoNE adaptive (upcycled)", (with_model("dense", {}), fine_tune), CAPACITIES),
+    ]
+
+
+if __name__ == "__main__":
+    args = parser(__doc__.splitlines()[0]).parse_args()
+    main(args)
+    run_study("cluttered digits, images", arms(args.quick), args.seeds, args.output, progress=args.progress,
+              num_samples=256 if args.quick else 2000)
