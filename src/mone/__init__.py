@@ -10,12 +10,21 @@ from .capacity import (
     uniform_distribution,
 )
 from .flops import count_flops
-from .models import MoneViViT, MoneVisionTransformer, create_model, list_models, register_model
+from .models import (
+    MoDVisionTransformer,
+    MoneViViT,
+    MoneVisionTransformer,
+    create_model,
+    list_models,
+    load_dense_weights,
+    register_model,
+)
 from .routing import Router, RoutingPlan, expert_preferred_routing, make_routing_plan
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MoDVisionTransformer",
     "MoneViViT",
     "MoneVisionTransformer",
     "Router",
@@ -28,6 +37,7 @@ __all__ = [
     "expert_token_counts",
     "greedy_distribution",
     "list_models",
+    "load_dense_weights",
     "make_routing_plan",
     "proportionate_distribution",
     "realised_capacity",

@@ -5,7 +5,9 @@ Per example and layer, a dense ViT spends ``12 N D^2`` in its linear layers and 
 ``N D^2`` by ``D * sum_tokens d_j``; attention stays full width. Counts come from the *realised* per-expert token
 counts (floored), never from ``capacity x dense``. A ViViT factorised encoder counts its spatial encoder once per
 temporal index (with that index's realised counts) and its temporal encoder as a dense ViT over ``T'`` tokens;
-pooling and layer norms are not counted.
+pooling and layer norms are not counted. Blocks before a later ``router_block`` are dense; the router (``N D E``)
+is counted only when it runs (a learned router with E > 1; a random router draws, it does not multiply). A
+Mixture-of-Depths model counts its routers (``N D`` each) and each routed block over its selected tokens only.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from collections.abc import Sequence
 import torch.nn as nn
 
 from .capacity import expert_token_counts
+from .models.mixture_of_depths import MoDVisionTransformer
 from .models.vision_transformer import CapacityLike, MoneVisionTransformer
 from .models.vivit import MoneViViT
 
-__all__ = ["count_flops", "encoder_flops", "dense_flops"]
+__all__ = ["block_flops", "count_flops", "dense_block_flops", "dense_flops", "mone_encoder_flops"]
 
 
 def patch_embed_flops(num_tokens: int, embed_dim: int, in_chans: int, patch_volume: int) -> int:
@@ -37,60 +40,89 @@ def attention_flops(num_tokens: int, embed_dim: int) -> int:
     return 2 * num_tokens * num_tokens * embed_dim
 
 
-def encoder_flops(
-    counts: Sequence[int], widths: Sequence[int], embed_dim: int, mlp_hidden: int, depth: int, num_experts: int
-) -> int:
-    """Router (``N D E``, once) plus ``depth`` nested blocks over one sequence of ``sum(counts)`` tokens."""
-    num_tokens = sum(counts)
-    router = num_tokens * embed_dim * num_experts if num_experts > 1 else 0
-    per_layer = nested_linear_flops(counts, widths, embed_dim, mlp_hidden) + attention_flops(num_tokens, embed_dim)
-    return router + depth * per_layer
+def block_flops(counts: Sequence[int], widths: Sequence[int], embed_dim: int, mlp_hidden: int) -> int:
+    """One nested block over one sequence of ``sum(counts)`` tokens: its linear layers and full-width attention."""
+    return nested_linear_flops(counts, widths, embed_dim, mlp_hidden) + attention_flops(sum(counts), embed_dim)
+
+
+def dense_block_flops(num_tokens: int, embed_dim: int, mlp_hidden: int) -> int:
+    """One dense block over ``num_tokens`` tokens: ``12 N D^2 + 2 N^2 D`` for ``mlp_hidden = 4 D``."""
+    return block_flops((num_tokens,), (embed_dim,), embed_dim, mlp_hidden)
+
+
+def mone_encoder_flops(model: MoneVisionTransformer | MoneViViT, counts: Sequence[int]) -> int:
+    """A MoNE encoder on one group of ``sum(counts)`` tokens: dense blocks before ``router_block``, the router
+    (``N D E``; none for a random router or a single expert), nested blocks from ``router_block`` on."""
+    N, D = sum(counts), model.embed_dim
+    mlp_hidden = model.blocks[0].mlp.fc1.out_features
+    learned_router = model.router_mode == "learned" and model.num_experts > 1
+    router = N * D * model.num_experts if learned_router else 0
+    dense_depth, routed_depth = model.router_block, len(model.blocks) - model.router_block
+    return (
+        dense_depth * dense_block_flops(N, D, mlp_hidden)
+        + router
+        + routed_depth * block_flops(counts, model.expert_widths, D, mlp_hidden)
+    )
 
 
 def _vit_flops(model: MoneVisionTransformer, input_size: Sequence[int], capacity: CapacityLike | None) -> int:
-    expected = (model.in_chans, model.img_size, model.img_size)
-    if tuple(input_size) != expected:
-        raise ValueError(f"input_size must be (C, H, W) = {expected} for this model, got {tuple(input_size)}")
+    _check_input_size(model, input_size, "(C, H, W)")
     N, D = model.num_patches, model.embed_dim
     counts = expert_token_counts(model.resolve_distribution(capacity), N)
-    mlp_hidden = model.blocks[0].mlp.fc1.out_features
     patch_volume = model.patch_embed.patch_size[0] * model.patch_embed.patch_size[1]
     head = D * model.num_classes
-    return (
-        patch_embed_flops(N, D, model.in_chans, patch_volume)
-        + encoder_flops(counts, model.expert_widths, D, mlp_hidden, len(model.blocks), model.num_experts)
-        + head
-    )
+    return patch_embed_flops(N, D, model.in_chans, patch_volume) + mone_encoder_flops(model, counts) + head
 
 
 def _vivit_flops(model: MoneViViT, input_size: Sequence[int], capacity: CapacityLike | None) -> int:
     """Tubelet embedding, the nested spatial encoder once per temporal index, the dense temporal encoder, head."""
-    expected = model.default_input_size
-    if tuple(input_size) != expected:
-        raise ValueError(f"input_size must be (C, T, H, W) = {expected} for this model, got {tuple(input_size)}")
+    _check_input_size(model, input_size, "(C, T, H, W)")
     T, N, D = model.num_temporal, model.num_patches, model.embed_dim
     counts = expert_token_counts(model.resolve_distribution(capacity), N)  # per temporal index
     tubelet_volume = model.tubelet_size * model.patch_embed.patch_size[0] * model.patch_embed.patch_size[1]
-    spatial_hidden = model.blocks[0].mlp.fc1.out_features
-    spatial = encoder_flops(counts, model.expert_widths, D, spatial_hidden, len(model.blocks), model.num_experts)
     temporal_hidden = model.temporal_blocks[0].mlp.fc1.out_features
-    temporal = encoder_flops((T,), (D,), D, temporal_hidden, len(model.temporal_blocks), 1)  # dense, no router
+    temporal = len(model.temporal_blocks) * dense_block_flops(T, D, temporal_hidden)  # dense, no router
     head = D * model.num_classes
-    return patch_embed_flops(T * N, D, model.in_chans, tubelet_volume) + T * spatial + temporal + head
+    spatial = T * mone_encoder_flops(model, counts)
+    return patch_embed_flops(T * N, D, model.in_chans, tubelet_volume) + spatial + temporal + head
+
+
+def _mod_flops(model: MoDVisionTransformer, input_size: Sequence[int], capacity: float | None) -> int:
+    """Mixture-of-Depths: dense blocks over all ``N`` tokens; a routed block spends its router (``N D``, a D -> 1
+    linear on every token) and a dense block over its ``k`` selected tokens. Greedy: one router, every block on
+    ``k`` tokens."""
+    _check_input_size(model, input_size, "(C, H, W)")
+    N, D = model.num_patches, model.embed_dim
+    k = model.num_selected(capacity)
+    mlp_hidden = model.blocks[0].mlp.fc1.out_features
+    routed, dense = len(model.routed_blocks), len(model.blocks) - len(model.routed_blocks)
+    routers = 1 if model.greedy else routed
+    blocks = routed * dense_block_flops(k, D, mlp_hidden) + dense * dense_block_flops(N, D, mlp_hidden)
+    patch_volume = model.patch_embed.patch_size[0] * model.patch_embed.patch_size[1]
+    return patch_embed_flops(N, D, model.in_chans, patch_volume) + routers * N * D + blocks + D * model.num_classes
+
+
+def _check_input_size(model: nn.Module, input_size: Sequence[int], layout: str) -> None:
+    expected = tuple(model.default_input_size)
+    if tuple(input_size) != expected:
+        raise ValueError(f"input_size must be {layout} = {expected} for this model, got {tuple(input_size)}")
 
 
 def count_flops(model: nn.Module, input_size: Sequence[int], capacity: CapacityLike | None = None) -> int:
     """Multiply-accumulates of one forward pass for one sample of shape ``input_size`` (no batch dimension).
 
     Args:
-        model: a MoNE model.
+        model: a MoNE model or a :class:`MoDVisionTransformer`.
         input_size: ``(C, H, W)`` for images, ``(C, T, H, W)`` for clips.
-        capacity: effective capacity or distribution; ``None`` uses the model's default.
+        capacity: effective capacity or distribution (MoD: the fraction of tokens a routed block processes);
+            ``None`` uses the model's default.
     """
     if isinstance(model, MoneVisionTransformer):
         return _vit_flops(model, input_size, capacity)
     if isinstance(model, MoneViViT):
         return _vivit_flops(model, input_size, capacity)
+    if isinstance(model, MoDVisionTransformer):
+        return _mod_flops(model, input_size, capacity)
     raise ValueError(f"count_flops does not know models of type {type(model).__name__}")
 
 

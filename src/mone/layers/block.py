@@ -86,3 +86,14 @@ def nested_blocks_forward(
         return sum(g.view(n, B, -1).sum(dim=0) for g, n in zip(groups, counts)) / sum(counts)  # slot-major rows
     rows = groups[0] if len(groups) == 1 else torch.cat(groups, dim=0)  # [B * N, D], group-major
     return plan.unsort(rows)
+
+
+def dense_blocks_forward(blocks: Sequence[NestedBlock], x: torch.Tensor) -> torch.Tensor:
+    """Run ``blocks`` with every token at full width and MLP scale 1 (a plain pre-LN transformer): [B, L, D]."""
+    if len(blocks) == 0:
+        return x
+    B, L, D = x.shape
+    rows = [x.reshape(B * L, D)]  # one group: the largest expert, all L tokens of each example in input order
+    for block in blocks:
+        rows = block(rows, (D,), (L,), (1.0,))
+    return rows[0].reshape(B, L, D)

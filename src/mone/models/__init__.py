@@ -1,7 +1,18 @@
-"""MoNE models and their registry."""
+"""MoNE models, the Mixture-of-Depths baseline, upcycling from dense weights, and the registry."""
 
 from ._registry import create_model, list_models, register_model
+from .convert import load_dense_weights, needs_upcycling
+from .mixture_of_depths import MoDVisionTransformer
 from .vision_transformer import MoneVisionTransformer
 from .vivit import MoneViViT
 
-__all__ = ["MoneViViT", "MoneVisionTransformer", "create_model", "list_models", "register_model"]
+__all__ = [
+    "MoDVisionTransformer",
+    "MoneViViT",
+    "MoneVisionTransformer",
+    "create_model",
+    "list_models",
+    "load_dense_weights",
+    "needs_upcycling",
+    "register_model",
+]

@@ -1,8 +1,12 @@
 """What every MoNE model shares: argument checks, the capacity setting, the router and alpha (spec sections 2-4).
 
-A MoNE model (image or video) has one router at its first routed block and one scalar alpha; EPR runs on one
-group of tokens at a time (an image, or one temporal index of a clip). :class:`MoneModelMixin` holds the methods
-that only depend on those pieces, so each model file keeps just its own layout.
+A MoNE model (image or video) has one router, at its router block (block 0 unless ``router_block`` says
+otherwise), and one scalar alpha; EPR runs on one group of tokens at a time (an image, or one temporal index of a
+clip). Blocks before the router block are dense; the routing is reused by every later block. :class:`MoneModelMixin`
+holds the methods that only depend on those pieces, so each model file keeps just its own layout.
+
+Baselines (spec section 6): ``router="random"`` replaces the learned router's probabilities by random ones with the
+same EPR capacities (see :meth:`MoneModelMixin.router_probs`).
 """
 
 from __future__ import annotations
@@ -12,17 +16,29 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from ..capacity import capacity_distribution, validate_capacity, validate_distribution
+from ..capacity import capacity_distribution, realised_capacity, validate_capacity, validate_distribution
+from ..layers import dense_blocks_forward, nested_blocks_forward
 from ..routing import Router, RoutingPlan, make_routing_plan
 
-__all__ = ["ALPHA_MAX", "CapacityLike", "MoneModelMixin", "build_registered_model", "validate_vit_args"]
+__all__ = [
+    "ALPHA_MAX",
+    "CapacityLike",
+    "MoneModelMixin",
+    "ROUTER_MODES",
+    "build_registered_model",
+    "check_images",
+    "init_vit_weights",
+    "straight_through_clamp",
+    "validate_vit_args",
+]
 
 ALPHA_MAX = 0.999  # alpha lives in [0, 1) (spec section 2)
+ROUTER_MODES = ("learned", "random")
 
 CapacityLike = float | Sequence[float]
 
 
-def _straight_through_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+def straight_through_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """Clamp in the forward, identity in the backward: a value pushed out of range can always come back."""
     return x + (x.clamp(low, high) - x).detach()
 
@@ -66,12 +82,34 @@ def validate_vit_args(
         )
 
 
+def init_vit_weights(model: nn.Module) -> None:
+    """timm's default ViT init: truncated normal (std 0.02) for linears and position embeddings, zero biases."""
+    for name, param in model.named_parameters():
+        if name.endswith("pos_embed"):
+            nn.init.trunc_normal_(param, std=0.02)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def check_images(x: torch.Tensor, in_chans: int, img_size: int) -> None:
+    """Raise ValueError unless ``x`` is a batch of images [B, in_chans, img_size, img_size]."""
+    if x.dim() != 4:
+        raise ValueError(f"expected images [B, C, H, W], got a tensor of shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    if tuple(x.shape[2:]) != (img_size, img_size):
+        raise ValueError(f"expected {img_size}x{img_size} images, got {x.shape[2]}x{x.shape[3]}")
+
+
 class MoneModelMixin:
     """Capacity, routing and alpha for an ``nn.Module`` with nested experts.
 
-    The host module sets ``embed_dim``, ``num_experts``, ``beta``, ``delta``, ``blocks`` (the routed blocks; the
-    router reads ``blocks[0].norm1``), ``router`` and ``alpha`` before it calls :meth:`init_weights` and
-    :meth:`set_capacity`.
+    The host module sets ``embed_dim``, ``num_experts``, ``beta``, ``delta``, ``blocks`` (the encoder whose blocks
+    from ``router_block`` on are routed; the router reads ``blocks[router_block].norm1``), ``router`` and ``alpha``
+    before it calls :meth:`init_weights`, :meth:`init_routing` and :meth:`set_capacity`.
     """
 
     embed_dim: int
@@ -81,6 +119,8 @@ class MoneModelMixin:
     blocks: nn.ModuleList
     router: Router
     alpha: nn.Parameter
+    router_block: int
+    router_mode: str
 
     def resolve_distribution(self, capacity: CapacityLike | None = None) -> tuple[float, ...]:
         """Per-expert token fractions for ``capacity`` (a float budget, or a distribution); ``None``: the default."""
@@ -103,7 +143,7 @@ class MoneModelMixin:
     @property
     def alpha_value(self) -> torch.Tensor:
         """The MLP-scaling coefficient actually used, in ``[0, ALPHA_MAX]``."""
-        return _straight_through_clamp(self.alpha, 0.0, ALPHA_MAX)
+        return straight_through_clamp(self.alpha, 0.0, ALPHA_MAX)
 
     @property
     def expert_widths(self) -> tuple[int, ...]:
@@ -111,16 +151,8 @@ class MoneModelMixin:
         return tuple(self.embed_dim // 2 ** (self.num_experts - 1 - i) for i in range(self.num_experts))
 
     def init_weights(self) -> None:
-        """timm's default ViT init: truncated normal (std 0.02) for linears and position embeddings, zero biases,
-        alpha = 0."""
-        for name, param in self.named_parameters():
-            if name.endswith("pos_embed"):
-                nn.init.trunc_normal_(param, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        """timm's default ViT init (:func:`init_vit_weights`) and alpha = 0."""
+        init_vit_weights(self)
         nn.init.zeros_(self.alpha)
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -133,10 +165,64 @@ class MoneModelMixin:
         """Project the stored ``alpha`` back into ``[0, ALPHA_MAX]`` (call after each optimiser step)."""
         self.alpha.clamp_(0.0, ALPHA_MAX)
 
+    def init_routing(self, router: str, router_block: int) -> None:
+        """Check and set the router mode and the block whose input is routed (blocks before it are dense)."""
+        depth = len(self.blocks)
+        if isinstance(router_block, bool) or not isinstance(router_block, int) or not 0 <= router_block < depth:
+            raise ValueError(
+                f"router_block must be an integer in [0, {depth - 1}] for depth {depth}, got {router_block!r}"
+            )
+        self.router_block = router_block
+        self.set_router(router)
+
+    def set_router(self, router: str) -> None:
+        """Route with the ``"learned"`` router or a ``"random"`` one (the paper's random-router baseline).
+
+        Switch a trained model to ``"random"`` to evaluate it with random routing. The router's parameters are kept
+        but take no part in a random forward, so this also sets their ``requires_grad`` to ``router == "learned"``
+        (an unused parameter would otherwise stall DistributedDataParallel).
+        """
+        if router not in ROUTER_MODES:
+            raise ValueError(f"router must be one of {', '.join(ROUTER_MODES)}, got {router!r}")
+        self.router_mode = router
+        self.router.requires_grad_(router == "learned")
+
+    def router_probs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Router probabilities [G, N, E] for the tokens [G, N, D] that enter block ``router_block``.
+
+        ``"learned"``: ``softmax(W_r LN1(x) + b_r)``, with the router block's norm1 (spec section 2). ``"random"``:
+        the softmax of standard normals drawn from torch's global RNG on the tokens' device (so seeding, checkpointed
+        RNG states and DDP work as for any random op). EPR then gives every expert its exact capacity from a random
+        ranking, and the MLP scaling ``alpha * r_j + 1`` uses these random probabilities; no gradient reaches the
+        router. Shapes are the same either way.
+        """
+        if self.router_mode == "random":
+            noise = torch.randn(*tokens.shape[:-1], self.num_experts, dtype=tokens.dtype, device=tokens.device)
+            return noise.softmax(dim=-1)  # [G, N, E]
+        return self.router(self.blocks[self.router_block].norm1(tokens))  # [G, N, E]
+
     def route(self, tokens: torch.Tensor, capacity: CapacityLike | None = None) -> RoutingPlan:
-        """Router (on the first block's norm1 output) and EPR for tokens [G, N, D], each of the G groups on its own."""
-        probs = self.router(self.blocks[0].norm1(tokens))  # [G, N, E]
-        return make_routing_plan(probs, self.resolve_distribution(capacity))
+        """Router and EPR for the tokens [G, N, D] entering the router block, each of the G groups on its own."""
+        return make_routing_plan(self.router_probs(tokens), self.resolve_distribution(capacity))
+
+    def encode(
+        self, x: torch.Tensor, capacity: CapacityLike | None = None, pool: bool = False
+    ) -> tuple[torch.Tensor, RoutingPlan]:
+        """Run the encoder blocks on tokens [G, N, D]: dense blocks up to ``router_block``, routing, nested blocks.
+
+        Returns the tokens [G, N, D] in input order (with ``pool`` their mean [G, D]) and the routing plan.
+        """
+        x = dense_blocks_forward(self.blocks[: self.router_block], x)  # [G, N, D]
+        plan = self.route(x, capacity)
+        routed = self.blocks[self.router_block :]
+        return nested_blocks_forward(routed, x, plan, self.alpha_value, self.expert_widths, pool=pool), plan
+
+    def realised_capacity(self, capacity: CapacityLike | None = None) -> float:
+        """Fraction of the dense encoder's linear-layer compute spent at ``capacity``, from the floored token counts
+        (dense blocks before ``router_block`` count 1)."""
+        routed = realised_capacity(self.resolve_distribution(capacity), self.tokens_per_group)
+        depth = len(self.blocks)
+        return (self.router_block + (depth - self.router_block) * routed) / depth
 
 
 def build_registered_model(

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import NestedBlock, PatchEmbed, nested_blocks_forward
+from ..layers import NestedBlock, PatchEmbed
 from ..routing import Router, RoutingPlan
-from ._base import ALPHA_MAX, CapacityLike, MoneModelMixin, build_registered_model, validate_vit_args
+from ._base import ALPHA_MAX, CapacityLike, MoneModelMixin, build_registered_model, check_images, validate_vit_args
 from ._registry import register_model
 
 __all__ = ["ALPHA_MAX", "MoneVisionTransformer", "CapacityLike"]
@@ -35,6 +35,8 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         capacity: default effective capacity in ``[2**-(E-1), 1]``, or an explicit per-expert distribution.
         beta, delta: parameters of the capacity-distribution objective (spec section 4).
         fused_attn: use ``F.scaled_dot_product_attention``; ``False`` runs the explicit softmax path.
+        router: ``"learned"`` (MoNE) or ``"random"`` (the random-router baseline; see :meth:`router_probs`).
+        router_block: the block whose input is routed; blocks before it run every token at full width.
     """
 
     def __init__(
@@ -53,6 +55,8 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         beta: float = 10.0,
         delta: float = 2.0,
         fused_attn: bool = True,
+        router: str = "learned",
+        router_block: int = 0,
     ) -> None:
         super().__init__()
         validate_vit_args(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, num_experts)
@@ -74,6 +78,7 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         self.router = Router(embed_dim, num_experts)
         self.alpha = nn.Parameter(torch.zeros(()))
         self.init_weights()
+        self.init_routing(router, router_block)
         self.set_capacity(capacity)
 
     @property
@@ -88,20 +93,11 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
 
     # -- forward --------------------------------------------------------------------------------------------
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(f"expected images [B, C, H, W], got a tensor of shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-        if tuple(x.shape[2:]) != self.patch_embed.img_size:
-            raise ValueError(f"expected {self.img_size}x{self.img_size} images, got {x.shape[2]}x{x.shape[3]}")
-
     def forward_features(
         self, x: torch.Tensor, capacity: CapacityLike | None = None, return_plan: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, RoutingPlan]:
         """Images [B, C, H, W] -> tokens [B, N, D] in input order (and the routing plan if ``return_plan``)."""
-        x, plan = self._embed_and_route(x, capacity)
-        x = nested_blocks_forward(self.blocks, x, plan, self.alpha_value, self.expert_widths)
+        x, plan = self.encode(self._embed(x), capacity)
         return (x, plan) if return_plan else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -113,15 +109,13 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
 
         Same result as ``forward_head(forward_features(x))``, but pools the expert-sorted tokens directly.
         """
-        x, plan = self._embed_and_route(x, capacity)
-        x = nested_blocks_forward(self.blocks, x, plan, self.alpha_value, self.expert_widths, pool=True)  # [B, D]
+        x, _ = self.encode(self._embed(x), capacity, pool=True)  # [B, D]
         return self._pooled_head(x)
 
-    def _embed_and_route(self, x: torch.Tensor, capacity: CapacityLike | None) -> tuple[torch.Tensor, RoutingPlan]:
-        """Images [B, C, H, W] -> (patch tokens [B, N, D], their routing plan)."""
-        self._check_input(x)
-        x = self.patch_embed(x) + self.pos_embed  # [B, N, D]
-        return x, self.route(x, capacity)
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, H, W] -> patch tokens [B, N, D] (patch and position embeddings)."""
+        check_images(x, self.in_chans, self.img_size)
+        return self.patch_embed(x) + self.pos_embed  # [B, N, D]
 
     def _pooled_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Mean token [B, D] -> logits [B, num_classes] (LayerNorm, linear)."""

@@ -13,12 +13,10 @@ Parameter names: ``patch_embed.proj`` (the Conv3d), ``pos_embed``, ``blocks.*`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn as nn
 
-from ..layers import NestedBlock, nested_blocks_forward
+from ..layers import NestedBlock, dense_blocks_forward
 from ..routing import Router, RoutingPlan
 from ._base import CapacityLike, MoneModelMixin, build_registered_model, validate_vit_args
 from ._registry import register_model
@@ -46,15 +44,6 @@ class TubeletEmbed(nn.Module):
         return x.flatten(3).permute(0, 2, 3, 1)  # [B, T', N, D]
 
 
-def _dense_blocks_forward(blocks: Sequence[NestedBlock], x: torch.Tensor) -> torch.Tensor:
-    """Run nested blocks with every token at full width (a plain pre-LN transformer) on [B, L, D]."""
-    B, L, D = x.shape
-    rows = [x.reshape(B * L, D)]  # one group: the largest expert, all L tokens of each example
-    for block in blocks:
-        rows = block(rows, (D,), (L,), (1.0,))  # MLP scale 1: no router here
-    return rows[0].reshape(B, L, D)
-
-
 class MoneViViT(MoneModelMixin, nn.Module):
     """ViViT factorised encoder with MoNE (one router, EPR per temporal index) in the spatial encoder.
 
@@ -75,6 +64,8 @@ class MoneViViT(MoneModelMixin, nn.Module):
         num_frames: input frames ``T``; must be divisible by ``tubelet_size``.
         tubelet_size: frames per tubelet ``t``.
         temporal_depth: dense temporal blocks.
+        router: ``"learned"`` (MoNE) or ``"random"`` (the random-router baseline; see :meth:`router_probs`).
+        router_block: the spatial block whose input is routed; spatial blocks before it are dense.
     """
 
     def __init__(
@@ -96,6 +87,8 @@ class MoneViViT(MoneModelMixin, nn.Module):
         num_frames: int = 32,
         tubelet_size: int = 2,
         temporal_depth: int = 4,
+        router: str = "learned",
+        router_block: int = 0,
     ) -> None:
         super().__init__()
         validate_vit_args(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, num_experts)
@@ -131,6 +124,7 @@ class MoneViViT(MoneModelMixin, nn.Module):
         self.router = Router(embed_dim, num_experts)
         self.alpha = nn.Parameter(torch.zeros(()))
         self.init_weights()
+        self.init_routing(router, router_block)
         self.set_capacity(capacity)
 
     @property
@@ -167,8 +161,7 @@ class MoneViViT(MoneModelMixin, nn.Module):
         batch-major order: ``plan.expert`` is [B * T', N] (reshape to [B, T', N] for per-clip maps).
         """
         B = x.shape[0]
-        x, plan = self._embed_and_route(x, capacity)
-        x = nested_blocks_forward(self.blocks, x, plan, self.alpha_value, self.expert_widths)  # [B * T', N, D]
+        x, plan = self.encode(self._embed(x), capacity)  # [B * T', N, D]
         x = x.reshape(B, -1, *x.shape[1:])  # [B, T', N, D]
         return (x, plan) if return_plan else x
 
@@ -186,21 +179,19 @@ class MoneViViT(MoneModelMixin, nn.Module):
         Same result as ``forward_head(forward_features(x))``, but pools the expert-sorted tokens directly.
         """
         B = x.shape[0]
-        x, plan = self._embed_and_route(x, capacity)
-        x = nested_blocks_forward(self.blocks, x, plan, self.alpha_value, self.expert_widths, pool=True)  # [B * T', D]
+        x, _ = self.encode(self._embed(x), capacity, pool=True)  # [B * T', D]
         return self._clip_head(self._temporal_encoder(x.reshape(B, -1, x.shape[-1])))
 
-    def _embed_and_route(self, x: torch.Tensor, capacity: CapacityLike | None) -> tuple[torch.Tensor, RoutingPlan]:
-        """Clips [B, C, T, H, W] -> (tubelet tokens [B * T', N, D], their routing plan)."""
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Clips [B, C, T, H, W] -> tubelet tokens [B * T', N, D], time folded into the batch (EPR per index)."""
         self._check_input(x)
         x = self.patch_embed(x) + self.pos_embed.unsqueeze(1)  # [B, T', N, D]
-        x = x.flatten(0, 1)  # fold time into the batch: EPR runs per temporal index
-        return x, self.route(x, capacity)
+        return x.flatten(0, 1)
 
     def _temporal_encoder(self, x: torch.Tensor) -> torch.Tensor:
         """Mean spatial token per temporal index [B, T', D] -> temporal tokens [B, T', D]."""
         x = self.spatial_norm(x) + self.temporal_pos_embed
-        return _dense_blocks_forward(self.temporal_blocks, x)
+        return dense_blocks_forward(self.temporal_blocks, x)
 
     def _clip_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Temporal tokens [B, T', D] -> logits [B, num_classes] (GAP over time, LayerNorm, linear)."""

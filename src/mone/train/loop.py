@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..capacity import validate_capacity
 from ..data import build_dataset
 from ..flops import count_flops
-from ..models import create_model
+from ..models import create_model, load_dense_weights, needs_upcycling
 from .._io import atomic_write_text
 from .checkpoint import (
     Checkpoint,
@@ -313,8 +313,11 @@ def _train(
         _logger.info("no checkpoint at %s: starting from scratch", checkpoint_path)
     if checkpoint is None and config.init_from is not None:
         init = load_checkpoint(config.init_from)
-        check_same_architecture(model, init.model_state, str(init.path))
-        model.load_state_dict(init.model_state)
+        if needs_upcycling(model, init.model_state):  # e.g. a dense run: its weights, fresh router and alpha
+            load_dense_weights(model, init.model_state, str(init.path))
+        else:
+            check_same_architecture(model, init.model_state, str(init.path))
+            model.load_state_dict(init.model_state)
     sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, start_step_of(checkpoint), total_steps,
                                ddp.rank, ddp.world_size)
     if ddp.main:

@@ -1,0 +1,232 @@
+"""Mixture-of-Depths ViT (Raposo et al. 2024), the baseline the MoNE paper compares against (spec sections 4 and 6).
+
+The same ViT as :class:`~mone.models.vision_transformer.MoneVisionTransformer` (GAP, no class token, timm's parameter
+names, blocks run at full width), where some blocks process only the top-k tokens of each image and every other
+token skips them (identity). ``k = floor(capacity * N)``; ties go to the lower token index, as in EPR.
+
+* MoD (default): blocks 1, 3, 5, ... are routed (every other block, the first one dense, as in the MoD paper and
+  the MoNE paper's "12.5% of tokens in every other layer"); block 0, 2, 4, ... are dense. Each routed block ``i`` has
+  its own router ``routers[str(i)]``, a D -> 1 linear on the block's input (the residual stream, as in MoD). Its
+  selected tokens run the whole block, attention only among themselves, and the block's update is weighted by
+  ``sigmoid(score)``: ``x_i <- x_i + sigmoid(r_i) * (SA + MLP update)``. The weight is the router's gradient path;
+  a sigmoid keeps it in (0, 1) (0.5 at init) where MoD's raw score would start every routed block switched off.
+* MoD-greedy (``greedy=True``, the MoNE paper's Table 2 allocation "budget on the largest expert, the other tokens
+  skip the block"): MoNE with two experts, "skip" (width 0) and the full width. One ``router`` (D -> 1 on block 0's
+  norm1 output, as MoNE's router) is run once; its probability ``r = sigmoid(score)`` is a two-way softmax (skip,
+  full). The top-k tokens run every block, attention among themselves, with MoNE's update
+  ``x_out = z + (alpha * r + 1) * MLP`` and its learnable ``alpha`` in [0, 1); the others keep their embedding.
+  A skipped token has no width, so it has no keys or values to attend to.
+
+FLOPs: a routed block costs its router (``N D``) plus a dense block over ``k`` tokens (``12 k D^2 + 2 k^2 D``);
+see :func:`mone.count_flops`. :meth:`MoDVisionTransformer.realised_capacity` gives the fraction of the dense
+model's linear-layer compute, the MoNE paper's effective capacity, for accuracy-vs-compute plots.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..layers import NestedBlock, PatchEmbed, dense_blocks_forward
+from ._base import (
+    ALPHA_MAX,
+    build_registered_model,
+    check_images,
+    init_vit_weights,
+    straight_through_clamp,
+    validate_vit_args,
+)
+from ._registry import register_model
+
+__all__ = ["MoDVisionTransformer", "top_k_tokens"]
+
+
+def top_k_tokens(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [B, k] of the ``k`` highest scores of each row of ``scores`` [B, N]; ties go to the lower index."""
+    return torch.sort(scores.detach(), dim=1, descending=True, stable=True).indices[:, :k]
+
+
+class MoDVisionTransformer(nn.Module):
+    """Vision Transformer with Mixture-of-Depths routing; ``greedy`` gives the MoNE paper's MoD-greedy allocation.
+
+    Args:
+        img_size: input height and width (square images).
+        patch_size: patch height and width; must divide ``img_size``.
+        in_chans: input channels.
+        num_classes: classifier outputs (0 for no head).
+        embed_dim: token width ``D``; divisible by ``num_heads``.
+        depth: number of blocks.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width over ``D``.
+        qkv_bias: bias on the qkv projection.
+        capacity: default fraction of the tokens a routed block processes, in ``(0, 1]`` (at least one token).
+        greedy: MoD-greedy: one router at block 0 and every block routed (see the module docstring).
+        fused_attn: use ``F.scaled_dot_product_attention``; ``False`` runs the explicit softmax path.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        capacity: float = 0.125,
+        greedy: bool = False,
+        fused_attn: bool = True,
+    ) -> None:
+        super().__init__()
+        validate_vit_args(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, 1)
+        self.img_size = img_size
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.embed_dim = self.num_features = embed_dim
+        self.greedy = bool(greedy)
+        self.routed_blocks = tuple(range(depth)) if self.greedy else tuple(range(1, depth, 2))
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.num_patches = self.patch_embed.num_patches
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, embed_dim))
+        self.blocks = nn.ModuleList(
+            [NestedBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, fused_attn) for _ in range(depth)]
+        )
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if self.greedy:
+            self.router = nn.Linear(embed_dim, 1)
+            self.alpha = nn.Parameter(torch.zeros(()))
+        else:
+            self.routers = nn.ModuleDict({str(i): nn.Linear(embed_dim, 1) for i in self.routed_blocks})
+        init_vit_weights(self)
+        self.set_capacity(capacity)
+
+    @property
+    def default_input_size(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one input sample."""
+        return (self.in_chans, self.img_size, self.img_size)
+
+    def resolve_capacity(self, capacity: float | None = None) -> float:
+        """``capacity`` checked (a fraction in ``(0, 1]`` that keeps at least one token); ``None``: the default."""
+        if capacity is None:
+            return self.capacity
+        try:
+            value = float(capacity)
+        except (TypeError, ValueError):
+            raise ValueError(f"capacity must be a number in (0, 1], got {capacity!r}") from None
+        if not (math.isfinite(value) and 0 < value <= 1) or math.floor(value * self.num_patches) < 1:
+            raise ValueError(
+                f"capacity must be a finite number in [1/N, 1] = [{1 / self.num_patches:g}, 1] (N = "
+                f"{self.num_patches} tokens), got {capacity!r}"
+            )
+        return value
+
+    def set_capacity(self, capacity: float) -> None:
+        """Set the default fraction of tokens that a routed block processes."""
+        self.capacity = self.resolve_capacity(capacity)
+
+    def num_selected(self, capacity: float | None = None) -> int:
+        """Tokens per image that a routed block processes: ``floor(capacity * N)``."""
+        return math.floor(self.resolve_capacity(capacity) * self.num_patches)
+
+    def realised_capacity(self, capacity: float | None = None) -> float:
+        """Fraction of the dense model's block linear-layer compute spent at ``capacity`` (floored token counts)."""
+        depth, routed = len(self.blocks), len(self.routed_blocks)
+        return ((depth - routed) + routed * self.num_selected(capacity) / self.num_patches) / depth
+
+    @property
+    def alpha_value(self) -> torch.Tensor:
+        """MoD-greedy's MLP-scaling coefficient actually used, in ``[0, ALPHA_MAX]``."""
+        return straight_through_clamp(self.alpha, 0.0, ALPHA_MAX)
+
+    @torch.no_grad()
+    def project_alpha_(self) -> None:
+        """MoD-greedy: project the stored ``alpha`` back into ``[0, ALPHA_MAX]`` (a no-op for MoD)."""
+        if self.greedy:
+            self.alpha.clamp_(0.0, ALPHA_MAX)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a fresh ``num_classes``-way linear layer (``0``: no head)."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    # -- forward --------------------------------------------------------------------------------------------
+
+    def forward_features(self, x: torch.Tensor, capacity: float | None = None) -> torch.Tensor:
+        """Images [B, C, H, W] -> tokens [B, N, D] in input order."""
+        check_images(x, self.in_chans, self.img_size)
+        k = self.num_selected(capacity)
+        x = self.patch_embed(x) + self.pos_embed  # [B, N, D]
+        if self.greedy:
+            return self._greedy_blocks(x, k)
+        for i, block in enumerate(self.blocks):
+            if str(i) in self.routers:
+                x = self._routed_block(block, self.routers[str(i)], x, k)
+            else:
+                x = dense_blocks_forward([block], x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens [B, N, D] -> logits [B, num_classes] (global average pool, LayerNorm, linear)."""
+        x = self.fc_norm(x.mean(dim=1))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor, capacity: float | None = None) -> torch.Tensor:
+        """Images [B, C, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``)."""
+        return self.forward_head(self.forward_features(x, capacity))
+
+    def _routed_block(self, block: NestedBlock, router: nn.Linear, x: torch.Tensor, k: int) -> torch.Tensor:
+        """MoD block on tokens [B, N, D]: the top-k tokens add sigmoid(score) x the block's update, the rest skip."""
+        B, N, D = x.shape
+        scores = router(x).squeeze(-1)  # [B, N]
+        index = top_k_tokens(scores, k)  # [B, k]
+        rows_index = index.unsqueeze(-1).expand(B, k, D)
+        rows = x.gather(1, rows_index).reshape(B * k, D)  # selected tokens, rows b * k + s
+        attn_update = block.attn([block.norm1(rows)], (D,), (k,))[0]  # attention among the selected tokens
+        z = rows + attn_update
+        mlp_update = block.mlp([block.norm2(z)], (D,))[0]
+        weight = scores.gather(1, index).sigmoid().reshape(B * k, 1)
+        update = weight * (attn_update + mlp_update)  # [B * k, D]
+        return x.scatter_add(1, rows_index, update.view(B, k, D))  # skipped tokens unchanged
+
+    def _greedy_blocks(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """MoD-greedy on tokens [B, N, D]: the router's top-k tokens run every block, the others skip them all."""
+        B, N, D = x.shape
+        probs = self.router(self.blocks[0].norm1(x)).squeeze(-1).sigmoid()  # [B, N]: P(full width) vs skip
+        index = top_k_tokens(probs, k)  # [B, k]
+        rows_index = index.unsqueeze(-1).expand(B, k, D)
+        rows = [x.gather(1, rows_index).reshape(B * k, D)]  # one full-width group, rows b * k + s
+        scale = (self.alpha_value * probs.gather(1, index) + 1).reshape(B * k, 1)  # alpha * r + 1
+        for block in self.blocks:
+            rows = block(rows, (D,), (k,), (scale,))
+        return x.scatter(1, rows_index, rows[0].view(B, k, D))  # [B, N, D]
+
+
+def _create(variant: str, defaults: dict, pretrained: bool = False, **kwargs) -> MoDVisionTransformer:
+    return build_registered_model(MoDVisionTransformer, variant, defaults, pretrained, **kwargs)
+
+
+@register_model
+def mod_vit_small_patch16_224(pretrained: bool = False, **kwargs) -> MoDVisionTransformer:
+    """Mixture-of-Depths ViT-S/16 (D=384, 12 layers, 6 heads; blocks 1, 3, ..., 11 routed at capacity 0.125)."""
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create("mod_vit_small_patch16_224", model_args, pretrained, **kwargs)
+
+
+@register_model
+def mod_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> MoDVisionTransformer:
+    """Mixture-of-Depths ViT-B/16 (D=768, 12 layers, 12 heads; blocks 1, 3, ..., 11 routed at capacity 0.125)."""
+    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create("mod_vit_base_patch16_224", model_args, pretrained, **kwargs)
+
+
+@register_model
+def mod_vit_test(pretrained: bool = False, **kwargs) -> MoDVisionTransformer:
+    """Tiny model for tests: 32 px, patch 8, D=64, 2 layers (block 1 routed), 2 heads, 10 classes, capacity 0.25."""
+    model_args = dict(img_size=32, patch_size=8, num_classes=10, embed_dim=64, depth=2, num_heads=2, capacity=0.25)
+    return _create("mod_vit_test", model_args, pretrained, **kwargs)
