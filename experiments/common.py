@@ -38,6 +38,8 @@ __all__ = ["Arm", "aggregate", "main", "run_study"]
 
 _logger = logging.getLogger("experiments")
 
+SPLITS = ("val", "test")
+
 Stage = Callable[[int, str | None], TrainConfig]  # (seed, checkpoint of the previous stage or None) -> config
 
 
@@ -47,7 +49,8 @@ class Arm:
 
     Attributes:
         name: label in tables and plots.
-        stages: training stages run in order; each gets the seed and the previous stage's checkpoint path.
+        stages: training stages run in order; each gets the seed and the previous stage's checkpoint path (for the
+            first stage: the final checkpoint of arm ``init``, if set).
         capacities: capacities (or one-hot distributions, with ``capacity_labels``) to evaluate at.
         capacity_labels: labels for distribution-valued capacities (e.g. the widths of a MatViT model).
         router: ``"learned"`` or ``"random"``: the router used at evaluation.
@@ -60,6 +63,7 @@ class Arm:
     capacity_labels: tuple[str, ...] = ()
     router: str = "learned"
     family: str = "mone"
+    init: str | None = None  # the arm whose trained model (same seed) starts this arm's first stage
     reuse: str | None = None  # evaluate another arm's trained model instead of training (e.g. with a random router)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -79,10 +83,14 @@ def _finished(run_dir: Path) -> bool:
     return int(meta["step"]) == int(meta.get("extra", {}).get("total_steps", meta["step"]))
 
 
-def train_arm(arm: Arm, seed: int, root: Path, progress: bool) -> tuple[Path, float]:
-    """Train every stage of ``arm`` for ``seed`` (reusing finished stages); returns the last checkpoint, seconds."""
+def train_arm(arm: Arm, seed: int, root: Path, progress: bool, arms: dict[str, Arm]) -> tuple[Path, float]:
+    """Train every stage of ``arm`` for ``seed`` (reusing finished stages and the ``init`` arm's run); returns the
+    last checkpoint and the training seconds of all stages, the ``init`` arm's included."""
     previous: str | None = None
     seconds = 0.0
+    if arm.init is not None:
+        checkpoint, seconds = train_arm(arms[arm.init], seed, root, progress, arms)
+        previous = str(checkpoint)
     for index, stage in enumerate(arm.stages):
         run_dir = _run_dir(root, arm.name, seed, index)
         config = stage(seed, previous).replace(output_dir=str(run_dir))
@@ -113,34 +121,39 @@ def evaluate_arm(arm: Arm, checkpoint: Path, split: str, num_samples: int) -> li
 
 
 def run_study(
-    name: str, arms: Sequence[Arm], seeds: Sequence[int], root: Path, split: str = "test", num_samples: int = 2000,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Train and evaluate every arm for every seed; write results and summary under ``root``; return the summary."""
+    name: str, arms: Sequence[Arm], seeds: Sequence[int], root: Path, num_samples: int = 2000, progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Train every arm for every seed, evaluate on the val and test splits; write results and summary under ``root``.
+
+    Recipes are compared on ``val`` (that is where a choice may be made); ``test`` gives the reported numbers.
+    """
     root.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     by_name = {arm.name: arm for arm in arms}
     for seed in seeds:
         for arm in arms:
             source = by_name[arm.reuse] if arm.reuse else arm
-            checkpoint, seconds = train_arm(source, seed, root, progress)
-            for row in evaluate_arm(arm, checkpoint, split, num_samples):
-                rows.append({"arm": arm.name, "family": arm.family, "seed": seed, "train_seconds": seconds, **row})
+            checkpoint, seconds = train_arm(source, seed, root, progress, by_name)
+            for split in SPLITS:
+                for row in evaluate_arm(arm, checkpoint, split, num_samples):
+                    rows.append({"arm": arm.name, "family": arm.family, "split": split, "seed": seed,
+                                 "train_seconds": seconds, **row})
             _logger.info("%s seed %d done", arm.name, seed)
     summary = aggregate(rows)
-    write_outputs(name, rows, summary, root, split)
+    write_outputs(name, rows, summary, root)
     return summary
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and standard deviation (over seeds) of top-1 per arm and capacity; GFLOPs; median images/s."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["arm"], str(row["capacity"])), []).append(row)
+        groups.setdefault((row["split"], row["arm"], str(row["capacity"])), []).append(row)
     summary = []
-    for (arm, capacity), members in groups.items():
+    for (split, arm, capacity), members in groups.items():
         top1 = [100 * m["top1"] for m in members]
         summary.append({
+            "split": split,
             "arm": arm,
             "family": members[0]["family"],
             "capacity": capacity,
@@ -165,20 +178,19 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(name: str, rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], root: Path,
-                  split: str) -> None:
+def write_outputs(name: str, rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], root: Path) -> None:
     buffer = io.StringIO()
-    columns = ["arm", "family", "seed", "capacity", "realised_capacity", "gflops", "top1", "images_per_s",
+    columns = ["split", "arm", "family", "seed", "capacity", "realised_capacity", "gflops", "top1", "images_per_s",
                "num_samples", "train_seconds"]
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(root / "results.csv", buffer.getvalue())
     atomic_write_text(root / "results.json", json.dumps(list(rows), indent=2) + "\n")
-    atomic_write_text(root / "summary.json", json.dumps({"study": name, "split": split, "rows": list(summary)},
-                                                        indent=2) + "\n")
-    plot(summary, root / "accuracy_vs_gflops.png", "gflops", "GFLOPs per image (multiply-accumulates)", name)
-    plot(summary, root / "accuracy_vs_images_per_s.png", "images_per_s", "images/s (forward, this machine)", name)
+    atomic_write_text(root / "summary.json", json.dumps({"study": name, "rows": list(summary)}, indent=2) + "\n")
+    test = [s for s in summary if s["split"] == "test"]
+    plot(test, root / "accuracy_vs_gflops.png", "gflops", "GFLOPs per image (multiply-accumulates)", name)
+    plot(test, root / "accuracy_vs_images_per_s.png", "images_per_s", "images/s (forward, this machine)", name)
 
 
 def plot(summary: Sequence[dict[str, Any]], path: Path, x_key: str, x_label: str, title: str) -> Path:
@@ -203,11 +215,11 @@ def plot(summary: Sequence[dict[str, Any]], path: Path, x_key: str, x_label: str
     return save_figure(fig, path)
 
 
-def lookup(summary: Sequence[dict[str, Any]], arm: str, capacity: str) -> dict[str, Any]:
+def lookup(summary: Sequence[dict[str, Any]], arm: str, capacity: str, split: str = "test") -> dict[str, Any]:
     for s in summary:
-        if s["arm"] == arm and s["capacity"] == capacity:
+        if s["arm"] == arm and s["capacity"] == capacity and s["split"] == split:
             return s
-    raise KeyError(f"no result for {arm!r} at capacity {capacity}")
+    raise KeyError(f"no {split} result for {arm!r} at capacity {capacity}")
 
 
 def difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:

@@ -19,13 +19,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Arm, main, parser, run_study  # noqa: E402
 
+from mone.capacity import greedy_distribution, proportionate_distribution, uniform_distribution  # noqa: E402
 from mone.configs import demo  # noqa: E402
 from mone.train.config import TrainConfig  # noqa: E402
 
 CAPACITIES = (0.25, 0.5, 0.75, 1.0)
+MOD_CAPACITIES = (0.125, 0.25, 0.5)  # fraction of tokens processed by every other block (the paper's MoD: 0.125)
 WIDTHS = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
 WIDTH_LABELS = ("width 1/8", "width 1/4", "width 1/2", "width 1")
-FINE_TUNE = dict(steps=600, lr=5e-4, warmup_steps=30)  # the fine-tuning stage of the two-stage recipes
+FINE_TUNE = dict(steps=300, lr=5e-4, warmup_steps=15)  # the fine-tuning stage of the two-stage recipes
+ALLOCATIONS = (proportionate_distribution(), uniform_distribution(), greedy_distribution(0.5))
+ALLOCATION_LABELS = ("proportionate (0.267)", "uniform (0.469)", "greedy (0.5)")
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -35,22 +39,33 @@ def arms(quick: bool) -> list[Arm]:
             return config.replace(seed=seed, model_kwargs=dict(config.model_kwargs, **model_changes), **changes)
         return stage
 
+    def mod(seed: int, previous: str | None) -> TrainConfig:
+        config = demo("dense", quick)
+        model_kwargs = {k: v for k, v in config.model_kwargs.items() if k != "num_experts"}
+        return config.replace(seed=seed, model="mod_vit_test", model_kwargs=model_kwargs, capacity=0.125)
+
     def fine_tune(seed: int, previous: str | None) -> TrainConfig:
         config = demo("adaptive", quick).replace(seed=seed, init_from=previous)
         return config if quick else config.replace(**FINE_TUNE)
 
     nested = with_model("mone", {}, capacity_mode="nested", capacity=1.0)
+    matvit_mone = "MatViT -> MoNE adaptive"
     return [
         Arm("dense ViT", (with_model("dense", {}),), family="dense"),
+        Arm("MatViT (nested)", (nested,), WIDTHS, WIDTH_LABELS, family="matvit"),
+        Arm(matvit_mone, (fine_tune,), CAPACITIES, init="MatViT (nested)"),
+        Arm("MatViT -> MoNE, random router at eval", (), CAPACITIES, router="random", reuse=matvit_mone,
+            family="random"),
+        Arm("MatViT -> MoNE, other allocations", (), ALLOCATIONS, ALLOCATION_LABELS, reuse=matvit_mone,
+            family="allocation"),
         Arm("dense ViT, depth 2", (with_model("dense", {"depth": 2}),), family="dense"),
         Arm("dense ViT, D=32", (with_model("dense", {"embed_dim": 32}),), family="dense"),
-        Arm("MoNE fixed 0.5", (with_model("mone", {}),), CAPACITIES),
         Arm("MoNE adaptive", (with_model("adaptive", {}),), CAPACITIES),
-        Arm("MatViT (nested)", (nested,), WIDTHS, WIDTH_LABELS, family="matvit"),
-        Arm("MatViT -> MoNE adaptive", (nested, fine_tune), CAPACITIES),
-        Arm("MatViT -> MoNE, random router at eval", (), CAPACITIES, router="random",
-            reuse="MatViT -> MoNE adaptive", family="random"),
-        Arm("dense -> MoNE adaptive (upcycled)", (with_model("dense", {}), fine_tune), CAPACITIES),
+        Arm("MoNE fixed 0.5", (with_model("mone", {}),), CAPACITIES),
+        Arm("dense -> MoNE adaptive (upcycled)", (fine_tune,), CAPACITIES, init="dense ViT"),
+        Arm("Mixture-of-Depths", (mod,), MOD_CAPACITIES, family="mod"),
+        Arm("MoNE adaptive, random router", (with_model("adaptive", {"router": "random"}),), CAPACITIES,
+            family="random"),
     ]
 
 

@@ -18,7 +18,7 @@ def test_image_study_quick_runs_end_to_end_and_reuses_finished_runs(tmp_path):
                "--quick", "--seeds", "0", "1"]
     subprocess.run(command, check=True, capture_output=True, text=True, timeout=900)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    rows = summary["rows"]
+    rows = [row for row in summary["rows"] if row["split"] == "test"]
     arms = {row["arm"] for row in rows}
     assert {"dense ViT", "MoNE adaptive", "MatViT (nested)", "MatViT -> MoNE adaptive"} <= arms
     for row in rows:
@@ -30,11 +30,11 @@ def test_image_study_quick_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     assert (tmp_path / "accuracy_vs_gflops.png").stat().st_size > 0
     assert (tmp_path / "accuracy_vs_images_per_s.png").stat().st_size > 0
     results = (tmp_path / "results.csv").read_text().splitlines()
-    assert results[0].startswith("arm,family,seed,capacity")
+    assert results[0].startswith("split,arm,family,seed,capacity")
     # A second call reuses every finished run: same accuracies, no run folder rewritten.
     checkpoints = sorted(tmp_path.glob("runs/**/checkpoint.safetensors"))
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
     subprocess.run(command, check=True, capture_output=True, text=True, timeout=900)
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
-    again = json.loads((tmp_path / "summary.json").read_text())["rows"]
+    again = [r for r in json.loads((tmp_path / "summary.json").read_text())["rows"] if r["split"] == "test"]
     assert [r["top1_per_seed"] for r in again] == [r["top1_per_seed"] for r in rows]

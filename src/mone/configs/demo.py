@@ -32,12 +32,12 @@ def demo(variant: str = "mone", local: bool = False) -> TrainConfig:
         model="mone_vit_test",
         model_kwargs=model_kwargs,
         dataset="cluttered_digits",
-        dataset_kwargs=dict(img_size=32, digit_size=16, num_fragments=3, fragment_size=4, seed=0),
-        steps=2400,
+        dataset_kwargs=dict(img_size=32, digit_size=16, num_fragments=3, fragment_size=4, seed=0, normalize=True),
+        steps=1200,
         batch_size=64,
         lr=2e-3,
         min_lr=1e-5,
-        warmup_steps=120,
+        warmup_steps=60,
         weight_decay=0.05,
         grad_clip=1.0,
         label_smoothing=0.1,
@@ -46,7 +46,7 @@ def demo(variant: str = "mone", local: bool = False) -> TrainConfig:
         seed=0,
         output_dir=f"runs/demo/{variant}",
         log_every=50,
-        checkpoint_every=800,
+        checkpoint_every=400,
     )
     if local:
         config = config.replace(

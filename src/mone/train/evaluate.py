@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..capacity import feasible_capacity_range, realised_capacity, validate_capacity
+from ..capacity import feasible_capacity_range, validate_capacity
 from ..data import build_dataset
 from ..flops import count_flops
 from .._io import atomic_write_text, save_figure
@@ -72,8 +72,11 @@ def evaluate(
         One row per capacity: ``capacity``, ``realised_capacity``, ``gflops`` (per sample, multiply-accumulates),
         ``top1`` (fraction in [0, 1]), ``images_per_s`` (forward passes only) and ``num_samples``.
     """
-    num_experts = getattr(model, "num_experts", 1)
-    values = [validate_capacity(c, num_experts) for c in capacities]
+    if hasattr(model, "resolve_capacity"):  # Mixture-of-Depths: a token fraction per routed block
+        values = [model.resolve_capacity(c) for c in capacities]
+    else:
+        values = [c if isinstance(c, (tuple, list)) else validate_capacity(c, getattr(model, "num_experts", 1))
+                  for c in capacities]
     device = torch.device(device)
     model = model.to(device).eval()
     input_size = tuple(model.default_input_size)
@@ -82,7 +85,7 @@ def evaluate(
     rows = []
     for capacity in values:
         correct, seen, forward_s = 0, 0, 0.0
-        for images, labels in tqdm(loader, desc=f"eval capacity {capacity:g}", disable=not progress, leave=False):
+        for images, labels in tqdm(loader, desc=f"eval capacity {capacity}", disable=not progress, leave=False):
             images, labels = images.to(device), labels.to(device)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -96,7 +99,7 @@ def evaluate(
             seen += len(labels)
         rows.append({
             "capacity": capacity,
-            "realised_capacity": realised_capacity(model.resolve_distribution(capacity), model.tokens_per_group),
+            "realised_capacity": model.realised_capacity(capacity),
             "gflops": count_flops(model, input_size, capacity) / 1e9,
             "top1": correct / seen,
             "images_per_s": seen / max(forward_s, 1e-9),

@@ -129,7 +129,7 @@ def planned_steps(config: TrainConfig, model: nn.Module, input_size: Sequence[in
     if not config.iso_flops:
         return config.steps
     dense = count_flops(model, input_size, 1.0)
-    num_experts = model.num_experts
+    num_experts = getattr(model, "num_experts", 1)
     if config.capacity_mode == "adaptive":
         per_step = sum(count_flops(model, input_size, c) for c in config.capacities) / len(config.capacities)
     else:
@@ -151,12 +151,20 @@ def model_kwargs_for_dataset(dataset: Dataset, model_kwargs: dict[str, Any]) -> 
 
 
 def _validate_capacities(config: TrainConfig, model: nn.Module) -> None:
-    num_experts = getattr(model, "num_experts", 1)
+    """Check the run's capacities against the model: its own ``resolve_capacity`` (MoD) or the MoNE range."""
+    def check(capacity: float) -> None:
+        if hasattr(model, "resolve_capacity"):
+            model.resolve_capacity(capacity)
+        else:
+            validate_capacity(capacity, getattr(model, "num_experts", 1))
+
+    if config.capacity_mode == "nested" and not hasattr(model, "num_experts"):
+        raise ValueError(f"capacity_mode 'nested' needs a model with nested experts, {config.model} has none")
     if config.capacity_mode == "fixed":
-        validate_capacity(config.capacity, num_experts)
+        check(config.capacity)
     elif config.capacity_mode == "adaptive":
         for capacity in config.capacities:
-            validate_capacity(capacity, num_experts)
+            check(capacity)
 
 
 # -- output folder and metrics ------------------------------------------------------------------------------------

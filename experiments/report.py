@@ -1,0 +1,153 @@
+"""Write docs/results.md from the study folders: tables (mean ± std over seeds), plots, and a verdict per claim.
+
+The verdict rules are fixed here, before any number is read, and printed in the report:
+
+* a difference is *clear* when it is larger than two standard errors of the difference of two means over seeds;
+* "matches" means the MoNE mean is at most 1 point below the reference; "close" at most 3 points below.
+
+    python experiments/report.py --images experiments/results/images --output docs/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import difference, lookup, markdown_table  # noqa: E402
+
+from mone._io import atomic_write_text  # noqa: E402
+
+MATCH, CLOSE = 1.0, 3.0  # points below the reference that still count as "matches" / "close"
+MONE_RECIPES = ("MatViT -> MoNE adaptive", "MoNE adaptive", "MoNE fixed 0.5", "dense -> MoNE adaptive (upcycled)")
+
+
+def _fmt(mean: float, se: float) -> str:
+    return f"{mean:+.2f} ± {se:.2f}"
+
+
+def best_recipe(summary: Sequence[dict[str, Any]]) -> str:
+    """The MoNE recipe with the highest *validation* accuracy at capacity 0.5 (the test split is not looked at)."""
+    return max(MONE_RECIPES, key=lambda arm: lookup(summary, arm, "0.5", "val")["top1_mean"])
+
+
+def verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[tuple[str, str, str]]:
+    """(claim, verdict, evidence) for each claim of the paper that the image study can test."""
+    out = []
+    dense = lookup(summary, "dense ViT", "1")
+    half = lookup(summary, best, "0.5")
+    gap, se = difference(half, dense)
+    word = "holds" if gap >= -MATCH else "holds partly" if gap >= -CLOSE else "does not hold"
+    out.append((
+        "Dense accuracy at about half the FLOPs",
+        word,
+        f"{best} at capacity 0.5: {half['top1_mean']:.2f} ± {half['top1_std']:.2f}% at {1e3 * half['gflops']:.2f} "
+        f"MFLOPs; dense ViT {dense['top1_mean']:.2f} ± {dense['top1_std']:.2f}% at {1e3 * dense['gflops']:.2f} "
+        f"MFLOPs ({dense['gflops'] / half['gflops']:.2f}x); difference {_fmt(gap, se)} points.",
+    ))
+
+    matched = lookup(summary, "dense ViT, depth 2", "1")
+    gap_m, se_m = difference(half, matched)
+    word = "holds" if gap_m > 2 * se_m else "does not hold" if gap_m < -2 * se_m else "holds partly"
+    out.append((
+        "Better than a dense ViT of the same inference FLOPs (the model a user would otherwise pick)",
+        word,
+        f"{best} at 0.5 ({1e3 * half['gflops']:.2f} MFLOPs) against a dense ViT of depth 2 "
+        f"({1e3 * matched['gflops']:.2f} MFLOPs, {matched['top1_mean']:.2f} ± {matched['top1_std']:.2f}%): "
+        f"{_fmt(gap_m, se_m)} points. Narrower dense (D=32, "
+        f"{1e3 * lookup(summary, 'dense ViT, D=32', '1')['gflops']:.2f} MFLOPs): "
+        f"{lookup(summary, 'dense ViT, D=32', '1')['top1_mean']:.2f}% against {best} at 0.25: "
+        f"{lookup(summary, best, '0.25')['top1_mean']:.2f}%.",
+    ))
+
+    pairs = [("0.25", "MatViT (nested)", "width 1/4"), ("0.5", "MatViT (nested)", "width 1/2"),
+             ("0.5", "Mixture-of-Depths", "0.125")]
+    wins, parts = 0, []
+    for capacity, arm, label in pairs:
+        mine, theirs = lookup(summary, best, capacity), lookup(summary, arm, label)
+        g, s = difference(mine, theirs)
+        wins += g > 2 * s
+        parts.append(f"at {capacity} ({1e3 * mine['gflops']:.2f} MFLOPs) vs {arm} {label} "
+                     f"({1e3 * theirs['gflops']:.2f} MFLOPs): {_fmt(g, s)}")
+    word = "holds" if wins == len(pairs) else "holds partly" if wins else "does not hold"
+    out.append(("Beats MatViT's nested models and Mixture-of-Depths at equal FLOPs", word,
+                f"{best} " + "; ".join(parts) + " points."))
+
+    if best != "MoNE fixed 0.5":
+        fixed = lookup(summary, "MoNE fixed 0.5", "0.5")
+        g, s = difference(half, fixed)
+        word = "holds" if g >= -MATCH else "holds partly" if g >= -CLOSE else "does not hold"
+        out.append(("One adaptively trained model stays close to a model trained for the budget", word,
+                    f"{best} at 0.5 against MoNE trained at a fixed 0.5: {_fmt(g, s)} points."))
+
+    leads = []
+    for capacity in ("0.25", "0.5", "0.75"):
+        g, s = difference(lookup(summary, best, capacity),
+                          lookup(summary, "MatViT -> MoNE, random router at eval", capacity))
+        leads.append((capacity, g, s))
+    grows = leads[0][1] > leads[-1][1]
+    clear = leads[0][1] > 2 * leads[0][2]
+    word = "holds" if grows and clear else "holds partly" if leads[0][1] > 0 else "does not hold"
+    trained_random = ", ".join(
+        f"{c}: {_fmt(*difference(lookup(summary, best, c), lookup(summary, 'MoNE adaptive, random router', c)))}"
+        for c in ("0.25", "0.5", "0.75"))
+    out.append((
+        "The learned router beats a random one, more so at low capacity",
+        word,
+        "Same trained model, learned minus random router: " + ", ".join(f"{c}: {_fmt(g, s)}" for c, g, s in leads)
+        + f" points. Against a model trained with a random router: {trained_random} points.",
+    ))
+    return out
+
+
+def section(title: str, folder: Path, docs: Path) -> list[str]:
+    summary = json.loads((folder / "summary.json").read_text())["rows"]
+    test = [s for s in summary if s["split"] == "test"]
+    val = [s for s in summary if s["split"] == "val"]
+    best = best_recipe(summary)
+    rel = Path(os.path.relpath(folder, docs.parent))
+    lines = [f"## {title}", "", f"Best MoNE recipe on the validation split at capacity 0.5: **{best}**.", "",
+             "| claim | verdict | evidence (test split, mean ± standard error over seeds) |", "|---|---|---|"]
+    lines += [f"| {claim} | **{word}** | {evidence} |" for claim, word, evidence in verdicts(summary, best)]
+    lines += ["", f"![accuracy against GFLOPs]({rel}/accuracy_vs_gflops.png)", "",
+              f"![accuracy against images/s]({rel}/accuracy_vs_images_per_s.png)", "",
+              "### Test split", "", markdown_table(test), "", "### Validation split", "", markdown_table(val), ""]
+    shares_path = folder / "routing_shares.json"
+    if shares_path.exists():
+        shares = json.loads(shares_path.read_text())
+        lines += [f"### Routing: does the router find the digit? ({shares['arm']}, seeds {shares['seeds']})", "",
+                  "Share of tokens sent to the two largest experts (mean ± std over seeds, test split, 1,000 images): "
+                  "digit tokens (at least half inside the digit's box), background tokens (none of it), and the share "
+                  "of all tokens that the capacity gives those experts.", "",
+                  "| router | capacity | digit tokens | background tokens | all tokens |", "|---|---|---|---|---|"]
+        for router, rows in shares["summary"].items():
+            for capacity, r in rows.items():
+                lines.append(f"| {router} | {capacity} | {r['object_share']['mean']:.3f} ± {r['object_share']['std']:.3f}"
+                             f" | {r['background_share']['mean']:.3f} ± {r['background_share']['std']:.3f} | "
+                             f"{r['expected_share']['mean']:.3f} |")
+        lines.append("")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=Path, required=True, help="image study folder")
+    p.add_argument("--output", type=Path, required=True, help="markdown file to write")
+    p.add_argument("--preamble", type=Path, default=Path(__file__).with_name("results_preamble.md"))
+    args = p.parse_args()
+    lines = [args.preamble.read_text().rstrip(), ""] if args.preamble.exists() else []
+    lines += [f"Verdict rules (fixed in `experiments/report.py` before the runs): a difference is clear when it exceeds "
+              f"two standard errors over seeds; \"holds\" for accuracy claims means MoNE is at most {MATCH:g} point "
+              f"below the reference, \"holds partly\" at most {CLOSE:g} points below.", ""]
+    lines += section("Images: cluttered digits", args.images, args.output)
+    atomic_write_text(args.output, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
