@@ -7,12 +7,14 @@ that only depend on those pieces, so each model file keeps just its own layout.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
-from ..capacity import capacity_distribution, validate_capacity, validate_distribution
+from .._checks import check_int
+from ..capacity import capacity_distribution, is_scalar_capacity, validate_capacity, validate_distribution
 from ..routing import Router, RoutingPlan, make_routing_plan
 
 __all__ = ["ALPHA_MAX", "CapacityLike", "MoneModelMixin", "build_registered_model", "validate_vit_args"]
@@ -45,16 +47,18 @@ def validate_vit_args(
     depth: int,
     num_heads: int,
     num_experts: int,
+    mlp_ratio: float = 4.0,
 ) -> None:
     """Raise ValueError naming the first architecture argument that is out of range."""
     for name, value in (("img_size", img_size), ("patch_size", patch_size), ("in_chans", in_chans),
                         ("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
-    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
-        raise ValueError(f"num_experts must be an integer >= 1, got {num_experts!r}")
+        check_int(name, value, 1)
+    check_int("num_classes", num_classes, 0)
+    check_int("num_experts", num_experts, 1)
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not (
+        math.isfinite(mlp_ratio) and int(embed_dim * mlp_ratio) >= 1
+    ):
+        raise ValueError(f"mlp_ratio must be a number > 0 with int(embed_dim * mlp_ratio) >= 1, got {mlp_ratio!r}")
     if img_size % patch_size != 0:
         raise ValueError(f"img_size ({img_size}) must be divisible by patch_size ({patch_size})")
     if embed_dim % num_heads != 0:
@@ -86,7 +90,7 @@ class MoneModelMixin:
         """Per-expert token fractions for ``capacity`` (a float budget, or a distribution); ``None``: the default."""
         if capacity is None:
             return self.distribution
-        if isinstance(capacity, (int, float)) or (isinstance(capacity, torch.Tensor) and capacity.dim() == 0):
+        if is_scalar_capacity(capacity):
             return capacity_distribution(_specialised(capacity), self.num_experts, beta=self.beta, delta=self.delta)
         distribution = validate_distribution(capacity)
         if len(distribution) != self.num_experts:
@@ -95,7 +99,7 @@ class MoneModelMixin:
 
     def set_capacity(self, capacity: CapacityLike) -> None:
         """Set the default budget: an effective capacity in ``[2**-(E-1), 1]`` or a per-expert distribution."""
-        if isinstance(capacity, (int, float)):
+        if is_scalar_capacity(capacity):
             capacity = validate_capacity(capacity, self.num_experts)
         self.distribution = self.resolve_distribution(capacity)
         self.capacity = capacity

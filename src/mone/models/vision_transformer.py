@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .._checks import check_input_tensor
 from ..layers import NestedBlock, PatchEmbed, nested_blocks_forward
 from ..routing import Router, RoutingPlan
 from ._base import ALPHA_MAX, CapacityLike, MoneModelMixin, build_registered_model, validate_vit_args
@@ -55,7 +56,8 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         fused_attn: bool = True,
     ) -> None:
         super().__init__()
-        validate_vit_args(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, num_experts)
+        validate_vit_args(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, num_experts,
+                          mlp_ratio)
         self.img_size = img_size
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -95,6 +97,7 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
             raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
         if tuple(x.shape[2:]) != self.patch_embed.img_size:
             raise ValueError(f"expected {self.img_size}x{self.img_size} images, got {x.shape[2]}x{x.shape[3]}")
+        check_input_tensor(x, self.pos_embed.dtype, "images")
 
     def forward_features(
         self, x: torch.Tensor, capacity: CapacityLike | None = None, return_plan: bool = False
