@@ -128,9 +128,11 @@ class MoneModelMixin:
         nn.init.zeros_(self.alpha)
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a fresh ``num_classes``-way linear layer (``0``: no head)."""
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        """Replace the head with a fresh ``num_classes``-way linear layer (``0``: no head), on the model's device and
+        dtype."""
+        self.num_classes = check_int("num_classes", num_classes, 0)
+        like = dict(device=self.alpha.device, dtype=self.alpha.dtype)
+        self.head = nn.Linear(self.embed_dim, num_classes, **like) if num_classes > 0 else nn.Identity()
 
     @torch.no_grad()
     def project_alpha_(self) -> None:
