@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import threading
 
 import numpy as np
@@ -91,7 +92,7 @@ def test_a_string_budget_is_refused_not_parsed():
 @pytest.mark.parametrize("budget", [0.5, np.float32(0.5), torch.tensor(0.5)])
 def test_routing_with_a_number_instead_of_a_distribution_points_to_the_solver(budget):
     probs = torch.rand(2, 9, 4).softmax(-1)
-    with pytest.raises(ValueError, match=r"expected a per-expert distribution .* got the number .*capacity_distribution"):
+    with pytest.raises(ValueError, match=r"expected a per-expert distribution .* number .*capacity_distribution"):
         expert_preferred_routing(probs, budget)
     with pytest.raises(ValueError, match="expected a per-expert distribution"):
         mone.make_routing_plan(probs, budget)
@@ -281,3 +282,12 @@ def test_check_int():
     for bad in (0, -2, 1.0, 2.5, True, "3", None):
         with pytest.raises(ValueError, match=rf"steps must be an integer >= 1, got {bad!r}"):
             check_int("steps", bad, 1)
+
+
+def test_one_version_string():
+    """pyproject reads the version from mone.__version__, so an installed mone reports that same string."""
+    try:
+        installed = importlib.metadata.version("mone")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("mone is not installed (run from a source tree)")
+    assert installed == mone.__version__

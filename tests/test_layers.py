@@ -7,6 +7,7 @@ from mone.capacity import capacity_distribution
 from mone.layers import NestedBlock, add_to_prefix, nested_input_linear, nested_output_linear
 from mone.layers.linear import split_rows
 from mone.routing import make_routing_plan
+
 from reference import reference_block, width_masks
 
 # Float64 against the masked reference or a plain sliced F.linear: the largest difference measured here is 9e-15

@@ -5,6 +5,7 @@ import torch
 
 import mone
 from mone import MoneVisionTransformer, create_model, list_models
+
 from reference import reference_features
 
 # Float64 fast path against the masked reference: the largest difference measured over every case below is 7e-15
@@ -55,7 +56,7 @@ def test_forward_matches_masked_reference_float64(num_experts, kwargs, capacity)
         if want is None:  # only the classifier head and fc_norm sit outside forward_features
             assert got is None and (name.startswith("head") or name.startswith("fc_norm")), name
             continue
-        torch.testing.assert_close(got, want, **F64, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, want, **F64, msg=lambda m, name=name: f"{name}: {m}")
 
     # forward() pools the expert-sorted tokens without unsorting them: same logits and gradients as the reference
     logits = model(images, capacity)
@@ -65,7 +66,7 @@ def test_forward_matches_masked_reference_float64(num_experts, kwargs, capacity)
     fast_grads = torch.autograd.grad((logits * weight).sum(), params)
     ref_grads = torch.autograd.grad((expected_logits * weight).sum(), params, allow_unused=True)
     for (name, _), got, want in zip(model.named_parameters(), fast_grads, ref_grads):
-        torch.testing.assert_close(got, want, **F64, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, want, **F64, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def timm_twin(timm, model):
@@ -132,7 +133,7 @@ def test_explicit_distribution_and_one_hot_widths():
     for (name, _), g, w in zip(model.named_parameters(), got, want):
         assert (g is None) == (w is None), name
         if w is not None:
-            torch.testing.assert_close(g, w, **F64, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(g, w, **F64, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_every_parameter_gets_a_gradient():

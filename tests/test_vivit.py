@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from mone import MoneViViT, count_flops, create_model, list_models
 from mone.capacity import capacity_distribution, expert_token_counts
 from mone.routing import expert_preferred_routing
+
 from reference import reference_vivit, tubelet_tokens
 
 # Float64 against the masked reference or timm's blocks: the largest difference measured below is 2e-15 (outputs
@@ -134,7 +135,7 @@ def test_matches_masked_reference_per_temporal_index_float64(capacity, fused_att
     got = torch.autograd.grad((logits * weight).sum(), params)
     want = torch.autograd.grad((reference * weight).sum(), params)
     for name, g, w in zip(names, got, want):
-        torch.testing.assert_close(g, w, **F64, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(g, w, **F64, msg=lambda m, name=name: f"{name}: {m}")
     assert got[names.index("alpha")].abs() > 0 and got[names.index("router.weight")].abs().sum() > 0
 
 

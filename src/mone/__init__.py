@@ -10,7 +10,7 @@ from .capacity import (
     uniform_distribution,
 )
 from .flops import count_flops
-from .models import MoneViViT, MoneVisionTransformer, create_model, list_models, register_model
+from .models import MoneVisionTransformer, MoneViViT, create_model, list_models, register_model
 from .routing import Router, RoutingPlan, expert_preferred_routing, make_routing_plan
 
 __version__ = "0.1.0"
