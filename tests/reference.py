@@ -37,7 +37,9 @@ def reference_block(block, x, mask, scale):
     H = block.attn.num_heads
     mask = mask.to(x.dtype)
     h = block.norm1(x) * mask  # Extract_j: features beyond d_j are ignored
-    qkv = h @ block.attn.qkv.weight.T + block.attn.qkv.bias  # [B, N, 3D]
+    qkv = h @ block.attn.qkv.weight.T  # [B, N, 3D]
+    if block.attn.qkv.bias is not None:  # qkv_bias=False has none
+        qkv = qkv + block.attn.qkv.bias
     q, k, v = qkv.reshape(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)
     attn = (q @ k.transpose(-2, -1) / math.sqrt(D // H)).softmax(-1)
     o = (attn @ v).transpose(1, 2).reshape(B, N, D)
@@ -47,9 +49,8 @@ def reference_block(block, x, mask, scale):
     return z + scale.unsqueeze(-1) * y * mask
 
 
-def reference_features(model, images, distribution):
-    """Tokens [B, N, D] after all blocks, and the expert of each token [B, N]."""
-    x = model.patch_embed(images) + model.pos_embed
+def reference_encoder(model, x, distribution):
+    """Router, EPR and the nested blocks on tokens [G, N, D], each of the G groups (image or frame) on its own."""
     probs = (model.blocks[0].norm1(x) @ model.router.weight.T + model.router.bias).softmax(-1)
     expert = reference_epr(probs.detach(), distribution)
     mask = width_masks(expert, model.expert_widths, x.shape[-1])
@@ -58,3 +59,37 @@ def reference_features(model, images, distribution):
     for block in model.blocks:
         x = reference_block(block, x, mask, scale)
     return x, expert
+
+
+def reference_features(model, images, distribution):
+    """Tokens [B, N, D] after all blocks, and the expert of each token [B, N]."""
+    x = model.patch_embed(images) + model.pos_embed
+    return reference_encoder(model, x, distribution)
+
+
+def tubelet_tokens(model, clips):
+    """Tubelet embedding written as cut-into-tubelets then a matmul: [B, C, T, H, W] -> [B, T', N, D]."""
+    B, C, T, H, W = clips.shape
+    t, p = model.tubelet_size, model.patch_embed.patch_size[0]
+    tubes = clips.reshape(B, C, T // t, t, H // p, p, W // p, p)
+    tubes = tubes.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, T // t, (H // p) * (W // p), C * t * p * p)
+    proj = model.patch_embed.proj
+    return tubes @ proj.weight.reshape(proj.out_channels, -1).T + proj.bias
+
+
+def reference_vivit(model, clips, distribution):
+    """A MoNE ViViT factorised encoder: logits [B, num_classes] and the expert of each token [B * T', N].
+
+    Every temporal index is routed and run through the masked spatial blocks on its own; the temporal blocks are
+    the same masked block with every token at full width and an MLP scale of 1 (a plain pre-LN block).
+    """
+    x = tubelet_tokens(model, clips) + model.pos_embed.unsqueeze(1)  # [B, T', N, D]
+    B, T, N, D = x.shape
+    x, expert = reference_encoder(model, x.reshape(B * T, N, D), distribution)
+    x = F.layer_norm(x.reshape(B, T, N, D).mean(2), (D,), model.spatial_norm.weight, model.spatial_norm.bias, 1e-6)
+    x = x + model.temporal_pos_embed
+    full_width, no_scale = torch.ones(B, T, D, dtype=x.dtype), torch.ones(B, T, dtype=x.dtype)
+    for block in model.temporal_blocks:
+        x = reference_block(block, x, full_width, no_scale)
+    x = F.layer_norm(x.mean(1), (D,), model.fc_norm.weight, model.fc_norm.bias, 1e-6)
+    return x @ model.head.weight.T + model.head.bias, expert

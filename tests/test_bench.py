@@ -12,7 +12,13 @@ from mone.flops import count_flops
 from mone.models import create_model
 
 
-def test_dense_twin_is_the_same_function_at_capacity_one():
+@pytest.fixture
+def timm():
+    """timm, for the tests that time or build its dense twin; they skip without it (the test extra installs it)."""
+    return pytest.importorskip("timm")
+
+
+def test_dense_twin_is_the_same_function_at_capacity_one(timm):
     torch.manual_seed(0)
     model = create_model("mone_vit_test").eval()
     dense = build_dense_twin(model).eval()
@@ -22,7 +28,7 @@ def test_dense_twin_is_the_same_function_at_capacity_one():
         assert not torch.allclose(dense(images), model(images, capacity=0.25), atol=1e-3)
 
 
-def test_benchmark_rows_files_and_arithmetic(tmp_path):
+def test_benchmark_rows_files_and_arithmetic(timm, tmp_path):
     config = BenchConfig(model="mone_vit_test", batch_size=2, capacities=(0.5, 0.25), repeats=2, warmup=0)
     rows, meta = run_benchmark(config)
     assert [(r["mode"], r["variant"], r["capacity"]) for r in rows] == [

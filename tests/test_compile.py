@@ -11,6 +11,8 @@ from torch._dynamo.utils import counters
 
 from mone.models import create_model
 
+pytestmark = pytest.mark.slow  # about 100 s on 2 cores, most of it inductor's C++ build
+
 
 @pytest.fixture(autouse=True)
 def fresh_dynamo():

@@ -6,18 +6,17 @@ import gzip
 import struct
 
 import numpy as np
-from hypothesis import given
-from hypothesis import strategies as st
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 from sklearn.datasets import load_digits
 
 from mone.data import ClutteredDigits, FashionMNIST, build_dataset, list_datasets
 from mone.data.cluttered_digits import draw_two_integers
 from mone.data.fashion_mnist import read_idx
-
 
 # -- cluttered digits ---------------------------------------------------------------------------------------------
 

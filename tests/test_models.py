@@ -5,9 +5,19 @@ import torch
 
 import mone
 from mone import MoneVisionTransformer, create_model, list_models
+
 from reference import reference_features
 
-timm = pytest.importorskip("timm")  # the test extra installs timm; CI always has it
+# Float64 fast path against the masked reference: the largest difference measured over every case below is 7e-15
+# (parameter gradients; outputs 4e-16) on values of order 1, so 1e-12 leaves a factor of ~100 for round-off
+# while any real error (a wrong width, a token on the wrong expert, a missing scale) is >= 1e-3.
+F64 = dict(rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture
+def timm():
+    """timm, for the tests that compare with it; they skip without it (the test extra installs it)."""
+    return pytest.importorskip("timm")
 
 
 def small_model(**kwargs):
@@ -15,22 +25,28 @@ def small_model(**kwargs):
     return MoneVisionTransformer(**{**args, **kwargs})
 
 
-@pytest.mark.parametrize("num_experts", [2, 3, 4])
+@pytest.mark.parametrize(
+    "num_experts, kwargs",
+    [(1, {}), (2, {}), (3, {}), (4, {}), (5, {}), (6, {}),  # E = 6: the smallest expert is 1 feature wide
+     (4, dict(qkv_bias=False)), (4, dict(mlp_ratio=2.5)), (3, dict(img_size=4)), (4, dict(img_size=8))],  # N = 1, 4
+    ids=["E1", "E2", "E3", "E4", "E5", "E6", "no_qkv_bias", "mlp_ratio2.5", "N1", "N4"],
+)
 @pytest.mark.parametrize("capacity", [0.3, 0.55, 0.9, 1.0])
-def test_forward_matches_masked_reference_float64(num_experts, capacity):
+def test_forward_matches_masked_reference_float64(num_experts, kwargs, capacity):
     torch.manual_seed(num_experts)
     capacity = max(capacity, 2.0 ** -(num_experts - 1))
-    model = small_model(num_experts=num_experts).double()  # 25 tokens: no capacity divides them evenly
+    model = small_model(num_experts=num_experts, **kwargs).double()  # 25 tokens: no capacity divides them evenly
+    img = model.img_size
     with torch.no_grad():
         model.alpha.fill_(0.3)
         model.router.weight.normal_(std=1.0)
-    images = torch.randn(3, 3, 20, 20, dtype=torch.float64)
+    images = torch.randn(3, 3, img, img, dtype=torch.float64)
     distribution = model.resolve_distribution(capacity)
 
     fast, plan = model.forward_features(images, capacity, return_plan=True)
     expected, expert = reference_features(model, images, distribution)
     assert torch.equal(plan.expert, expert)
-    torch.testing.assert_close(fast, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fast, expected, **F64)
 
     weight = torch.randn_like(fast)
     params = [p for _, p in model.named_parameters() if p.requires_grad]
@@ -40,20 +56,20 @@ def test_forward_matches_masked_reference_float64(num_experts, capacity):
         if want is None:  # only the classifier head and fc_norm sit outside forward_features
             assert got is None and (name.startswith("head") or name.startswith("fc_norm")), name
             continue
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, want, **F64, msg=lambda m, name=name: f"{name}: {m}")
 
     # forward() pools the expert-sorted tokens without unsorting them: same logits and gradients as the reference
     logits = model(images, capacity)
     expected_logits = model.forward_head(reference_features(model, images, distribution)[0])
-    torch.testing.assert_close(logits, expected_logits, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(logits, expected_logits, **F64)
     weight = torch.randn_like(logits)
     fast_grads = torch.autograd.grad((logits * weight).sum(), params)
     ref_grads = torch.autograd.grad((expected_logits * weight).sum(), params, allow_unused=True)
     for (name, _), got, want in zip(model.named_parameters(), fast_grads, ref_grads):
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, want, **F64, msg=lambda m, name=name: f"{name}: {m}")
 
 
-def timm_twin(model):
+def timm_twin(timm, model):
     dense = timm.models.VisionTransformer(
         img_size=model.img_size, patch_size=model.patch_embed.patch_size[0], in_chans=model.in_chans,
         num_classes=model.num_classes, embed_dim=model.embed_dim, depth=len(model.blocks),
@@ -65,13 +81,13 @@ def timm_twin(model):
 
 
 @pytest.mark.parametrize("name", ["mone_vit_test", "mone_vit_tiny_patch16_224"])
-def test_capacity_one_alpha_zero_is_timm_vit(name):
+def test_capacity_one_alpha_zero_is_timm_vit(timm, name):
     torch.manual_seed(0)
     kwargs = {"img_size": 64} if "224" in name else {}
     model = create_model(name, **kwargs).eval()
     with torch.no_grad():
         model.router.weight.normal_()  # the router must not matter at capacity 1 with alpha 0
-    dense = timm_twin(model)
+    dense = timm_twin(timm, model)
     # timm's state_dict loads into ours with only the MoNE additions missing
     missing, unexpected = create_model(name, **kwargs).load_state_dict(dense.state_dict(), strict=False)
     assert sorted(missing) == ["alpha", "router.bias", "router.weight"] and unexpected == []
@@ -79,6 +95,9 @@ def test_capacity_one_alpha_zero_is_timm_vit(name):
     with torch.no_grad():
         torch.testing.assert_close(model(images, capacity=1.0), dense(images), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(model.forward_features(images), dense.forward_features(images), rtol=1e-5, atol=1e-5)
+        model, dense, images = model.double(), dense.double(), images.double()  # the same function up to round-off
+        torch.testing.assert_close(model(images, capacity=1.0), dense(images), **F64)
+        torch.testing.assert_close(model.forward_features(images), dense.forward_features(images), **F64)
 
 
 def test_lower_capacity_changes_the_function_and_keeps_shapes():
@@ -105,7 +124,7 @@ def test_explicit_distribution_and_one_hot_widths():
     tokens, plan = model.forward_features(images, capacity=(1.0, 0.0, 0.0, 0.0), return_plan=True)
     assert torch.all(plan.expert == 0) and plan.order is None
     expected, _ = reference_features(model, images, (1.0, 0.0, 0.0, 0.0))
-    torch.testing.assert_close(tokens, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(tokens, expected, **F64)
     # one group narrower than D, in input order: its gradients too
     params = [p for _, p in model.named_parameters()]
     weight = torch.randn_like(tokens)
@@ -114,7 +133,7 @@ def test_explicit_distribution_and_one_hot_widths():
     for (name, _), g, w in zip(model.named_parameters(), got, want):
         assert (g is None) == (w is None), name
         if w is not None:
-            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(g, w, **F64, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_every_parameter_gets_a_gradient():
@@ -171,11 +190,14 @@ def test_registry():
     assert (model.embed_dim, len(model.blocks), model.num_classes, model.num_experts) == (64, 1, 3, 3)
     assert model.expert_widths == (16, 32, 64)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 3)
-    assert isinstance(timm.create_model("mone_vit_test"), MoneVisionTransformer)
     with pytest.raises(ValueError, match="unknown model 'vit_nope'"):
         create_model("vit_nope")
     with pytest.raises(ValueError, match="no pretrained MoNE weights"):
         create_model("mone_vit_test", pretrained=True)
+
+
+def test_timm_registry_finds_mone_models(timm):
+    assert isinstance(timm.create_model("mone_vit_test"), MoneVisionTransformer)
 
 
 @pytest.mark.parametrize(
@@ -188,6 +210,11 @@ def test_registry():
         (dict(capacity=0.05), r"capacity must be a finite number in \[0.125, 1\]"),
         (dict(capacity=float("nan")), r"capacity must be a finite number in \[0.125, 1\]"),
         (dict(depth=0), "depth must be an integer >= 1"),
+        (dict(mlp_ratio=-1), r"mlp_ratio must be a number > 0 with int\(embed_dim \* mlp_ratio\) >= 1, got -1"),
+        (dict(mlp_ratio=0), r"mlp_ratio must be a number > 0 .* got 0"),
+        (dict(mlp_ratio=0.01), r"mlp_ratio must be a number > 0 .* got 0.01"),  # int(32 * 0.01) = 0 hidden units
+        (dict(mlp_ratio=float("nan")), "mlp_ratio must be a number > 0"),
+        (dict(mlp_ratio="4"), "mlp_ratio must be a number > 0"),
     ],
 )
 def test_bad_construction_raises(kwargs, message):

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mone.data.image_folder import IMAGENET_MEAN, IMAGENET_STD
 from mone.data.cluttered_digits import source_pool
+from mone.data.image_folder import IMAGENET_MEAN, IMAGENET_STD
 from mone.data.moving_digits import DIRECTIONS, MovingDigits
 from mone.data.video_folder import VideoFolderDataset, read_clip, sample_frame_indices
 

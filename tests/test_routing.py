@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from mone.capacity import capacity_distribution, expert_token_counts
 from mone.routing import Router, expert_preferred_routing, make_routing_plan
+
 from reference import reference_epr
 
 

@@ -72,8 +72,8 @@ def test_object_routing_share_matches_a_direct_count(model, digits):
     for i in range(24):
         image = digits[i][0]
         mask = torch.zeros(32, 32)
-        t, l, b, r = digits.box(i)
-        mask[t:b, l:r] = 1
+        y0, x0, y1, x1 = digits.box(i)
+        mask[y0:y1, x0:x1] = 1
         coverage = F.avg_pool2d(mask[None, None], 4).flatten()
         _, plan = model.forward_features(image[None], 0.5, return_plan=True)
         on_top = plan.expert[0] >= 2

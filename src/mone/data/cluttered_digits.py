@@ -2,7 +2,8 @@
 
 scikit-learn ships 1,797 handwritten digits of 8x8 pixels. Each sample here upscales one of them, places it at a
 random position on a larger canvas, and adds distractor clutter: crops of *other* digits placed away from the
-digit (by default 4x4-pixel crops, a quarter of the digit's side, as in cluttered MNIST), plus pixel noise. Most tokens of such an image are redundant, which is the situation MoNE is built for.
+digit (by default 4x4-pixel crops, a quarter of the digit's side, as in cluttered MNIST), plus pixel noise. Most
+tokens of such an image are redundant, which is the situation MoNE is built for.
 
 Nothing is shipped or downloaded: samples are generated on access, sample ``i`` of a split being a pure function of
 ``(seed, split, i)``. The source digits are split once, with a fixed permutation that does not depend on ``seed``,

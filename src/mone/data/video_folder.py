@@ -1,10 +1,10 @@
 """Users' own clips: a ``root/<split>/<class>/<clip>`` tree, each clip a video file or a folder of frame images.
 
 Video files are decoded with PyAV (``pip install 'mone[video]'``); frame folders (PNG, JPEG, ... sorted by file
-name) with Pillow, as torchvision's ImageFolder does. Every clip is sampled uniformly to ``num_frames`` frames (frames repeat when the clip
-is shorter), its shorter side resized to ``img_size`` and centre-cropped, then normalised like
-:class:`~mone.data.image_folder.ImageFolderDataset`. No flips or crops are drawn at random: flipping a clip would
-change the meaning of classes such as "moving left".
+name) with Pillow, as torchvision's ImageFolder does. Every clip is sampled uniformly to ``num_frames`` frames
+(frames repeat when the clip is shorter), its shorter side resized to ``img_size`` and centre-cropped, then
+normalised like :class:`~mone.data.image_folder.ImageFolderDataset`. No flips or crops are drawn at random: flipping
+a clip would change the meaning of classes such as "moving left".
 """
 
 from __future__ import annotations

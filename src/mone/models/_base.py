@@ -11,12 +11,20 @@ same EPR capacities (see :meth:`MoneModelMixin.router_probs`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
-from ..capacity import capacity_distribution, realised_capacity, validate_capacity, validate_distribution
+from .._checks import check_input_tensor, check_int
+from ..capacity import (
+    capacity_distribution,
+    is_scalar_capacity,
+    realised_capacity,
+    validate_capacity,
+    validate_distribution,
+)
 from ..layers import dense_blocks_forward, nested_blocks_forward
 from ..routing import Router, RoutingPlan, make_routing_plan
 
@@ -61,16 +69,18 @@ def validate_vit_args(
     depth: int,
     num_heads: int,
     num_experts: int,
+    mlp_ratio: float = 4.0,
 ) -> None:
     """Raise ValueError naming the first architecture argument that is out of range."""
     for name, value in (("img_size", img_size), ("patch_size", patch_size), ("in_chans", in_chans),
                         ("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
-    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
-        raise ValueError(f"num_experts must be an integer >= 1, got {num_experts!r}")
+        check_int(name, value, 1)
+    check_int("num_classes", num_classes, 0)
+    check_int("num_experts", num_experts, 1)
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not (
+        math.isfinite(mlp_ratio) and int(embed_dim * mlp_ratio) >= 1
+    ):
+        raise ValueError(f"mlp_ratio must be a number > 0 with int(embed_dim * mlp_ratio) >= 1, got {mlp_ratio!r}")
     if img_size % patch_size != 0:
         raise ValueError(f"img_size ({img_size}) must be divisible by patch_size ({patch_size})")
     if embed_dim % num_heads != 0:
@@ -94,14 +104,16 @@ def init_vit_weights(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def check_images(x: torch.Tensor, in_chans: int, img_size: int) -> None:
-    """Raise ValueError unless ``x`` is a batch of images [B, in_chans, img_size, img_size]."""
+def check_images(x: torch.Tensor, in_chans: int, img_size: int, model_dtype: torch.dtype) -> None:
+    """Raise ValueError unless ``x`` is a non-empty batch of images [B, in_chans, img_size, img_size] that a model
+    with parameters of ``model_dtype`` can take."""
     if x.dim() != 4:
         raise ValueError(f"expected images [B, C, H, W], got a tensor of shape {tuple(x.shape)}")
     if x.shape[1] != in_chans:
         raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
     if tuple(x.shape[2:]) != (img_size, img_size):
         raise ValueError(f"expected {img_size}x{img_size} images, got {x.shape[2]}x{x.shape[3]}")
+    check_input_tensor(x, model_dtype, "images")
 
 
 class MoneModelMixin:
@@ -126,7 +138,7 @@ class MoneModelMixin:
         """Per-expert token fractions for ``capacity`` (a float budget, or a distribution); ``None``: the default."""
         if capacity is None:
             return self.distribution
-        if isinstance(capacity, (int, float)) or (isinstance(capacity, torch.Tensor) and capacity.dim() == 0):
+        if is_scalar_capacity(capacity):
             return capacity_distribution(_specialised(capacity), self.num_experts, beta=self.beta, delta=self.delta)
         distribution = validate_distribution(capacity)
         if len(distribution) != self.num_experts:
@@ -135,7 +147,7 @@ class MoneModelMixin:
 
     def set_capacity(self, capacity: CapacityLike) -> None:
         """Set the default budget: an effective capacity in ``[2**-(E-1), 1]`` or a per-expert distribution."""
-        if isinstance(capacity, (int, float)):
+        if is_scalar_capacity(capacity):
             capacity = validate_capacity(capacity, self.num_experts)
         self.distribution = self.resolve_distribution(capacity)
         self.capacity = capacity
@@ -156,9 +168,11 @@ class MoneModelMixin:
         nn.init.zeros_(self.alpha)
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a fresh ``num_classes``-way linear layer (``0``: no head)."""
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        """Replace the head with a fresh ``num_classes``-way linear layer (``0``: no head), on the model's device and
+        dtype."""
+        self.num_classes = check_int("num_classes", num_classes, 0)
+        like = dict(device=self.alpha.device, dtype=self.alpha.dtype)
+        self.head = nn.Linear(self.embed_dim, num_classes, **like) if num_classes > 0 else nn.Identity()
 
     @torch.no_grad()
     def project_alpha_(self) -> None:

@@ -159,7 +159,7 @@ class MoDVisionTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor, capacity: float | None = None) -> torch.Tensor:
         """Images [B, C, H, W] -> tokens [B, N, D] in input order."""
-        check_images(x, self.in_chans, self.img_size)
+        check_images(x, self.in_chans, self.img_size, self.pos_embed.dtype)
         k = self.num_selected(capacity)
         x = self.patch_embed(x) + self.pos_embed  # [B, N, D]
         if self.greedy:

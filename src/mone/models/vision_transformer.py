@@ -59,7 +59,8 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         router_block: int = 0,
     ) -> None:
         super().__init__()
-        validate_vit_args(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, num_experts)
+        validate_vit_args(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, num_experts,
+                          mlp_ratio)
         self.img_size = img_size
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -114,7 +115,7 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> patch tokens [B, N, D] (patch and position embeddings)."""
-        check_images(x, self.in_chans, self.img_size)
+        check_images(x, self.in_chans, self.img_size, self.pos_embed.dtype)
         return self.patch_embed(x) + self.pos_embed  # [B, N, D]
 
     def _pooled_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .._checks import check_input_tensor
 from ..layers import NestedBlock, dense_blocks_forward
 from ..routing import Router, RoutingPlan
 from ._base import CapacityLike, MoneModelMixin, build_registered_model, validate_vit_args
@@ -91,7 +92,8 @@ class MoneViViT(MoneModelMixin, nn.Module):
         router_block: int = 0,
     ) -> None:
         super().__init__()
-        validate_vit_args(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, num_experts)
+        validate_vit_args(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, num_experts,
+                          mlp_ratio)
         for name, value in (("num_frames", num_frames), ("tubelet_size", tubelet_size),
                             ("temporal_depth", temporal_depth)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -151,6 +153,7 @@ class MoneViViT(MoneModelMixin, nn.Module):
             raise ValueError(f"expected num_frames={self.num_frames} frames, got {T} (shape {tuple(x.shape)})")
         if (H, W) != self.patch_embed.img_size:
             raise ValueError(f"expected {self.img_size}x{self.img_size} frames, got {H}x{W}")
+        check_input_tensor(x, self.pos_embed.dtype, "clips")
 
     def forward_features(
         self, x: torch.Tensor, capacity: CapacityLike | None = None, return_plan: bool = False

@@ -1,0 +1,55 @@
+"""The demo's verdict: MoNE "matches", "beats" or "does not match" the dense ViT, with a margin of two standard errors.
+
+The margin is ``2 * sqrt((d (1 - d) + m (1 - m)) / n)`` for test accuracies ``d`` (dense) and ``m`` (MoNE) on ``n``
+images; MoNE matches when ``|m - d| <= margin``. The cases below are worked out by hand; the boundary cases use
+numbers that are exact in binary floating point, so the inclusive comparison is tested exactly.
+"""
+
+import math
+
+import pytest
+
+from mone.demo import _verdict
+
+
+@pytest.mark.parametrize(
+    "dense, mone, n, word, margin",
+    [
+        # 0.8 * 0.2 + 0.6 * 0.4 = 0.4: margin = 2 sqrt(0.4 / n)
+        (0.8, 0.6, 100, "does not match", 2 * math.sqrt(0.004)),  # gap -0.2 against 0.1265
+        (0.6, 0.8, 100, "beats", 2 * math.sqrt(0.004)),  # gap +0.2 against 0.1265
+        (0.8, 0.6, 16, "matches", 2 * math.sqrt(0.025)),  # gap -0.2 against 0.3162
+        (0.6, 0.8, 16, "matches", 2 * math.sqrt(0.025)),
+        # 0.9 * 0.1 * 2 = 0.18: margin = 2 sqrt(0.18 / 1000) = 0.02683; equal accuracies always match
+        (0.9, 0.9, 1000, "matches", 2 * math.sqrt(0.18e-3)),
+        (0.9, 0.87, 1000, "does not match", 2 * math.sqrt(0.2031e-3)),  # 0.09 + 0.1131: gap 0.03 > 0.02850
+        (0.87, 0.9, 1000, "beats", 2 * math.sqrt(0.2031e-3)),
+        (0.9, 0.88, 1000, "matches", 2 * math.sqrt(0.1956e-3)),  # 0.09 + 0.1056: gap 0.02 < 0.02797
+        # perfect accuracies: no spread at all, so only an exact tie matches
+        (1.0, 1.0, 5000, "matches", 0.0),
+        (0.0, 0.0, 5000, "matches", 0.0),
+        (1.0, 0.9998, 5000, "matches", 2 * math.sqrt(0.9998 * 0.0002 / 5000)),  # gap 2e-4 < margin 4e-4
+    ],
+)
+def test_verdict_by_hand(dense, mone, n, word, margin):
+    got_word, got_margin = _verdict(dense, mone, n)
+    assert got_margin == pytest.approx(margin, rel=1e-12, abs=1e-15)
+    assert got_word == word
+
+
+@pytest.mark.parametrize("n, word_up, word_down", [(28, "matches", "matches"), (29, "beats", "does not match")])
+def test_verdict_boundary_is_inclusive(n, word_up, word_down):
+    """0.5 and 0.75: 0.25 + 0.1875 = 7/16; with n = 28 the margin is 2 sqrt(1/64) = 1/4, exactly the gap."""
+    word, margin = _verdict(0.5, 0.75, n)
+    if n == 28:
+        assert margin == 0.25  # exact in binary
+    else:
+        assert margin < 0.25
+    assert word == word_up
+    assert _verdict(0.75, 0.5, n) == (word_down, margin)  # symmetric margin, mirrored word
+
+
+def test_more_test_images_narrow_the_margin():
+    margins = [_verdict(0.7, 0.68, n)[1] for n in (100, 400, 1600, 6400)]
+    assert margins == pytest.approx([margins[0] / 2**k for k in range(4)], rel=1e-12)  # 1 / sqrt(n)
+    assert [_verdict(0.7, 0.68, n)[0] for n in (100, 6400)] == ["matches", "does not match"]
