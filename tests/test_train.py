@@ -12,10 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
 
+import mone.data
+import mone.train.checkpoint
 from mone import count_flops, create_model
+from mone.data import ClutteredDigits
 from mone.train.checkpoint import (
+    FORMAT,
     load_checkpoint,
     load_model,
     optimizer_state_from_tensors,
@@ -26,14 +32,49 @@ from mone.train.checkpoint import (
 from mone.train.config import PAPER_CAPACITIES, TrainConfig
 from mone.train.loop import (
     StepBatchSampler,
+    TrainingInterrupted,
     capacities_for_step,
     epoch_permutation,
     planned_steps,
     train,
 )
+from mone.train.run_dir import claim_run_folder, read_metrics
 from mone.train.schedule import warmup_cosine_lr
 
 TINY_MODEL = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2)
+
+
+class NoisyDigits(Dataset):
+    """Cluttered digits with a random transform: noise drawn from torch's global RNG in ``__getitem__``."""
+
+    def __init__(self, split: str, data_dir: str | None = None, **kwargs) -> None:
+        self.base = ClutteredDigits(split, **kwargs)
+        self.num_classes, self.input_size = self.base.num_classes, self.base.input_size
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        return image + 0.1 * torch.randn_like(image), label
+
+
+@pytest.fixture
+def noisy_digits(monkeypatch):
+    """Registers ``noisy_digits`` (:class:`NoisyDigits`) as a dataset for the test."""
+    monkeypatch.setitem(mone.data._BUILDERS, "noisy_digits", NoisyDigits)
+
+
+def metric_steps(config: TrainConfig) -> list[int]:
+    return [record["step"] for record in read_metrics(Path(config.output_dir) / "metrics.jsonl")]
+
+
+def assert_same_checkpoints(a, b) -> None:
+    """Every tensor equal, torch's RNG state included (NumPy's global generator, which nothing in training draws
+    from, starts from OS entropy in each process)."""
+    assert a.meta["step"] == b.meta["step"] and set(a.tensors) == set(b.tensors)
+    for key in a.tensors.keys() - {"rng.numpy_keys"}:
+        assert torch.equal(a.tensors[key], b.tensors[key]), key
 
 
 def tiny_config(tmp_path, **changes) -> TrainConfig:
@@ -236,6 +277,235 @@ def test_resume_refuses_a_different_configuration(tmp_path):
     train(tiny_config(tmp_path, steps=3), progress=False)
     with pytest.raises(ValueError, match="lr"):
         train(tiny_config(tmp_path, steps=3, lr=1e-2), resume=True, progress=False)
+
+
+def test_resume_after_a_crash_is_bit_identical_with_random_transforms(tmp_path, noisy_digits):
+    # The DataLoader draws its worker seed when its iterator is created: from the global RNG, that draw would shift
+    # the noise of every sample after a resume.
+    config = tiny_config(tmp_path, dataset="noisy_digits", steps=8, checkpoint_every=3, capacity_mode="adaptive")
+    straight = config.replace(output_dir=str(tmp_path / "straight"))
+    crashed = config.replace(output_dir=str(tmp_path / "crashed"))
+    train(straight, progress=False)
+
+    def crash(step, metrics):
+        if step == 5:
+            raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError, match="crash"):
+        train(crashed, progress=False, step_callback=crash)
+    assert load_checkpoint(crashed.output_dir).meta["step"] == 3
+    train(crashed, resume=True, progress=False)
+    assert_same_checkpoints(load_checkpoint(straight.output_dir), load_checkpoint(crashed.output_dir))
+    assert metric_steps(crashed) == list(range(1, 9))
+
+
+# -- run folders: never overwritten, one trainer at a time, crash leftovers -------------------------------------------
+
+@pytest.mark.parametrize("changes", [{}, {"lr": 1e-2}])
+def test_a_folder_holding_a_run_is_refused_without_resume(tmp_path, changes):
+    config = tiny_config(tmp_path, steps=3)
+    train(config, progress=False)
+    run = Path(config.output_dir)
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    with pytest.raises(FileExistsError, match=f"output folder {run} already holds a run.*--resume"):
+        train(config.replace(**changes), progress=False)
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+    (run / "checkpoint.safetensors").unlink()  # metrics alone are a run too
+    with pytest.raises(FileExistsError, match=r"already holds a run \(metrics.jsonl\)"):
+        train(config.replace(**changes), progress=False)
+
+
+def test_a_second_trainer_in_the_same_folder_is_refused(tmp_path):
+    config = tiny_config(tmp_path, steps=3)
+    refusals = []
+
+    def start_another(step, metrics):
+        if step == 2:  # while the first run holds the folder
+            for resume in (False, True):
+                with pytest.raises(BlockingIOError, match="in use by another training process"):
+                    train(config, resume=resume, progress=False)
+                refusals.append(resume)
+
+    train(config, progress=False, step_callback=start_another)
+    assert refusals == [False, True]
+    assert metric_steps(config) == [1, 2, 3] and load_checkpoint(config.output_dir).meta["step"] == 3
+    with claim_run_folder(config.output_dir, resume=True):  # released when the run ended
+        pass
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_a_broken_one_named(tmp_path, caplog):
+    config = tiny_config(tmp_path, steps=3)
+    train(config, progress=False)
+    metrics = Path(config.output_dir) / "metrics.jsonl"
+    lines = metrics.read_text()
+    metrics.write_text(lines + '{"step": 4, "lo')  # a crash in the middle of a line
+    train(config, resume=True, progress=False)
+    assert metrics.read_text() == lines
+    assert f"{metrics}: dropping its torn last line 4" in caplog.text
+    broken = lines.splitlines()
+    broken[1] = broken[1][:-3]
+    metrics.write_text("\n".join(broken) + "\n")
+    with pytest.raises(ValueError, match=f"{metrics}, line 2: not a metrics record"):
+        train(config, resume=True, progress=False)
+
+
+def test_temporary_files_of_a_killed_save_are_removed(tmp_path, caplog):
+    config = tiny_config(tmp_path, steps=3)
+    run = Path(config.output_dir)
+    run.mkdir(parents=True)
+    stale = [run / ".checkpoint.safetensors.tmp4242", run / ".checkpoint.json.tmp17"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    (run / "notes.tmp1").write_text("not ours")
+    train(config, progress=False)
+    assert not any(path.exists() for path in stale) and (run / "notes.tmp1").exists()
+    assert "left behind by an interrupted save" in caplog.text
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), SafetensorError("IoError: StorageFull")])
+def test_a_failed_checkpoint_save_names_the_file_and_leaves_no_temporary(tmp_path, monkeypatch, failure):
+    model = create_model("mone_vit_test", **TINY_MODEL)
+    path = save_checkpoint(tmp_path / "c.safetensors", model, "mone_vit_test", TINY_MODEL, step=1)
+    before = path.read_bytes()
+
+    def half_written(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 100)
+        raise failure
+
+    monkeypatch.setattr(mone.train.checkpoint, "save_file", half_written)
+    with pytest.raises(OSError, match=f"cannot write checkpoint {path}: "):
+        save_checkpoint(path, model, "mone_vit_test", TINY_MODEL, step=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.safetensors"] and path.read_bytes() == before
+
+
+def test_resume_without_a_checkpoint_restarts_a_run_that_died_before_its_first(tmp_path, caplog):
+    config = tiny_config(tmp_path, steps=4, checkpoint_every=3)
+
+    def crash(step, metrics):
+        if step == 2:
+            raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        train(config, progress=False, step_callback=crash)
+    run = Path(config.output_dir)
+    assert not (run / "checkpoint.safetensors").exists() and metric_steps(config) == [1, 2]
+    with pytest.raises(ValueError, match="cannot resume from .*config.json: it was trained with lr=0.003"):
+        train(config.replace(lr=1e-2), resume=True, progress=False)
+    train(config, resume=True, progress=False)
+    assert "has metrics up to step 2 but no checkpoint" in caplog.text and "restarting from step 0" in caplog.text
+    assert metric_steps(config) == [1, 2, 3, 4]
+    (run / "checkpoint.safetensors").unlink()
+    (run / "config.json").unlink()
+    with pytest.raises(ValueError, match="neither a checkpoint nor config.json"):
+        train(config, resume=True, progress=False)
+
+
+# -- divergence and interruption --------------------------------------------------------------------------------------
+
+class PoisonedAdamW(torch.optim.AdamW):
+    """AdamW whose ``poison_at``-th step leaves a NaN in the first weight, as an overflowing update would."""
+
+    poison_at = 0
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        self.steps_taken = getattr(self, "steps_taken", 0) + 1
+        if self.steps_taken == self.poison_at:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return loss
+
+
+@pytest.mark.parametrize("poison_at, message", [
+    (4, "the loss became non-finite \\(NaN or inf\\) at step 5"),  # found at step 6, the next log line
+    (6, "the weights became non-finite \\(NaN or inf\\) at step 6"),  # step 6's loss was finite, its update not
+])
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, poison_at, message):
+    monkeypatch.setattr(PoisonedAdamW, "poison_at", poison_at)
+    monkeypatch.setattr(torch.optim, "AdamW", PoisonedAdamW)
+    config = tiny_config(tmp_path, steps=9, log_every=2, checkpoint_every=3)
+    with pytest.raises(FloatingPointError, match=f"{message}: training stopped; the checkpoint of step 3 in "):
+        train(config, progress=False)
+    checkpoint = load_checkpoint(config.output_dir)
+    assert checkpoint.meta["step"] == 3 and all(t.isfinite().all() for t in checkpoint.tensors.values())
+    assert metric_steps(config) == [2, 4] if poison_at == 4 else [2, 4, 6]
+    assert all(math.isfinite(record["loss"]) for record in read_metrics(Path(config.output_dir) / "metrics.jsonl"))
+
+
+def test_divergence_before_the_first_checkpoint_writes_none(tmp_path):
+    config = tiny_config(tmp_path, steps=6, lr=1e8, grad_clip=0.0, warmup_steps=0, checkpoint_every=3)
+    with pytest.raises(FloatingPointError, match="non-finite .* at step [12]: .*no checkpoint was written"):
+        train(config, progress=False)
+    assert not (Path(config.output_dir) / "checkpoint.safetensors").exists()
+
+
+def test_non_finite_checkpoints_are_refused(tmp_path):
+    model_kwargs = dict(TINY_MODEL, in_chans=1, num_classes=10)
+    model = create_model("mone_vit_test", **model_kwargs)
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("inf")
+    path = save_checkpoint(tmp_path / "c.safetensors", model, "mone_vit_test", model_kwargs)
+    with pytest.raises(ValueError, match=f"checkpoint {path} holds non-finite weights \\(head.weight"):
+        load_model(path)  # what eval and viz read
+    config = tiny_config(tmp_path, init_from=str(path))
+    with pytest.raises(ValueError, match=f"checkpoint {path} holds non-finite weights"):
+        train(config, progress=False)
+    assert not Path(config.output_dir).exists()
+
+
+def test_ctrl_c_says_where_it_stopped_and_resume_continues(tmp_path):
+    config = tiny_config(tmp_path, steps=6, checkpoint_every=3)
+
+    def interrupt(step, metrics):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match=f"interrupted after step 4 of 6; the checkpoint of step 3 in "
+                                                  f"{config.output_dir} is kept; continue with --resume"):
+        train(config, progress=False, step_callback=interrupt)
+    assert load_checkpoint(config.output_dir).meta["step"] == 3
+    train(config, resume=True, progress=False)
+    assert metric_steps(config) == list(range(1, 7))
+
+
+@pytest.mark.parametrize("meta", [json.dumps([1, 2]), json.dumps({"model_kwargs": {}, "step": 0}),
+                                  json.dumps({"model": "mone_vit_test", "model_kwargs": {}, "step": "7"})])
+def test_checkpoint_metadata_without_the_model_or_step_is_rejected(tmp_path, meta):
+    path = tmp_path / "c.safetensors"
+    save_file({"model.x": torch.zeros(1)}, str(path), metadata={"format": FORMAT, "mone": meta})
+    with pytest.raises(ValueError, match=f"checkpoint {path} has incomplete metadata"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_without_training_state_cannot_be_resumed(tmp_path):
+    config = tiny_config(tmp_path, steps=3)
+    train(config, progress=False)
+    model, checkpoint = load_model(config.output_dir)
+    save_checkpoint(checkpoint.path, model, "mone_vit_test", checkpoint.meta["model_kwargs"], step=3, include_rng=False)
+    with pytest.raises(ValueError, match="has no config or optimizer or rng state, so it cannot be resumed"):
+        train(config, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "unknown device 'tpu'"), ("cuda", "CUDA is not available"),
+                                             ("meta", "not available here")])
+def test_unusable_devices_fail_before_writing(tmp_path, monkeypatch, device, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = tiny_config(tmp_path, device=device)
+    with pytest.raises(ValueError, match=message):
+        train(config, progress=False)
+    assert not Path(config.output_dir).exists()
+
+
+def test_unreadable_data_fails_before_writing(tmp_path, monkeypatch):
+    class Broken(NoisyDigits):
+        def __getitem__(self, index):
+            raise ValueError(f"sample {index} cannot be decoded")
+
+    monkeypatch.setitem(mone.data._BUILDERS, "broken", Broken)
+    config = tiny_config(tmp_path, dataset="broken")
+    with pytest.raises(ValueError, match="cannot be decoded"):
+        train(config, progress=False)
+    assert not Path(config.output_dir).exists()
 
 
 _RESUME_SCRIPT = textwrap.dedent("""
