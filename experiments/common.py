@@ -32,7 +32,8 @@ from mone.data import build_dataset
 from mone.train.checkpoint import load_model
 from mone.train.config import TrainConfig
 from mone.train.evaluate import evaluate
-from mone.train.loop import CHECKPOINT_NAME, train
+from mone.train.checkpoint import CHECKPOINT_NAME
+from mone.train.loop import train
 
 __all__ = ["Arm", "aggregate", "main", "run_study"]
 

@@ -7,8 +7,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
+import mone.train.checkpoint
+import mone.train.loop
+from mone import create_model
 from mone.cli import main
+from mone.train.checkpoint import FORMAT, save_checkpoint
+from mone.train.run_dir import claim_run_folder
 
 MODEL = ["--model", "mone_vit_test", "--model-arg", "img_size=16", "--model-arg", "patch_size=4",
          "--model-arg", "embed_dim=32", "--model-arg", "depth=1", "--batch-size", "16", "--steps", "3",
@@ -157,3 +164,92 @@ def test_unwritable_output_folder(trained, tmp_path, capsys):
         locked.mkdir(mode=0o500)
         err = one_line_error(capsys, ["train", *TINY, "--output", str(locked / "run")])
         assert "output folder" in err and not Path(locked / "run").exists()
+
+
+# -- runs are never lost: occupied folders, divergence, interruption, failed saves ------------------------------------
+
+def test_a_folder_holding_a_run_is_refused(trained, capsys):
+    before = {path.name: path.read_bytes() for path in trained.iterdir()}
+    err = one_line_error(capsys, ["train", *TINY, "--capacity", "0.5", "--output", str(trained)])
+    assert f"output folder {trained} already holds a run" in err and "--resume" in err
+    # --resume with another preset is another run
+    err = one_line_error(capsys, ["train", "--config", "demo_mone", "--local", "--resume", "--output", str(trained),
+                                  "--no-progress"])
+    assert "cannot resume" in err
+    assert {path.name: path.read_bytes() for path in trained.iterdir()} == before
+
+
+def test_local_needs_a_preset(tmp_path, capsys):
+    err = one_line_error(capsys, ["train", *TINY, "--local", "--output", str(tmp_path / "out")])
+    assert "--local" in err and "--config" in err and not (tmp_path / "out").exists()
+
+
+def test_a_folder_in_use_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    with claim_run_folder(out, resume=False):  # another trainer holds it
+        err = one_line_error(capsys, ["train", *TINY, "--output", str(out)])
+    assert f"output folder {out} is in use by another training process" in err
+    assert sorted(path.name for path in out.iterdir()) == [".lock"]
+
+
+def test_divergence_is_an_error_and_eval_refuses_non_finite_weights(tmp_path, capsys):
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["train", *TINY, "--lr", "1e8", "--grad-clip", "0", "--warmup-steps", "0",
+                                  "--output", str(out)])
+    assert "the loss became non-finite (NaN or inf) at step" in err and "no checkpoint was written" in err
+    assert not (out / "checkpoint.safetensors").exists()
+    kwargs = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, in_chans=1, num_classes=10)
+    model = create_model("mone_vit_test", **kwargs)
+    with torch.no_grad():
+        model.pos_embed.fill_(float("nan"))
+    path = save_checkpoint(tmp_path / "nan.safetensors", model, "mone_vit_test", kwargs,
+                           config={"dataset": "cluttered_digits"})
+    err = one_line_error(capsys, ["eval", str(path), "--output", str(tmp_path / "eval")])
+    assert "non-finite weights (pos_embed" in err and not (tmp_path / "eval").exists()
+
+
+def test_ctrl_c_is_one_line_and_resume_continues(tmp_path, capsys, monkeypatch):
+    def lr_or_ctrl_c(step, *args, **kwargs):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real_lr(step, *args, **kwargs)
+
+    real_lr = mone.train.loop.warmup_cosine_lr
+    monkeypatch.setattr(mone.train.loop, "warmup_cosine_lr", lr_or_ctrl_c)
+    out = tmp_path / "out"
+    args = ["train", *TINY, "--checkpoint-every", "1", "--output", str(out)]
+    assert main(args) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"mone train: interrupted after step 2 of 3; the checkpoint of step 2 in {out} is kept; " \
+                  f"continue with --resume"
+    monkeypatch.setattr(mone.train.loop, "warmup_cosine_lr", real_lr)
+    assert main([*args, "--resume"]) == 0
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 3
+
+
+def test_a_full_disk_names_the_checkpoint(tmp_path, capsys, monkeypatch):
+    def no_space(tensors, filename, metadata=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mone.train.checkpoint, "save_file", no_space)
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["train", *TINY, "--output", str(out)])
+    assert f"cannot write checkpoint {out / 'checkpoint.safetensors'}: No space left on device" in err
+    assert not [path for path in out.iterdir() if "tmp" in path.name]
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "unknown device 'tpu'"), ("cuda", "CUDA is not available")])
+def test_unusable_devices(trained, tmp_path, capsys, monkeypatch, device, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    assert message in one_line_error(capsys, ["train", *TINY, "--device", device, "--output", str(out)])
+    assert message in one_line_error(capsys, ["eval", str(trained), "--device", device, "--output", str(out)])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '{"model_kwargs": {}, "step": 3}'])
+def test_checkpoint_metadata_without_a_model(tmp_path, capsys, meta):
+    path = tmp_path / "c.safetensors"
+    save_file({"model.x": torch.zeros(1)}, str(path), metadata={"format": FORMAT, "mone": meta})
+    err = one_line_error(capsys, ["eval", str(path), "--output", str(tmp_path / "out")])
+    assert f"checkpoint {path} has incomplete metadata" in err

@@ -1,4 +1,5 @@
-"""Atomic file output: a reader sees the old file or the new one, never half of one."""
+"""File output: folders checked before use, and atomic writes (a reader sees the old file or the new one, never
+half of one)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_text", "fsync_replace", "save_figure"]
+__all__ = ["atomic_write_text", "fsync_replace", "prepare_output_dir", "save_figure"]
+
+
+def prepare_output_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and check that files can be written there (PermissionError otherwise)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"output folder {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PermissionError(f"cannot create output folder {path}: {error.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder {path} is not writable")
+    return path
 
 
 def fsync_replace(tmp: Path, path: Path) -> None:
@@ -17,12 +32,18 @@ def fsync_replace(tmp: Path, path: Path) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    An OSError (a full disk, say) leaves ``path`` as it was, removes the temporary file and is re-raised with a
+    message that names ``path``.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         tmp.write_text(text)
         fsync_replace(tmp, path)
+    except OSError as error:
+        raise type(error)(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         tmp.unlink(missing_ok=True)
 

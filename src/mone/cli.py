@@ -1,7 +1,9 @@
 """Command line: ``mone train | eval | viz | bench | flops | demo``.
 
 Each subcommand lives in the module that does its job and exposes ``add_arguments(parser)`` and
-``run(args) -> int``; this file only wires them together and turns user errors into one-line messages.
+``run(args) -> int``; this file only wires them together and turns user errors into one-line messages: exit status
+2 for bad input or a failed run (ValueError, OSError such as a full disk or a folder in use, FloatingPointError for
+a diverged run), 130 for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return args._run(args)
-    except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as error:
+    except KeyboardInterrupt as error:
+        print(f"mone {args.command}: {error or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, FloatingPointError) as error:
         print(f"mone {args.command}: error: {error}", file=sys.stderr)
         return 2
 

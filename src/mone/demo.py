@@ -24,7 +24,8 @@ from .configs import demo as demo_config
 from .data import build_dataset
 from ._io import atomic_write_text
 from .train.evaluate import format_table, evaluate, plot_accuracy_vs_flops, write_results
-from .train.loop import prepare_output_dir, train
+from ._io import prepare_output_dir
+from .train.loop import train
 from .viz import object_routing_share, save_routing_maps
 
 __all__ = ["add_arguments", "run", "run_demo"]

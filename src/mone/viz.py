@@ -261,7 +261,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .data import build_dataset
     from .train.checkpoint import load_model
-    from .train.loop import prepare_output_dir
+    from ._io import prepare_output_dir
 
     model, checkpoint = load_model(args.checkpoint)
     num_experts = getattr(model, "num_experts", 1)

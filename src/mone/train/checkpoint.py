@@ -4,7 +4,8 @@
 (``optimizer.<param index>.<key>``) and the torch RNG states (``rng.*``). Its header metadata holds, as JSON, the
 model name and keyword arguments, the :class:`~mone.train.config.TrainConfig`, the optimiser's hyper-parameters, the
 Python/NumPy RNG states and the step. That file alone is the checkpoint; it is written to a temporary file and
-moved into place with ``os.replace``, so a reader sees the old or the new checkpoint, never half of one. The
+moved into place with ``os.replace``, so a reader sees the old or the new checkpoint, never half of one (a failed
+save removes its temporary file; the trainer removes one left by a killed save when it next claims the folder). The
 ``<name>.json`` beside it repeats the metadata for people and tools (it is written after the tensors and is never
 read back). Nothing here uses pickle.
 """
@@ -29,7 +30,9 @@ from .._io import atomic_write_text, fsync_replace
 from ..models import create_model
 
 __all__ = [
+    "CHECKPOINT_NAME",
     "Checkpoint",
+    "check_finite_weights",
     "check_same_architecture",
     "load_checkpoint",
     "load_model",
@@ -41,6 +44,7 @@ __all__ = [
 ]
 
 FORMAT = "mone-checkpoint-v1"
+CHECKPOINT_NAME = "checkpoint.safetensors"  # a run folder's checkpoint
 
 
 @dataclass
@@ -167,27 +171,29 @@ def save_checkpoint(
     try:
         save_file(tensors, str(tmp), metadata={"format": FORMAT, "mone": text})
         fsync_replace(tmp, path)
+    except (OSError, SafetensorError) as error:  # e.g. a full disk: the previous checkpoint stays as it was
+        raise OSError(f"cannot write checkpoint {path}: {getattr(error, 'strerror', None) or error}") from None
     finally:
         tmp.unlink(missing_ok=True)
     atomic_write_text(path.with_suffix(".json"), text + "\n")
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors on CPU).
+def load_checkpoint(path: str | os.PathLike, tensors: bool = True) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors on CPU; only the metadata if not ``tensors``).
 
     A folder is read as ``<folder>/checkpoint.safetensors``. Raises FileNotFoundError when it does not exist and
-    ValueError when it is not a readable mone checkpoint.
+    ValueError when it is not a readable mone checkpoint or its metadata lacks the model or the step.
     """
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.safetensors"
+        path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            values = {key: handle.get_tensor(key) for key in handle.keys()} if tensors else {}
     except (SafetensorError, OSError, RuntimeError) as error:
         raise ValueError(f"checkpoint {path} is corrupt or not a safetensors file ({error})") from None
     if header.get("format") != FORMAT or "mone" not in header:
@@ -196,7 +202,19 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         meta = json.loads(header["mone"])
     except json.JSONDecodeError as error:
         raise ValueError(f"checkpoint {path} has corrupt metadata ({error})") from None
-    return Checkpoint(path, meta, tensors)
+    step = meta.get("step") if isinstance(meta, dict) else None
+    if not (isinstance(meta, dict) and isinstance(meta.get("model"), str) and isinstance(meta.get("model_kwargs"), dict)
+            and isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        raise ValueError(f"checkpoint {path} has incomplete metadata: it needs a JSON object with 'model' (a name), "
+                         f"'model_kwargs' (an object) and 'step' (an integer >= 0)")
+    return Checkpoint(path, meta, values)
+
+
+def check_finite_weights(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise ValueError naming the first floating-point tensor of ``state`` that holds a NaN or an infinity."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{source} holds non-finite weights ({key} has NaN or inf values): its run diverged")
 
 
 def check_same_architecture(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -221,5 +239,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     model = create_model(checkpoint.meta["model"], **checkpoint.meta["model_kwargs"])
     state = checkpoint.model_state
     check_same_architecture(model, state, str(checkpoint.path))
+    check_finite_weights(state, f"checkpoint {checkpoint.path}")
     model.load_state_dict(state)
     return model.to(device).eval(), checkpoint

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..configs import get_config, list_configs
-from .checkpoint import load_checkpoint
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .config import CAPACITY_MODES, PRECISIONS, TrainConfig
-from .loop import CHECKPOINT_NAME, train
+from .loop import train
+from .run_dir import read_config
 
 __all__ = ["add_arguments", "config_from_args", "run"]
 
@@ -70,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scale the steps by dense / MoNE FLOPs")
     parser.add_argument("--init-from", default=None, help="start from this checkpoint's weights (e.g. nested)")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--output", default=None, help="run folder (checkpoint, metrics.jsonl, config.json)")
+    parser.add_argument("--output", default=None,
+                        help="run folder (checkpoint, metrics.jsonl, config.json); one holding a run needs --resume")
     parser.add_argument("--log-every", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader processes")
@@ -79,13 +81,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _saved_config(folder: Path) -> TrainConfig | None:
+    """The configuration of the run in ``folder``: its checkpoint's, else its ``config.json``, else None."""
+    if (folder / CHECKPOINT_NAME).exists():
+        saved = load_checkpoint(folder / CHECKPOINT_NAME, tensors=False).meta.get("config")
+    else:
+        saved = read_config(folder)
+    return TrainConfig.from_dict(saved) if isinstance(saved, dict) else None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The run's configuration: a saved run (``--resume``), a preset or the defaults, then the given flags."""
-    saved = Path(args.output or TrainConfig().output_dir) / CHECKPOINT_NAME
-    if args.resume and saved.exists():
-        config = TrainConfig.from_dict(load_checkpoint(saved).meta["config"])
-    elif args.config is not None:
+    """The run's configuration: a preset, the saved run (``--resume``) or the defaults, then the given flags.
+
+    With ``--resume`` and ``--config``, the preset (and flags) must describe the saved run: the trainer refuses a
+    different one.
+    """
+    if args.local and args.config is None:
+        raise ValueError("--local selects a preset's tiny version: name the preset with --config")
+    if args.config is not None:
         config = get_config(args.config, local=args.local)
+    elif args.resume:
+        config = _saved_config(Path(args.output or TrainConfig().output_dir)) or TrainConfig()
     else:
         config = TrainConfig()
     changes = {field: getattr(args, flag) for flag, field in _OVERRIDES.items() if getattr(args, flag) is not None}

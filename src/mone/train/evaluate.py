@@ -23,12 +23,12 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .._device import resolve_device
+from .._io import atomic_write_text, prepare_output_dir, save_figure
 from ..capacity import feasible_capacity_range, validate_capacity
 from ..data import build_dataset
 from ..flops import count_flops
-from .._io import atomic_write_text, save_figure
 from .checkpoint import load_model
-from .loop import prepare_output_dir
 
 __all__ = [
     "DEFAULT_CAPACITIES",
@@ -179,7 +179,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="dataset folder (default: the training run's)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--output", default="runs/eval", help="folder for results.csv/json and the plot")
 
@@ -187,9 +187,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.labels is not None and len(args.labels) != len(args.checkpoints):
         raise ValueError(f"--labels names {len(args.labels)} curves for {len(args.checkpoints)} checkpoints")
+    device = resolve_device(args.device)
     loaded = []
     for path in args.checkpoints:  # load and validate everything before writing anything
-        model, checkpoint = load_model(path, args.device)
+        model, checkpoint = load_model(path, device)
         capacities = default_capacities_for(model) if args.capacities is None else args.capacities
         for capacity in capacities:
             validate_capacity(capacity, getattr(model, "num_experts", 1))
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     labels = args.labels or [Path(p).parent.name if Path(p).is_file() else Path(p).name for p in args.checkpoints]
     results = {}
     for label, (path, model, capacities, dataset) in zip(labels, loaded):
-        rows = evaluate(model, dataset, capacities, args.batch_size, args.device, bf16=args.bf16, progress=True)
+        rows = evaluate(model, dataset, capacities, args.batch_size, device, bf16=args.bf16, progress=True)
         results[label] = rows
         print(format_table(rows, title=f"{label} ({path}, {args.split} split, {rows[0]['num_samples']} samples)"))
     paths = write_results(results, output_dir)

@@ -14,7 +14,7 @@ DistributedDataParallel (gloo on CPU, NCCL on GPUs); process 0 writes checkpoint
 from __future__ import annotations
 
 import contextlib
-import json
+import itertools
 import logging
 import os
 import time
@@ -31,13 +31,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from .._device import resolve_device
+from .._io import atomic_write_text, prepare_output_dir  # prepare_output_dir: re-exported for viz and demo
 from ..capacity import validate_capacity
 from ..data import build_dataset
 from ..flops import count_flops
 from ..models import create_model, load_dense_weights, needs_upcycling
-from .._io import atomic_write_text
 from .checkpoint import (
+    CHECKPOINT_NAME,
     Checkpoint,
+    check_finite_weights,
     check_same_architecture,
     load_checkpoint,
     optimizer_state_from_tensors,
@@ -45,13 +48,21 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig
+from .run_dir import (
+    CONFIG_NAME,
+    METRICS_NAME,
+    append_metrics,
+    claim_run_folder,
+    read_config,
+    read_metrics,
+    truncate_metrics,
+)
 from .schedule import warmup_cosine_lr
 
 __all__ = [
-    "CHECKPOINT_NAME",
-    "METRICS_NAME",
     "StepBatchSampler",
     "TrainResult",
+    "TrainingInterrupted",
     "capacities_for_step",
     "epoch_permutation",
     "model_kwargs_for_dataset",
@@ -62,8 +73,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
-METRICS_NAME = "metrics.jsonl"
 # Fields that may differ between a run and its resumption without changing what is computed.
 _RESUME_MAY_CHANGE = {"output_dir", "log_every", "num_workers", "device", "data_dir", "checkpoint_every"}
 
@@ -167,30 +176,6 @@ def _validate_capacities(config: TrainConfig, model: nn.Module) -> None:
             check(capacity)
 
 
-# -- output folder and metrics ------------------------------------------------------------------------------------
-
-def prepare_output_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` if needed and check that files can be written there (PermissionError otherwise)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"output folder {path} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PermissionError(f"cannot create output folder {path}: {error.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise PermissionError(f"output folder {path} is not writable")
-    return path
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines written after ``last_step`` by a run that died before its next checkpoint."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 # -- distributed --------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -217,14 +202,6 @@ def _init_distributed(device_name: str) -> _Dist:
     return _Dist(rank, world_size, local_rank, owns)
 
 
-def _resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    return torch.device(name)
-
-
 # -- the loop -----------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -248,19 +225,214 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says after which step and which checkpoint is kept."""
+
+
+# -- resuming -----------------------------------------------------------------------------------------------------
+
 def start_step_of(checkpoint: Checkpoint | None) -> int:
     """Optimiser steps already done: the checkpoint's step, or 0 for a fresh run."""
     return 0 if checkpoint is None else int(checkpoint.meta["step"])
 
 
-def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+def _check_resumable(saved: dict[str, Any], config: TrainConfig, source: Path) -> None:
     now = config.to_dict()
     for key in sorted(set(saved) | set(now)):
         if key not in _RESUME_MAY_CHANGE and saved.get(key) != now.get(key):
             raise ValueError(
-                f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, this run asks for "
+                f"cannot resume from {source}: it was trained with {key}={saved.get(key)!r}, this run asks for "
                 f"{now.get(key)!r}"
             )
+
+
+def _resume_checkpoint(output_dir: Path, config: TrainConfig, model: nn.Module) -> Checkpoint | None:
+    """The checkpoint a resumed run continues from, checked against ``config`` and ``model``; None to start at step 0.
+
+    Without a checkpoint, a folder whose run stopped before its first checkpoint restarts from step 0 (nothing
+    before it can be recovered, and the steps are replayed exactly), provided its ``config.json`` is this run's.
+    """
+    path = output_dir / CHECKPOINT_NAME
+    if path.exists():
+        checkpoint = load_checkpoint(path)
+        missing = [key for key in ("config", "optimizer", "rng") if not isinstance(checkpoint.meta.get(key), dict)]
+        if missing:
+            raise ValueError(f"checkpoint {path} has no {' or '.join(missing)} state, so it cannot be resumed "
+                             f"(--init-from starts a new run from its weights)")
+        _check_resumable(checkpoint.meta["config"], config, path)
+        check_same_architecture(model, checkpoint.model_state, str(path))
+        check_finite_weights(checkpoint.model_state, f"checkpoint {path}")
+        return checkpoint
+    saved, logged = read_config(output_dir), read_metrics(output_dir / METRICS_NAME)
+    if saved is not None:
+        _check_resumable(saved, config, output_dir / CONFIG_NAME)
+    if logged and saved is None:
+        raise ValueError(f"cannot resume {output_dir}: it holds {METRICS_NAME} but neither a checkpoint nor "
+                         f"{CONFIG_NAME}, so which run wrote it is unknown; train into another folder")
+    if logged:
+        _logger.warning("%s has metrics up to step %d but no checkpoint (its run stopped before the first one): "
+                        "restarting from step 0", output_dir, logged[-1]["step"])
+    else:
+        _logger.info("no checkpoint in %s: starting from step 0", output_dir)
+    return None
+
+
+def _restore(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    model.load_state_dict(checkpoint.model_state)
+    try:
+        optimizer.load_state_dict(optimizer_state_from_tensors(checkpoint.section("optimizer"),
+                                                               checkpoint.meta["optimizer"]))
+        set_rng_state(checkpoint.section("rng"), checkpoint.meta["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"checkpoint {checkpoint.path}: its optimiser or RNG state cannot be restored "
+                         f"({error!r})") from None
+
+
+def _loader_generator(seed: int, start_step: int) -> torch.Generator:
+    """The DataLoader's own generator, seeded by ``(seed, start_step)``.
+
+    A DataLoader draws its workers' base seed when its iterator is created; from this generator rather than the
+    global one, so the global RNG (random transforms at ``num_workers=0``) continues exactly where the checkpoint
+    left it.
+    """
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start_step, 2]).generate_state(1)[0]))
+
+
+# -- the loop -----------------------------------------------------------------------------------------------------
+
+_NEVER = 2 ** 62  # "no non-finite loss yet"
+
+
+class _StepMetrics:
+    """The metrics of the steps since the last log line, kept on the device so that a step never waits for the host:
+    sums of loss x samples, correct predictions and samples, and the first step whose loss was NaN or infinite."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.first_nonfinite = torch.full((), _NEVER, dtype=torch.int64, device=device)
+        self.start = time.perf_counter()
+
+    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.first_nonfinite = torch.minimum(self.first_nonfinite, torch.where(loss.isfinite(), _NEVER, step))
+            self.sums[0] += loss.double() * len(labels)
+            self.sums[1] += (logits.argmax(dim=-1) == labels).sum()
+            self.sums[2] += len(labels)
+
+    def first_nonfinite_step(self, ddp: _Dist) -> int | None:
+        """The first step whose loss was not finite on any process, or None."""
+        first = self.first_nonfinite.clone()
+        if ddp.world_size > 1:
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        return None if first.item() == _NEVER else int(first.item())
+
+    def read(self, ddp: _Dist) -> dict[str, float]:
+        """Loss, accuracy and images/s over all processes since the last call; starts a new window."""
+        if ddp.world_size > 1:
+            dist.all_reduce(self.sums)
+        loss_sum, correct, seen = self.sums.tolist()
+        elapsed = time.perf_counter() - self.start
+        self.sums.zero_()
+        self.start = time.perf_counter()
+        return {"loss": loss_sum / seen, "acc": correct / seen, "img_per_s": seen / max(elapsed, 1e-9)}
+
+
+@dataclass
+class _Run:
+    """A run once everything is checked and its folder claimed: what one optimiser step, a log line and a
+    checkpoint need, and which checkpoint is on disk."""
+
+    config: TrainConfig
+    ddp: _Dist
+    model: nn.Module
+    train_model: nn.Module  # the model, DDP-wrapped when data parallel
+    optimizer: torch.optim.Optimizer
+    model_kwargs: dict[str, Any]
+    total_steps: int
+    steps_per_epoch: int
+    saved_step: int | None  # the step of the checkpoint on disk, None when there is none
+
+    def __post_init__(self) -> None:
+        device = next(self.model.parameters()).device
+        self.num_experts = getattr(self.model, "num_experts", 1)
+        self.metrics = _StepMetrics(device)
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if self.config.precision == "bf16"
+                         else contextlib.nullcontext())
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+    def kept(self) -> str:
+        """What is on disk, for a run that stops here."""
+        if self.saved_step is None:
+            return f"no checkpoint was written to {self.output_dir}"
+        return f"the checkpoint of step {self.saved_step} in {self.output_dir} is kept"
+
+    def optimizer_step(self, step: int, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """Step ``step`` (0-based): a forward and backward per capacity, clipping, the update, alpha's projection.
+
+        Returns the learning rate and the capacity (the last of the step's) for the log line.
+        """
+        config = self.config
+        lr = warmup_cosine_lr(step, self.total_steps, config.lr, config.warmup_steps, config.min_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        capacities = capacities_for_step(config, step, self.num_experts)
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss = torch.zeros((), device=images.device)
+        for i, capacity in enumerate(capacities):
+            # Accumulate one backward per capacity; DDP averages the gradients once, after the last one.
+            last = i == len(capacities) - 1
+            sync = contextlib.nullcontext() if last or self.ddp.world_size == 1 else self.train_model.no_sync()
+            with sync:
+                with self.autocast:
+                    logits = self.train_model(images, capacity=capacity)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+                (loss / len(capacities)).backward()
+            step_loss += loss.detach() / len(capacities)
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        if hasattr(self.model, "project_alpha_"):
+            self.model.project_alpha_()
+        self.metrics.add(step + 1, step_loss, logits, labels)  # accuracy at the last capacity (nested: full width)
+        capacity = capacities[-1]
+        return {"lr": lr, "capacity": capacity if isinstance(capacity, float) else list(capacity)}
+
+    def check_finite(self) -> None:
+        """FloatingPointError when a loss since the start was NaN or infinite (a host sync: log and save time only)."""
+        step = self.metrics.first_nonfinite_step(self.ddp)
+        if step is not None:
+            raise FloatingPointError(f"the loss became non-finite (NaN or inf) at step {step}: training stopped; "
+                                     f"{self.kept()}. Lower --lr or clip gradients (--grad-clip)")
+
+    def log(self, step: int, step_info: dict[str, Any]) -> dict[str, Any]:
+        """The metrics line of ``step`` (all processes take part); process 0 appends it to ``metrics.jsonl``."""
+        record = {
+            "step": step,
+            "epoch": (step - 1) // self.steps_per_epoch,
+            "lr": step_info["lr"],
+            **self.metrics.read(self.ddp),
+            "alpha": float(getattr(self.model, "alpha", torch.zeros(())).item()),
+            "capacity": step_info["capacity"],
+        }
+        if self.ddp.main:
+            append_metrics(self.output_dir / METRICS_NAME, record)
+        return record
+
+    def save(self, step: int) -> None:
+        """Checkpoint ``step`` (process 0 writes); never one with non-finite weights."""
+        if not bool(torch.stack([param.isfinite().all() for param in self.model.parameters()]).all()):
+            raise FloatingPointError(f"the weights became non-finite (NaN or inf) at step {step}: training "
+                                     f"stopped; {self.kept()}. Lower --lr or clip gradients (--grad-clip)")
+        if self.ddp.main:
+            save_checkpoint(self.output_dir / CHECKPOINT_NAME, self.model, self.config.model, self.model_kwargs,
+                            config=self.config.to_dict(), optimizer=self.optimizer, step=step,
+                            extra={"total_steps": self.total_steps})
+        if self.ddp.world_size > 1:
+            dist.barrier()
+        self.saved_step = step
 
 
 def train(
@@ -273,12 +445,17 @@ def train(
 
     Args:
         config: the run.
-        resume: continue from ``output_dir/checkpoint.safetensors`` if it exists (same configuration required).
+        resume: continue the run in ``output_dir`` from its checkpoint (same configuration required). Without it, a
+            folder that already holds a run (a checkpoint or metrics) is refused.
         progress: show a tqdm bar (loss, accuracy, images/s, ETA) on process 0.
         step_callback: called as ``step_callback(steps_done, metrics)`` after every optimiser step (process 0).
 
-    Everything that can be wrong with the input (dataset files, model name, capacities, checkpoints, the output
-    folder) is checked before anything is written.
+    Everything that can be wrong with the input (dataset files, the first batch, model name, capacities, device,
+    checkpoints, the output folder) is checked before anything is written. One process at a time trains in a
+    folder (BlockingIOError for a second one). A loss that becomes NaN or infinite stops the run with a
+    FloatingPointError, checked at every log line and checkpoint (no per-step wait for the device); the checkpoint
+    on disk is then the last one with finite weights. Ctrl-C raises :class:`TrainingInterrupted` after cleaning
+    up; the last checkpoint is intact.
     """
     config.validate()
     ddp = _init_distributed(config.device)
@@ -296,7 +473,8 @@ def _train(
     step_callback: Callable[[int, dict[str, Any]], None] | None,
     ddp: _Dist,
 ) -> TrainResult:
-    device = _resolve_device(config.device, ddp.local_rank)
+    # Build and check everything, reading the first batch, before anything is written.
+    device = resolve_device(config.device, ddp.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dataset = build_dataset(config.dataset, "train", config.data_dir, **config.dataset_kwargs)
@@ -311,120 +489,65 @@ def _train(
     total_steps = planned_steps(config, model, input_size)
 
     output_dir = Path(config.output_dir)
-    checkpoint_path = output_dir / CHECKPOINT_NAME
-    checkpoint = None
-    if resume and checkpoint_path.exists():
-        checkpoint = load_checkpoint(checkpoint_path)
-        _check_resumable(checkpoint.meta.get("config") or {}, config, checkpoint_path)
-        check_same_architecture(model, checkpoint.model_state, str(checkpoint_path))
-    elif resume:
-        _logger.info("no checkpoint at %s: starting from scratch", checkpoint_path)
+    checkpoint = _resume_checkpoint(output_dir, config, model) if resume else None
     if checkpoint is None and config.init_from is not None:
         init = load_checkpoint(config.init_from)
+        check_finite_weights(init.model_state, f"checkpoint {init.path}")
         if needs_upcycling(model, init.model_state):  # e.g. a dense run: its weights, fresh router and alpha
             load_dense_weights(model, init.model_state, str(init.path))
         else:
             check_same_architecture(model, init.model_state, str(init.path))
             model.load_state_dict(init.model_state)
-    sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, start_step_of(checkpoint), total_steps,
+    start_step = start_step_of(checkpoint)
+    sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, start_step, total_steps,
                                ddp.rank, ddp.world_size)
-    if ddp.main:
-        prepare_output_dir(output_dir)
-
     model.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
-    start_step = 0
     if checkpoint is not None:
-        model.load_state_dict(checkpoint.model_state)
-        optimizer.load_state_dict(optimizer_state_from_tensors(checkpoint.section("optimizer"), checkpoint.meta["optimizer"]))
-        set_rng_state(checkpoint.section("rng"), checkpoint.meta["rng"])
-        start_step = start_step_of(checkpoint)
-        _logger.info("resuming %s at step %d of %d", checkpoint_path, start_step, total_steps)
-    if ddp.main:
-        atomic_write_text(output_dir / "config.json", config.to_json() + "\n")
-        _truncate_metrics(output_dir / METRICS_NAME, start_step)
-
-    train_model: nn.Module = model
-    if ddp.world_size > 1:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        _restore(checkpoint, model, optimizer)
+        _logger.info("resuming %s at step %d of %d", checkpoint.path, start_step, total_steps)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
-                        pin_memory=device.type == "cuda")
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.precision == "bf16"
-                else contextlib.nullcontext())
-    num_experts = getattr(model, "num_experts", 1)
-    extra = {"total_steps": total_steps}
+                        pin_memory=device.type == "cuda", generator=_loader_generator(config.seed, start_step))
+    batches = iter(loader)
+    first = next(batches, None)
+    batches = itertools.chain([] if first is None else [first], batches)
 
-    def save(step_done: int) -> None:
+    with claim_run_folder(output_dir, resume) if ddp.main else contextlib.nullcontext():
         if ddp.main:
-            save_checkpoint(checkpoint_path, model, config.model, model_kwargs, config=config.to_dict(),
-                            optimizer=optimizer, step=step_done, extra=extra)
+            atomic_write_text(output_dir / CONFIG_NAME, config.to_json() + "\n")
+            truncate_metrics(output_dir / METRICS_NAME, start_step)
+        train_model = model
         if ddp.world_size > 1:
-            dist.barrier()
-
-    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and ddp.main), dynamic_ncols=True,
-               desc=f"train {config.model}")
-    # Summed loss * n, correct, n over the logging window; kept on the device so steps never wait for the host.
-    window = torch.zeros(3, dtype=torch.float64, device=device)
-    window_start = time.perf_counter()
-    last_metrics: dict[str, Any] = {}
-    model.train()
-    step = start_step
-    for images, labels in loader:
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        lr = warmup_cosine_lr(step, total_steps, config.lr, config.warmup_steps, config.min_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        capacities = capacities_for_step(config, step, num_experts)
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = torch.zeros((), device=device)
-        for i, capacity in enumerate(capacities):
-            # Accumulate one backward per capacity; DDP averages the gradients once, after the last one.
-            last = i == len(capacities) - 1
-            sync = contextlib.nullcontext() if last or ddp.world_size == 1 else train_model.no_sync()
-            with sync:
-                with autocast:
-                    logits = train_model(images, capacity=capacity)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-                (loss / len(capacities)).backward()
-            step_loss += loss.detach() / len(capacities)
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        if hasattr(model, "project_alpha_"):
-            model.project_alpha_()
-        step += 1
-
-        with torch.no_grad():  # accuracy at the step's last capacity (the full width in nested mode)
-            correct = (logits.argmax(dim=-1) == labels).sum()
-            window[0] += step_loss.double() * len(labels)
-            window[1] += correct
-            window[2] += len(labels)
-        if step % config.log_every == 0 or step == total_steps:
-            if ddp.world_size > 1:
-                dist.all_reduce(window)
-            elapsed = time.perf_counter() - window_start
-            last_metrics = {
-                "step": step,
-                "epoch": (step - 1) // sampler.steps_per_epoch,
-                "lr": lr,
-                "loss": window[0].item() / window[2].item(),
-                "acc": window[1].item() / window[2].item(),
-                "img_per_s": window[2].item() / max(elapsed, 1e-9),
-                "alpha": float(getattr(model, "alpha", torch.zeros(())).item()),
-                "capacity": capacities[-1] if isinstance(capacities[-1], float) else list(capacities[-1]),
-            }
-            if ddp.main:
-                with open(output_dir / METRICS_NAME, "a") as handle:
-                    handle.write(json.dumps(last_metrics) + "\n")
-                bar.set_postfix(loss=f"{last_metrics['loss']:.3f}", acc=f"{last_metrics['acc']:.3f}",
-                                img_s=f"{last_metrics['img_per_s']:.0f}")
-            window.zero_()
-            window_start = time.perf_counter()
-        bar.update(1)
-        if step % config.checkpoint_every == 0 or step == total_steps:
-            save(step)
-        if step_callback is not None and ddp.main:
-            step_callback(step, last_metrics)
-    bar.close()
-    return TrainResult(model, output_dir, checkpoint_path, total_steps, last_metrics)
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        run = _Run(config, ddp, model, train_model, optimizer, model_kwargs, total_steps, sampler.steps_per_epoch,
+                   saved_step=None if checkpoint is None else start_step)
+        bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and ddp.main), dynamic_ncols=True,
+                   desc=f"train {config.model}")
+        last_metrics: dict[str, Any] = {}
+        step = start_step
+        model.train()
+        try:
+            for images, labels in batches:
+                step_info = run.optimizer_step(step, images.to(device, non_blocking=True),
+                                               labels.to(device, non_blocking=True))
+                step += 1
+                log = step % config.log_every == 0 or step == total_steps
+                save = step % config.checkpoint_every == 0 or step == total_steps
+                if log or save:
+                    run.check_finite()
+                if log:
+                    last_metrics = run.log(step, step_info)
+                    bar.set_postfix(loss=f"{last_metrics['loss']:.3f}", acc=f"{last_metrics['acc']:.3f}",
+                                    img_s=f"{last_metrics['img_per_s']:.0f}")
+                bar.update(1)
+                if save:
+                    run.save(step)
+                if step_callback is not None and ddp.main:
+                    step_callback(step, last_metrics)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(f"interrupted after step {step} of {total_steps}; {run.kept()}; continue "
+                                      f"with --resume") from None
+        finally:
+            bar.close()
+    return TrainResult(model, output_dir, output_dir / CHECKPOINT_NAME, total_steps, last_metrics)
