@@ -29,10 +29,9 @@ import torch
 
 from mone._io import atomic_write_text, save_figure
 from mone.data import build_dataset
-from mone.train.checkpoint import load_model
+from mone.train.checkpoint import CHECKPOINT_NAME, load_model
 from mone.train.config import TrainConfig
 from mone.train.evaluate import evaluate
-from mone.train.checkpoint import CHECKPOINT_NAME
 from mone.train.loop import train
 
 __all__ = ["Arm", "aggregate", "main", "run_study"]

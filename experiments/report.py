@@ -128,8 +128,9 @@ def section(title: str, folder: Path, docs: Path) -> list[str]:
                   "| router | capacity | digit tokens | background tokens | all tokens |", "|---|---|---|---|---|"]
         for router, rows in shares["summary"].items():
             for capacity, r in rows.items():
-                lines.append(f"| {router} | {capacity} | {r['object_share']['mean']:.3f} ± {r['object_share']['std']:.3f}"
-                             f" | {r['background_share']['mean']:.3f} ± {r['background_share']['std']:.3f} | "
+                digit, background = r["object_share"], r["background_share"]
+                lines.append(f"| {router} | {capacity} | {digit['mean']:.3f} ± {digit['std']:.3f}"
+                             f" | {background['mean']:.3f} ± {background['std']:.3f} | "
                              f"{r['expected_share']['mean']:.3f} |")
         lines.append("")
     return lines
@@ -142,9 +143,9 @@ def main() -> None:
     p.add_argument("--preamble", type=Path, default=Path(__file__).with_name("results_preamble.md"))
     args = p.parse_args()
     lines = [args.preamble.read_text().rstrip(), ""] if args.preamble.exists() else []
-    lines += [f"Verdict rules (fixed in `experiments/report.py` before the runs): a difference is clear when it exceeds "
-              f"two standard errors over seeds; \"holds\" for accuracy claims means MoNE is at most {MATCH:g} point "
-              f"below the reference, \"holds partly\" at most {CLOSE:g} points below.", ""]
+    lines += ["Verdict rules (fixed in `experiments/report.py` before the runs): a difference is clear when it "
+              f"exceeds two standard errors over seeds; \"holds\" for accuracy claims means MoNE is at most "
+              f"{MATCH:g} point below the reference, \"holds partly\" at most {CLOSE:g} points below.", ""]
     lines += section("Images: cluttered digits", args.images, args.output)
     atomic_write_text(args.output, "\n".join(lines) + "\n")
 

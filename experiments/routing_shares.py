@@ -23,8 +23,10 @@ from common import _run_dir, parser  # noqa: E402
 from mone._io import atomic_write_text  # noqa: E402
 from mone.data import build_dataset  # noqa: E402
 from mone.models import create_model  # noqa: E402
-from mone.train.checkpoint import load_model  # noqa: E402
-from mone.train.checkpoint import CHECKPOINT_NAME  # noqa: E402
+from mone.train.checkpoint import (
+    CHECKPOINT_NAME,  # noqa: E402
+    load_model,  # noqa: E402
+)
 from mone.viz import object_routing_share  # noqa: E402
 
 CAPACITIES = (0.25, 0.5, 0.75)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Arm, main, parser, run_study  # noqa: E402
+from common import Arm, Stage, main, parser, run_study  # noqa: E402
 
 from mone.capacity import greedy_distribution, proportionate_distribution, uniform_distribution  # noqa: E402
 from mone.configs import demo  # noqa: E402
@@ -27,16 +27,16 @@ CAPACITIES = (0.25, 0.5, 0.75, 1.0)
 MOD_CAPACITIES = (0.125, 0.25, 0.5)  # fraction of tokens processed by every other block (the paper's MoD: 0.125)
 WIDTHS = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
 WIDTH_LABELS = ("width 1/8", "width 1/4", "width 1/2", "width 1")
-FINE_TUNE = dict(steps=300, lr=5e-4, warmup_steps=15)  # the fine-tuning stage of the two-stage recipes
 ALLOCATIONS = (proportionate_distribution(), uniform_distribution(), greedy_distribution(0.5))
 ALLOCATION_LABELS = ("proportionate (0.267)", "uniform (0.469)", "greedy (0.5)")
 
 
 def arms(quick: bool) -> list[Arm]:
-    def with_model(variant: str, model_changes: dict, **changes) -> callable:
+    def preset(variant: str, **model_changes) -> Stage:
         def stage(seed: int, previous: str | None) -> TrainConfig:
             config = demo(variant, quick)
-            return config.replace(seed=seed, model_kwargs=dict(config.model_kwargs, **model_changes), **changes)
+            return config.replace(seed=seed, init_from=previous,
+                                  model_kwargs=dict(config.model_kwargs, **model_changes))
         return stage
 
     def mod(seed: int, previous: str | None) -> TrainConfig:
@@ -44,27 +44,22 @@ def arms(quick: bool) -> list[Arm]:
         model_kwargs = {k: v for k, v in config.model_kwargs.items() if k != "num_experts"}
         return config.replace(seed=seed, model="mod_vit_test", model_kwargs=model_kwargs, capacity=0.125)
 
-    def fine_tune(seed: int, previous: str | None) -> TrainConfig:
-        config = demo("adaptive", quick).replace(seed=seed, init_from=previous)
-        return config if quick else config.replace(**FINE_TUNE)
-
-    nested = with_model("mone", {}, capacity_mode="nested", capacity=1.0)
     matvit_mone = "MatViT -> MoNE adaptive"
     return [
-        Arm("dense ViT", (with_model("dense", {}),), family="dense"),
-        Arm("MatViT (nested)", (nested,), WIDTHS, WIDTH_LABELS, family="matvit"),
-        Arm(matvit_mone, (fine_tune,), CAPACITIES, init="MatViT (nested)"),
+        Arm("dense ViT", (preset("dense"),), family="dense"),
+        Arm("MatViT (nested)", (preset("nested"),), WIDTHS, WIDTH_LABELS, family="matvit"),
+        Arm(matvit_mone, (preset("finetune"),), CAPACITIES, init="MatViT (nested)"),
         Arm("MatViT -> MoNE, random router at eval", (), CAPACITIES, router="random", reuse=matvit_mone,
             family="random"),
         Arm("MatViT -> MoNE, other allocations", (), ALLOCATIONS, ALLOCATION_LABELS, reuse=matvit_mone,
             family="allocation"),
-        Arm("dense ViT, depth 2", (with_model("dense", {"depth": 2}),), family="dense"),
-        Arm("dense ViT, D=32", (with_model("dense", {"embed_dim": 32}),), family="dense"),
-        Arm("MoNE adaptive", (with_model("adaptive", {}),), CAPACITIES),
-        Arm("MoNE fixed 0.5", (with_model("mone", {}),), CAPACITIES),
-        Arm("dense -> MoNE adaptive (upcycled)", (fine_tune,), CAPACITIES, init="dense ViT"),
+        Arm("dense ViT, depth 2", (preset("dense_half"),), family="dense"),
+        Arm("dense ViT, D=32", (preset("dense", embed_dim=32),), family="dense"),
+        Arm("MoNE adaptive", (preset("adaptive"),), CAPACITIES),
+        Arm("MoNE fixed 0.5", (preset("mone"),), CAPACITIES),
+        Arm("dense -> MoNE adaptive (upcycled)", (preset("finetune"),), CAPACITIES, init="dense ViT"),
         Arm("Mixture-of-Depths", (mod,), MOD_CAPACITIES, family="mod"),
-        Arm("MoNE adaptive, random router", (with_model("adaptive", {"router": "random"}),), CAPACITIES,
+        Arm("MoNE adaptive, random router", (preset("adaptive", router="random"),), CAPACITIES,
             family="random"),
     ]
 

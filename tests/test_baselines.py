@@ -4,10 +4,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mone import MoneViViT, MoneVisionTransformer, count_flops, create_model, expert_token_counts, load_dense_weights
+from mone import MoneVisionTransformer, MoneViViT, count_flops, create_model, expert_token_counts, load_dense_weights
 from mone.models import needs_upcycling
 from mone.train.config import TrainConfig
 from mone.train.loop import train
+
 from reference import reference_block, reference_epr, width_masks
 
 timm = pytest.importorskip("timm")
@@ -43,7 +44,7 @@ def assert_same_grads(model, fast, expected):
     for name, g, w in zip(names, got, want):
         assert (g is None) == (w is None), name
         if w is not None:
-            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def measured_macs(model, input_size, capacity):
@@ -293,5 +294,5 @@ def test_init_from_a_dense_run_upcycles_to_mone(tmp_path):
     dense_state = dense.model.state_dict()
     for key, value in model.state_dict().items():
         want = fresh.state_dict()[key] if key.startswith("router.") or key == "alpha" else dense_state[key]
-        torch.testing.assert_close(value, want, rtol=0, atol=1e-6, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(value, want, rtol=0, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
     assert not torch.allclose(fresh.state_dict()["head.weight"], dense_state["head.weight"], atol=1e-3)

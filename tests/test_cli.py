@@ -72,15 +72,34 @@ def test_demo_local_writes_a_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--local", "--steps", "2", "--output", str(out), "--no-progress"]) == 0
     readme = (out / "README.md").read_text()
-    assert "MoNE at capacity 0.5" in readme and ("matches" in readme or "does not match" in readme or "beats" in readme)
-    for name in ("results.csv", "results.json", "accuracy_vs_gflops.png", "routing_maps_mone.png",
+    assert "At capacity 0.5, MoNE" in readme and "dense ViT of half the FLOPs" in readme
+    for name in ("results.csv", "results.json", "accuracy_vs_compute.png", "routing_maps.png",
                  "routing_share.json", "summary.json"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     results = json.loads((out / "results.json").read_text())
-    assert summary["dense_top1"] == results["dense ViT"][0]["top1"]
-    assert [r["capacity"] for r in results["MoNE, trained at 0.5"]] == [0.2, 0.3, 0.5, 0.75, 1.0]
+    assert summary["dense_top1"] == results["dense ViT (4 layers)"][0]["top1"]
+    assert summary["dense_half_top1"] == results["dense ViT, 2 layers (half the FLOPs)"][0]["top1"]
+    mone = results["MoNE (nested pre-training + adaptive)"]
+    assert [r["capacity"] for r in mone] == [0.25, 0.5, 0.75, 1.0]
+    assert summary["mone_at_0.5_top1"] == mone[1]["top1"]
+    shares = json.loads((out / "routing_share.json").read_text())
+    assert list(shares) == ["learned", "random", "at initialisation"]
     assert "MoNE at 0.5" in capsys.readouterr().out
+    # A second demo into the same folder reuses the finished runs (same settings) and writes the same numbers.
+    checkpoint = out / "dense" / "checkpoint.safetensors"
+    stamp = checkpoint.stat().st_mtime_ns
+    assert main(["demo", "--local", "--steps", "2", "--output", str(out), "--no-progress"]) == 0
+    assert checkpoint.stat().st_mtime_ns == stamp
+    assert json.loads((out / "results.json").read_text())["dense ViT (4 layers)"][0]["top1"] == summary["dense_top1"]
+
+
+def test_demo_refuses_a_folder_whose_runs_have_other_settings(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--local", "--steps", "2", "--output", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    err = one_line_error(capsys, ["demo", "--local", "--steps", "3", "--output", str(out), "--no-progress"])
+    assert "cannot resume" in err and "steps" in err
 
 
 # -- bad input: one line, exit 2, nothing written ----------------------------------------------------------------------

@@ -81,7 +81,7 @@ def assert_matches_with_grads(model, fast, expected):
     got = torch.autograd.grad((fast * weight).sum(), params)
     want = torch.autograd.grad((expected * weight).sum(), params)
     for name, g, w in zip(names, got, want):
-        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def _randomise_(model, seed=0):

@@ -12,8 +12,8 @@ from .capacity import (
 from .flops import count_flops
 from .models import (
     MoDVisionTransformer,
-    MoneViViT,
     MoneVisionTransformer,
+    MoneViViT,
     create_model,
     list_models,
     load_dense_weights,

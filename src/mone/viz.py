@@ -259,9 +259,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._io import prepare_output_dir
     from .data import build_dataset
     from .train.checkpoint import load_model
-    from ._io import prepare_output_dir
 
     model, checkpoint = load_model(args.checkpoint)
     num_experts = getattr(model, "num_experts", 1)

@@ -20,6 +20,9 @@ PRESETS: dict[str, Callable[[bool], TrainConfig]] = {
     "demo_dense": lambda local=False: demo("dense", local),
     "demo_mone": lambda local=False: demo("mone", local),
     "demo_adaptive": lambda local=False: demo("adaptive", local),
+    "demo_dense_half": lambda local=False: demo("dense_half", local),
+    "demo_nested": lambda local=False: demo("nested", local),
+    "demo_finetune": lambda local=False: demo("finetune", local),
     "fashion_mnist_adaptive": fashion_mnist_adaptive,
     "imagenet_vit_s16_adaptive": imagenet_vit_s16_adaptive,
 }
