@@ -4,6 +4,7 @@ half of one)."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +50,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Write a matplotlib figure atomically (temporary file + ``os.replace``) and close it."""
-    import matplotlib.pyplot as plt
+    """Write a matplotlib figure atomically (temporary file + ``os.replace``).
 
+    Library code builds its figures as ``matplotlib.figure.Figure`` objects, which pyplot never sees: nothing to
+    close, and a notebook's backend is left alone. A figure made with pyplot is closed here, without importing
+    pyplot when nobody else has.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)
     finally:
-        plt.close(fig)
         tmp.unlink(missing_ok=True)
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.close(fig)
     return path

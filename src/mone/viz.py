@@ -90,10 +90,7 @@ def save_routing_maps(
         boxes: optional object box per image, outlined on the input column.
         titles: optional row titles (e.g. the labels).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Rectangle
 
     num_experts = getattr(model, "num_experts", 1)
@@ -101,7 +98,8 @@ def save_routing_maps(
     colors = expert_colors(num_experts)
     grids = [expert_grid(model, images, c) for c in values]  # each [B, gh, gw]
     B = images.shape[0]
-    fig, axes = plt.subplots(B, len(values) + 1, figsize=(1.6 * (len(values) + 1), 1.6 * B + 0.6), squeeze=False)
+    fig = Figure(figsize=(1.6 * (len(values) + 1), 1.6 * B + 0.6))
+    axes = fig.subplots(B, len(values) + 1, squeeze=False)
     for b in range(B):
         plain = tint_image(images[b], grids[0][b], colors, strength=0.0)
         axes[b, 0].imshow(plain, interpolation="nearest")
@@ -145,10 +143,7 @@ def save_video_routing_maps(
     Column ``k`` is temporal index ``k`` (the first frame of tubelet ``k``); EPR routes every temporal index on its
     own, so every tile of a routing row holds the same number of tokens per expert.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     num_experts = getattr(model, "num_experts", 1)
@@ -160,7 +155,8 @@ def save_video_routing_maps(
     per_clip = len(values) + 1
     legend_rows = 2 if num_temporal < 6 else 1  # the legend wraps on narrow grids
     height = 1.1 * B * per_clip + 0.3 + 0.2 * legend_rows
-    fig, axes = plt.subplots(B * per_clip, num_temporal, figsize=(1.1 * num_temporal + 0.6, height), squeeze=False)
+    fig = Figure(figsize=(1.1 * num_temporal + 0.6, height))
+    axes = fig.subplots(B * per_clip, num_temporal, squeeze=False)
     for b in range(B):
         for t in range(num_temporal):
             plain = tint_image(frames[b, :, t], grids[0][b, t], colors, strength=0.0)

@@ -139,13 +139,11 @@ def plot_accuracy_vs_flops(
     results: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, title: str = ""
 ) -> Path:
     """Top-1 accuracy against GFLOPs per sample, one curve per model (each point labelled with its capacity)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
     for label, rows in results.items():
         rows = sorted(rows, key=lambda r: r["gflops"])
         xs, ys = [r["gflops"] for r in rows], [100 * r["top1"] for r in rows]
