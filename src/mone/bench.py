@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._io import atomic_write_text
+from ._progress import progress as progress_display
 from .capacity import realised_capacity, validate_capacity
 from .flops import count_flops
 from .models import MoneVisionTransformer, MoneViViT, create_model
@@ -187,12 +188,18 @@ def _synchronizer(device: str) -> Callable[[], None]:
 
 
 def time_round_robin(
-    calls: dict[str, Callable[[], object]], repeats: int, warmup: int, synchronize: Callable[[], None]
+    calls: dict[str, Callable[[], object]], repeats: int, warmup: int, synchronize: Callable[[], None],
+    desc: str | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each entry, timed one call each per round, ``repeats`` rounds after ``warmup``."""
+    """Seconds per call of each entry, timed one call each per round, ``repeats`` rounds after ``warmup``.
+
+    With ``desc``, progress is shown per round (outside the timed calls).
+    """
+    rounds = progress_display(total=warmup + repeats, desc=desc or "", enabled=desc is not None, leave=False)
     for _ in range(warmup):
         for call in calls.values():
             call()
+        rounds.update(1)
     synchronize()
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
@@ -202,6 +209,8 @@ def time_round_robin(
             call()
             synchronize()
             times[name].append(time.perf_counter() - start)
+        rounds.update(1)
+    rounds.close()
     return times
 
 
@@ -247,8 +256,11 @@ def _routing_call(
     return route
 
 
-def run_benchmark(config: BenchConfig) -> tuple[list[dict], dict]:
-    """Run every mode of ``config``; returns (rows with the :data:`CSV_COLUMNS`, metadata)."""
+def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dict], dict]:
+    """Run every mode of ``config``; returns (rows with the :data:`CSV_COLUMNS`, metadata).
+
+    ``progress`` shows the rounds of each mode (a bar on a terminal, plain lines otherwise).
+    """
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -283,6 +295,7 @@ def run_benchmark(config: BenchConfig) -> tuple[list[dict], dict]:
     rows = []
     for mode in config.modes:
         batch = 1 if mode == "latency" else config.batch_size
+        desc = f"bench {mode}" if progress else None
         images = torch.randn(batch, *input_size, device=device, dtype=dtype)
         calls: dict[str, Callable[[], object]] = {}
         if mode == "train":
@@ -296,7 +309,7 @@ def run_benchmark(config: BenchConfig) -> tuple[list[dict], dict]:
             for c in capacities:
                 calls[f"mone@{c:g}"] = _train_call(run_model, mone_opt, images, labels, c, model.project_alpha_)
             _logger.info("%s: %d variants x %d repeats", mode, len(calls), config.repeats)
-            times = time_round_robin(calls, config.repeats, config.warmup, synchronize)
+            times = time_round_robin(calls, config.repeats, config.warmup, synchronize, desc)
         else:
             model.eval()
             if dense is not None:
@@ -308,7 +321,7 @@ def run_benchmark(config: BenchConfig) -> tuple[list[dict], dict]:
                     calls[f"routing@{c:g}"] = _routing_call(model, images, c)
             _logger.info("%s: %d timed entries x %d repeats", mode, len(calls), config.repeats)
             with torch.inference_mode():
-                times = time_round_robin(calls, config.repeats, config.warmup, synchronize)
+                times = time_round_robin(calls, config.repeats, config.warmup, synchronize, desc)
 
         medians = {name: statistics.median(t) for name, t in times.items()}
         base = medians[baseline]
@@ -394,7 +407,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats, warmup=args.warmup, compile=args.compile, device=args.device, dtype=args.dtype,
         threads=args.threads, timm_baseline=not args.no_timm, seed=args.seed,
     )  # fmt: skip
-    rows, meta = run_benchmark(config)
+    rows, meta = run_benchmark(config, progress=True)
     env = meta["environment"]
     print(f"{config.model} on {env['hardware']} ({config.device}, {config.dtype}, {env['threads']} threads, "
           f"torch {env['torch']}, compiled={config.compile}); baseline: {meta['baseline']}")  # fmt: skip

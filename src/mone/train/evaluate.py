@@ -21,10 +21,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .._device import resolve_device
 from .._io import atomic_write_text, prepare_output_dir, save_figure
+from .._progress import progress as progress_display
 from ..capacity import feasible_capacity_range, validate_capacity
 from ..data import build_dataset
 from ..flops import count_flops
@@ -66,7 +66,7 @@ def evaluate(
         capacities: effective capacities, each in the model's feasible range.
         batch_size, device, num_workers: evaluation batching.
         bf16: run the forward under bfloat16 autocast.
-        progress: tqdm bar per capacity.
+        progress: show progress per capacity (a tqdm bar on a terminal, plain periodic lines otherwise).
 
     Returns:
         One row per capacity: ``capacity``, ``realised_capacity``, ``gflops`` (per sample, multiply-accumulates),
@@ -85,7 +85,8 @@ def evaluate(
     rows = []
     for capacity in values:
         correct, seen, forward_s = 0, 0, 0.0
-        for images, labels in tqdm(loader, desc=f"eval capacity {capacity}", disable=not progress, leave=False):
+        batches = progress_display(loader, desc=f"eval capacity {capacity}", enabled=progress, leave=False)
+        for images, labels in batches:
             images, labels = images.to(device), labels.to(device)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

@@ -29,10 +29,10 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
 
 from .._device import resolve_device
 from .._io import atomic_write_text, prepare_output_dir  # prepare_output_dir: re-exported for viz and demo
+from .._progress import progress as progress_display
 from ..capacity import validate_capacity
 from ..data import build_dataset
 from ..flops import count_flops
@@ -447,7 +447,8 @@ def train(
         config: the run.
         resume: continue the run in ``output_dir`` from its checkpoint (same configuration required). Without it, a
             folder that already holds a run (a checkpoint or metrics) is refused.
-        progress: show a tqdm bar (loss, accuracy, images/s, ETA) on process 0.
+        progress: show progress (loss, accuracy, images/s, ETA) on process 0: a tqdm bar on a terminal, plain
+            periodic lines when stderr is a file.
         step_callback: called as ``step_callback(steps_done, metrics)`` after every optimiser step (process 0).
 
     Everything that can be wrong with the input (dataset files, the first batch, model name, capacities, device,
@@ -522,8 +523,8 @@ def _train(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         run = _Run(config, ddp, model, train_model, optimizer, model_kwargs, total_steps, sampler.steps_per_epoch,
                    saved_step=None if checkpoint is None else start_step)
-        bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and ddp.main), dynamic_ncols=True,
-                   desc=f"train {config.model}")
+        bar = progress_display(total=total_steps, initial=start_step, enabled=progress and ddp.main,
+                               desc=f"train {config.model}")
         last_metrics: dict[str, Any] = {}
         step = start_step
         model.train()
