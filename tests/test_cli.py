@@ -263,6 +263,54 @@ def test_unusable_devices(trained, tmp_path, capsys, monkeypatch, device, messag
     out = tmp_path / "out"
     assert message in one_line_error(capsys, ["train", *TINY, "--device", device, "--output", str(out)])
     assert message in one_line_error(capsys, ["eval", str(trained), "--device", device, "--output", str(out)])
+    assert message in one_line_error(capsys, ["viz", str(trained), "--device", device, "--output", str(out)])
+    assert message in one_line_error(capsys, ["bench", "--model", "mone_vit_test", "--device", device,
+                                              "--json", str(out / "b.json")])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--share-samples", "--num-images", "--batch-size"])
+def test_viz_counts_below_one(trained, tmp_path, capsys, flag):
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["viz", str(trained), flag, "0", "--output", str(out)])
+    assert f"{flag} must be an integer >= 1, got 0" in err and not out.exists()
+
+
+def test_eval_batch_size_below_one(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["eval", str(trained), "--batch-size", "0", "--output", str(out)])
+    assert "--batch-size must be an integer >= 1, got 0" in err and not out.exists()
+
+
+def test_eval_and_viz_of_clips_with_an_image_model_and_the_reverse(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    for command in ("eval", "viz"):
+        err = one_line_error(capsys, [command, str(trained), "--dataset", "moving_digits", "--output", str(out)])
+        assert "takes images of shape (1, 16, 16) but dataset moving_digits yields clips of shape" in err
+    video = create_model("mone_vivit_test", in_chans=1, num_classes=20)
+    path = save_checkpoint(tmp_path / "video.safetensors", video, "mone_vivit_test",
+                           dict(in_chans=1, num_classes=20), config={"dataset": "moving_digits"})
+    for command in ("eval", "viz"):
+        err = one_line_error(capsys, [command, str(path), "--dataset", "cluttered_digits", "--output", str(out)])
+        assert "takes clips of shape (1, 8, 32, 32) but dataset cluttered_digits yields images of shape" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9")])
+def test_eval_and_viz_batches_that_do_not_fit_in_memory(trained, tmp_path, capsys, monkeypatch, error):
+    def out_of_memory(*args, **kwargs):
+        raise error
+
+    model_class = type(mone.train.checkpoint.load_model(trained)[0])
+    monkeypatch.setattr(model_class, "forward", out_of_memory)
+    monkeypatch.setattr(model_class, "forward_features", out_of_memory)
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["eval", str(trained), "--batch-size", "32", "--output", str(out)])
+    assert err.endswith("a batch of 32 samples does not fit in memory on cpu: lower the batch size "
+                        "(e.g. --batch-size 16)")
+    err = one_line_error(capsys, ["viz", str(trained), "--batch-size", "8", "--output", str(out)])
+    assert "a batch of 8 samples does not fit in memory on cpu" in err
     assert not out.exists()
 
 

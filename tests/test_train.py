@@ -33,6 +33,7 @@ from mone.train.config import PAPER_CAPACITIES, TrainConfig
 from mone.train.loop import (
     StepBatchSampler,
     TrainingInterrupted,
+    _one_line,
     capacities_for_step,
     epoch_permutation,
     planned_steps,
@@ -507,6 +508,38 @@ def test_unreadable_data_fails_before_writing(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="cannot be decoded"):
         train(config, progress=False)
     assert not Path(config.output_dir).exists()
+
+
+def test_a_sample_that_fails_mid_run_says_which_checkpoint_is_kept(tmp_path, monkeypatch):
+    class FailsLater(NoisyDigits):
+        calls = 0
+
+        def __getitem__(self, index):
+            FailsLater.calls += 1
+            if FailsLater.calls > 8 * 4:  # batches of 8: steps 1-4 read, step 5 fails
+                raise ValueError(f"cannot read image sample{index}.png")
+            return super().__getitem__(index)
+
+    monkeypatch.setitem(mone.data._BUILDERS, "fails_later", FailsLater)
+    config = tiny_config(tmp_path, dataset="fails_later", steps=6, checkpoint_every=3)
+    with pytest.raises(ValueError, match=r"^cannot read image sample\d+\.png \(after step 4 of 6; the checkpoint of "
+                                         r"step 3 in .* is kept; once fixed, continue with --resume\)$"):
+        train(config, progress=False)
+    assert load_checkpoint(config.output_dir).meta["step"] == 3
+
+
+def test_errors_from_dataloader_workers_become_one_line():
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise ValueError("cannot read image /data/x.png (truncated); remove or replace the file")
+    except ValueError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(ValueError) as caught:
+        wrapped.reraise()
+    assert len(str(caught.value).splitlines()) > 2  # what torch gives: a header and the worker's traceback
+    assert _one_line(caught.value) == "cannot read image /data/x.png (truncated); remove or replace the file"
+    assert _one_line(ValueError("plain")) == "plain"
 
 
 # -- in other processes: SIGKILL, data parallel ------------------------------------------------------------------------

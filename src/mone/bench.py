@@ -42,7 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._io import atomic_write_text
+from ._device import resolve_device
+from ._io import atomic_write_text, check_output_file
 from ._progress import progress as progress_display
 from .capacity import realised_capacity, validate_capacity
 from .flops import count_flops
@@ -85,7 +86,7 @@ class BenchConfig:
         repeats: timed calls per variant (medians are reported).
         warmup: untimed calls per variant first (with ``compile``, the first one compiles).
         compile: wrap every model in ``torch.compile(model, fullgraph=True)``.
-        device: ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; stored as the device it resolves to.
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         threads: intra-op CPU threads (``None``: leave torch's setting).
         timm_baseline: time timm's dense ViT with the same weights and use it as the baseline.
@@ -120,16 +121,13 @@ class BenchConfig:
             raise ValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False")
+        object.__setattr__(self, "device", str(resolve_device(self.device)))  # "auto" -> what it resolved to
 
 
 def environment(device: str = "cpu") -> dict:
     """Versions, hardware, thread count and allocator settings that every result must be read with."""
-    if device == "cuda":
-        hardware = torch.cuda.get_device_name()
+    if torch.device(device).type == "cuda":
+        hardware = torch.cuda.get_device_name(torch.device(device))
     else:
         hardware = platform.processor() or platform.machine()
         try:
@@ -184,7 +182,13 @@ def build_dense_twin(model: MoneVisionTransformer) -> nn.Module:
 
 
 def _synchronizer(device: str) -> Callable[[], None]:
-    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    """Waits for the device's queued work (GPUs run asynchronously); nothing to wait for on a CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return lambda: None
 
 
 def time_round_robin(
@@ -392,7 +396,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=BenchConfig.repeats, help="timed calls per variant")
     parser.add_argument("--warmup", type=int, default=BenchConfig.warmup, help="untimed calls per variant first")
     parser.add_argument("--compile", action="store_true", help="torch.compile(model, fullgraph=True) every model")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
     parser.add_argument("--no-timm", action="store_true", help="skip timm's dense twin; baseline MoNE at 1.0")
@@ -407,6 +411,9 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats, warmup=args.warmup, compile=args.compile, device=args.device, dtype=args.dtype,
         threads=args.threads, timm_baseline=not args.no_timm, seed=args.seed,
     )  # fmt: skip
+    for path in (args.csv, args.json):  # before the benchmark runs, not after
+        if path:
+            check_output_file(path)
     rows, meta = run_benchmark(config, progress=True)
     env = meta["environment"]
     print(f"{config.model} on {env['hardware']} ({config.device}, {config.dtype}, {env['threads']} threads, "

@@ -300,6 +300,17 @@ def _loader_generator(seed: int, start_step: int) -> torch.Generator:
 
 # -- the loop -----------------------------------------------------------------------------------------------------
 
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line. An error raised in a DataLoader worker comes back as ``Caught
+    ValueError in DataLoader worker process 0.`` plus the worker's traceback; its last line is the original error."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    if len(lines) == 1:
+        return lines[0]
+    last = lines[-1]
+    prefix = f"{type(error).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
 _NEVER = 2 ** 62  # "no non-finite loss yet"
 
 
@@ -510,7 +521,10 @@ def _train(
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
                         pin_memory=device.type == "cuda", generator=_loader_generator(config.seed, start_step))
     batches = iter(loader)
-    first = next(batches, None)
+    try:
+        first = next(batches, None)
+    except ValueError as error:  # e.g. an unreadable sample; one line even from a DataLoader worker
+        raise ValueError(_one_line(error)) from None
     batches = itertools.chain([] if first is None else [first], batches)
 
     with claim_run_folder(output_dir, resume) if ddp.main else contextlib.nullcontext():
@@ -549,6 +563,9 @@ def _train(
         except KeyboardInterrupt:
             raise TrainingInterrupted(f"interrupted after step {step} of {total_steps}; {run.kept()}; continue "
                                       f"with --resume") from None
+        except ValueError as error:  # e.g. a sample that cannot be read, met mid-run
+            raise ValueError(f"{_one_line(error)} (after step {step} of {total_steps}; {run.kept()}; once fixed, "
+                             f"continue with --resume)") from None
         finally:
             bar.close()
     return TrainResult(model, output_dir, output_dir / CHECKPOINT_NAME, total_steps, last_metrics)
