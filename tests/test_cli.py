@@ -39,9 +39,11 @@ def trained(tmp_path_factory):
 
 
 def test_train_eval_viz_end_to_end(trained, tmp_path, capsys):
-    assert (trained / "checkpoint.safetensors").exists() and (trained / "checkpoint.json").exists()
-    meta = json.loads((trained / "checkpoint.json").read_text())
+    assert sorted(p.name for p in trained.iterdir()) == [".lock", "checkpoint.safetensors", "config.json",
+                                                         "metrics.jsonl"]
+    meta = mone.train.checkpoint.load_checkpoint(trained, tensors=False).meta
     assert meta["model"] == "mone_vit_test" and meta["model_kwargs"]["depth"] == 1 and meta["step"] == 3
+    assert meta["config"] == json.loads((trained / "config.json").read_text())  # the readable copy
     capsys.readouterr()
     out = tmp_path / "eval"
     assert main(["eval", str(trained), str(trained / "checkpoint.safetensors"), "--labels", "a", "b",
@@ -152,12 +154,11 @@ def test_checkpoint_of_another_architecture(trained, tmp_path, capsys):
     assert "another architecture" in err and not out.exists()
     copy = tmp_path / "copy"  # resuming a run with a different model
     copy.mkdir()
-    for name in ("checkpoint.safetensors", "checkpoint.json"):
-        (copy / name).write_bytes((trained / name).read_bytes())
+    (copy / "checkpoint.safetensors").write_bytes((trained / "checkpoint.safetensors").read_bytes())
     err = one_line_error(capsys, ["train", "--resume", "--model-arg", "embed_dim=64", "--output", str(copy),
                                   "--no-progress"])
     assert "cannot resume" in err and "model_kwargs" in err
-    assert sorted(p.name for p in copy.iterdir()) == ["checkpoint.json", "checkpoint.safetensors"]
+    assert sorted(p.name for p in copy.iterdir()) == ["checkpoint.safetensors"]
 
 
 def test_corrupt_or_missing_checkpoint(tmp_path, capsys):
@@ -243,7 +244,7 @@ def test_ctrl_c_is_one_line_and_resume_continues(tmp_path, capsys, monkeypatch):
                   f"continue with --resume"
     monkeypatch.setattr(mone.train.loop, "warmup_cosine_lr", real_lr)
     assert main([*args, "--resume"]) == 0
-    assert json.loads((out / "checkpoint.json").read_text())["step"] == 3
+    assert mone.train.checkpoint.load_checkpoint(out, tensors=False).meta["step"] == 3
 
 
 def test_a_full_disk_names_the_checkpoint(tmp_path, capsys, monkeypatch):

@@ -39,6 +39,7 @@ from ..flops import count_flops
 from ..models import create_model, load_dense_weights, needs_upcycling
 from .checkpoint import (
     CHECKPOINT_NAME,
+    LEGACY_JSON_NAME,
     Checkpoint,
     check_finite_weights,
     check_same_architecture,
@@ -255,7 +256,8 @@ def _resume_checkpoint(output_dir: Path, config: TrainConfig, model: nn.Module) 
     path = output_dir / CHECKPOINT_NAME
     if path.exists():
         checkpoint = load_checkpoint(path)
-        missing = [key for key in ("config", "optimizer", "rng") if not isinstance(checkpoint.meta.get(key), dict)]
+        missing = [key for key in ("config", "optimizer") if not isinstance(checkpoint.meta.get(key), dict)]
+        missing += [] if "rng.torch" in checkpoint.tensors else ["rng"]
         if missing:
             raise ValueError(f"checkpoint {path} has no {' or '.join(missing)} state, so it cannot be resumed "
                              f"(--init-from starts a new run from its weights)")
@@ -282,7 +284,7 @@ def _restore(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Op
     try:
         optimizer.load_state_dict(optimizer_state_from_tensors(checkpoint.section("optimizer"),
                                                                checkpoint.meta["optimizer"]))
-        set_rng_state(checkpoint.section("rng"), checkpoint.meta["rng"])
+        set_rng_state(checkpoint.section("rng"))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ValueError(f"checkpoint {checkpoint.path}: its optimiser or RNG state cannot be restored "
                          f"({error!r})") from None
@@ -441,6 +443,7 @@ class _Run:
             save_checkpoint(self.output_dir / CHECKPOINT_NAME, self.model, self.config.model, self.model_kwargs,
                             config=self.config.to_dict(), optimizer=self.optimizer, step=step,
                             extra={"total_steps": self.total_steps})
+            (self.output_dir / LEGACY_JSON_NAME).unlink(missing_ok=True)  # an older version's copy, now stale
         if self.ddp.world_size > 1:
             dist.barrier()
         self.saved_step = step
