@@ -70,6 +70,7 @@ def test_train_resume_continues_a_finished_run(trained, capsys):
     assert "checkpoint" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the demo's --local runs: ~10-20 s
 def test_demo_local_writes_a_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--local", "--steps", "2", "--output", str(out), "--no-progress"]) == 0
@@ -96,6 +97,7 @@ def test_demo_local_writes_a_report(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["dense ViT (4 layers)"][0]["top1"] == summary["dense_top1"]
 
 
+@pytest.mark.slow  # the demo's --local runs: ~10-20 s
 def test_demo_refuses_a_folder_whose_runs_have_other_settings(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--local", "--steps", "2", "--output", str(out), "--no-progress"]) == 0
