@@ -102,3 +102,17 @@ def test_devices_are_resolved_like_train_and_eval(monkeypatch):
         BenchConfig(device="tpu")
     with pytest.raises(ValueError, match="CUDA is not available"):
         BenchConfig(device="cuda:1")
+
+
+def test_gemm_shapes_benchmark_uses_the_token_count_mone_routes():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "gemm_shapes.py"
+    spec = importlib.util.spec_from_file_location("gemm_shapes", path)
+    gemm_shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gemm_shapes)
+    model = create_model("mone_vit_test", img_size=224, patch_size=16, embed_dim=32, depth=1, num_heads=2).eval()
+    with torch.inference_mode():
+        tokens, plan = model.forward_features(torch.randn(1, 3, 224, 224), return_plan=True)
+    assert gemm_shapes.build_parser().parse_args([]).tokens == tokens.shape[1] == plan.expert.shape[1] == 196
