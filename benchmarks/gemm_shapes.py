@@ -2,7 +2,8 @@
 
     python benchmarks/gemm_shapes.py --dim 768 --batch-size 8 --layer fc1
 
-For every expert group a MoNE model of width ``--dim`` runs at capacities 0.5 and 0.25 (196 patch tokens + 1,
+For every expert group a MoNE model of width ``--dim`` runs at capacities 0.5 and 0.25 (``--tokens`` per image,
+default 196: the 14 x 14 patches of a 224-pixel image at patch size 16, since MoNE has no class token; per-expert
 counts from the capacity solver), times ``torch.addmm(b, x[:, :d], W[:, :d].T, out=...)``, exactly the call
 ``nested_input_linear`` makes, and prints GMAC/s relative to the dense call ``[B*N, D] x [D, out]``. All shapes
 are timed round-robin (one call of each per round), medians over ``--rounds``.
@@ -16,15 +17,21 @@ import torch
 
 from mone.capacity import capacity_distribution, expert_relative_widths, expert_token_counts
 
+DEFAULT_TOKENS = (224 // 16) ** 2  # patch tokens of a ViT-*/16 at 224 px; MoNE has no class token
 
-def main() -> None:
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--tokens", type=int, default=197)
+    parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="tokens per image routed by MoNE")
     parser.add_argument("--layer", choices=["qkv", "fc1"], default="fc1")
     parser.add_argument("--rounds", type=int, default=15)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     torch.manual_seed(0)
     out_features = 3 * args.dim if args.layer == "qkv" else 4 * args.dim
     weight, bias = torch.randn(out_features, args.dim), torch.randn(out_features)

@@ -76,3 +76,43 @@ def test_cli_writes_files_and_rejects_bad_input(tmp_path, capsys):
     assert main(["bench", "--model", "mone_vit_test", "--repeats", "0"]) == 2
     assert main(["bench", "--model", "mone_vit_test", "--capacities", "0.05"]) == 2
     assert "capacity must be" in capsys.readouterr().err
+
+
+def test_unwritable_outputs_are_refused_before_the_benchmark_runs(tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the benchmark ran before its outputs were checked")
+
+    monkeypatch.setattr("mone.bench.run_benchmark", never)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should go")
+    argv = ["bench", "--model", "mone_vit_test", "--repeats", "1"]
+    for flag, path, message in (("--csv", blocker / "b.csv", f"{blocker} is a file, not a folder"),
+                                ("--json", blocker / "deeper" / "b.json", f"{blocker} is a file, not a folder"),
+                                ("--csv", tmp_path, "it is a folder")):
+        assert main([*argv, flag, str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"cannot write {path}: " in err and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and blocker.read_text().startswith("a file")
+
+
+def test_devices_are_resolved_like_train_and_eval(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert BenchConfig(device="auto").device == "cpu"
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        BenchConfig(device="tpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        BenchConfig(device="cuda:1")
+
+
+def test_gemm_shapes_benchmark_uses_the_token_count_mone_routes():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "gemm_shapes.py"
+    spec = importlib.util.spec_from_file_location("gemm_shapes", path)
+    gemm_shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gemm_shapes)
+    model = create_model("mone_vit_test", img_size=224, patch_size=16, embed_dim=32, depth=1, num_heads=2).eval()
+    with torch.inference_mode():
+        tokens, plan = model.forward_features(torch.randn(1, 3, 224, 224), return_plan=True)
+    assert gemm_shapes.build_parser().parse_args([]).tokens == tokens.shape[1] == plan.expert.shape[1] == 196

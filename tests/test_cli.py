@@ -39,9 +39,11 @@ def trained(tmp_path_factory):
 
 
 def test_train_eval_viz_end_to_end(trained, tmp_path, capsys):
-    assert (trained / "checkpoint.safetensors").exists() and (trained / "checkpoint.json").exists()
-    meta = json.loads((trained / "checkpoint.json").read_text())
+    assert sorted(p.name for p in trained.iterdir()) == [".lock", "checkpoint.safetensors", "config.json",
+                                                         "metrics.jsonl"]
+    meta = mone.train.checkpoint.load_checkpoint(trained, tensors=False).meta
     assert meta["model"] == "mone_vit_test" and meta["model_kwargs"]["depth"] == 1 and meta["step"] == 3
+    assert meta["config"] == json.loads((trained / "config.json").read_text())  # the readable copy
     capsys.readouterr()
     out = tmp_path / "eval"
     assert main(["eval", str(trained), str(trained / "checkpoint.safetensors"), "--labels", "a", "b",
@@ -68,6 +70,7 @@ def test_train_resume_continues_a_finished_run(trained, capsys):
     assert "checkpoint" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the demo's --local runs: ~10-20 s
 def test_demo_local_writes_a_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--local", "--steps", "2", "--output", str(out), "--no-progress"]) == 0
@@ -94,6 +97,7 @@ def test_demo_local_writes_a_report(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["dense ViT (4 layers)"][0]["top1"] == summary["dense_top1"]
 
 
+@pytest.mark.slow  # the demo's --local runs: ~10-20 s
 def test_demo_refuses_a_folder_whose_runs_have_other_settings(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--local", "--steps", "2", "--output", str(out), "--no-progress"]) == 0
@@ -152,12 +156,11 @@ def test_checkpoint_of_another_architecture(trained, tmp_path, capsys):
     assert "another architecture" in err and not out.exists()
     copy = tmp_path / "copy"  # resuming a run with a different model
     copy.mkdir()
-    for name in ("checkpoint.safetensors", "checkpoint.json"):
-        (copy / name).write_bytes((trained / name).read_bytes())
+    (copy / "checkpoint.safetensors").write_bytes((trained / "checkpoint.safetensors").read_bytes())
     err = one_line_error(capsys, ["train", "--resume", "--model-arg", "embed_dim=64", "--output", str(copy),
                                   "--no-progress"])
     assert "cannot resume" in err and "model_kwargs" in err
-    assert sorted(p.name for p in copy.iterdir()) == ["checkpoint.json", "checkpoint.safetensors"]
+    assert sorted(p.name for p in copy.iterdir()) == ["checkpoint.safetensors"]
 
 
 def test_corrupt_or_missing_checkpoint(tmp_path, capsys):
@@ -243,7 +246,7 @@ def test_ctrl_c_is_one_line_and_resume_continues(tmp_path, capsys, monkeypatch):
                   f"continue with --resume"
     monkeypatch.setattr(mone.train.loop, "warmup_cosine_lr", real_lr)
     assert main([*args, "--resume"]) == 0
-    assert json.loads((out / "checkpoint.json").read_text())["step"] == 3
+    assert mone.train.checkpoint.load_checkpoint(out, tensors=False).meta["step"] == 3
 
 
 def test_a_full_disk_names_the_checkpoint(tmp_path, capsys, monkeypatch):
@@ -263,6 +266,54 @@ def test_unusable_devices(trained, tmp_path, capsys, monkeypatch, device, messag
     out = tmp_path / "out"
     assert message in one_line_error(capsys, ["train", *TINY, "--device", device, "--output", str(out)])
     assert message in one_line_error(capsys, ["eval", str(trained), "--device", device, "--output", str(out)])
+    assert message in one_line_error(capsys, ["viz", str(trained), "--device", device, "--output", str(out)])
+    assert message in one_line_error(capsys, ["bench", "--model", "mone_vit_test", "--device", device,
+                                              "--json", str(out / "b.json")])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--share-samples", "--num-images", "--batch-size"])
+def test_viz_counts_below_one(trained, tmp_path, capsys, flag):
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["viz", str(trained), flag, "0", "--output", str(out)])
+    assert f"{flag} must be an integer >= 1, got 0" in err and not out.exists()
+
+
+def test_eval_batch_size_below_one(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["eval", str(trained), "--batch-size", "0", "--output", str(out)])
+    assert "--batch-size must be an integer >= 1, got 0" in err and not out.exists()
+
+
+def test_eval_and_viz_of_clips_with_an_image_model_and_the_reverse(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    for command in ("eval", "viz"):
+        err = one_line_error(capsys, [command, str(trained), "--dataset", "moving_digits", "--output", str(out)])
+        assert "takes images of shape (1, 16, 16) but dataset moving_digits yields clips of shape" in err
+    video = create_model("mone_vivit_test", in_chans=1, num_classes=20)
+    path = save_checkpoint(tmp_path / "video.safetensors", video, "mone_vivit_test",
+                           dict(in_chans=1, num_classes=20), config={"dataset": "moving_digits"})
+    for command in ("eval", "viz"):
+        err = one_line_error(capsys, [command, str(path), "--dataset", "cluttered_digits", "--output", str(out)])
+        assert "takes clips of shape (1, 8, 32, 32) but dataset cluttered_digits yields images of shape" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9")])
+def test_eval_and_viz_batches_that_do_not_fit_in_memory(trained, tmp_path, capsys, monkeypatch, error):
+    def out_of_memory(*args, **kwargs):
+        raise error
+
+    model_class = type(mone.train.checkpoint.load_model(trained)[0])
+    monkeypatch.setattr(model_class, "forward", out_of_memory)
+    monkeypatch.setattr(model_class, "forward_features", out_of_memory)
+    out = tmp_path / "out"
+    err = one_line_error(capsys, ["eval", str(trained), "--batch-size", "32", "--output", str(out)])
+    assert err.endswith("a batch of 32 samples does not fit in memory on cpu: lower the batch size "
+                        "(e.g. --batch-size 16)")
+    err = one_line_error(capsys, ["viz", str(trained), "--batch-size", "8", "--output", str(out)])
+    assert "a batch of 8 samples does not fit in memory on cpu" in err
     assert not out.exists()
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 
 import pytest
+import torch
 
 from mone import count_flops, create_model, realised_capacity
+from mone._settings import add_setting_arguments, setting, setting_changes
+from mone.bench import BenchConfig
 from mone.cli import build_parser, main
 from mone.configs import get_config, list_configs
 from mone.train.checkpoint import load_model
 from mone.train.cli import config_from_args
+from mone.train.config import TrainConfig
 
 
 def one_line_error(capsys, argv) -> str:
@@ -138,3 +144,93 @@ def test_model_arg_with_a_bad_value_is_one_line(arg, message, tmp_path, capsys):
                                   "--output", str(out), "--no-progress"])
     assert message in err
     assert not out.exists()
+
+
+# -- settings are written once: the flags of mone train and mone bench come from the dataclass fields ------------------
+
+TRAIN_FLAGS = {  # field: (flags, the value they give), for every TrainConfig field
+    "model": (["--model", "mone_vit_s"], "mone_vit_s"),
+    "model_kwargs": (["--model-arg", "depth=2", "--model-arg", "act=gelu"], {"depth": 2, "act": "gelu"}),
+    "dataset": (["--dataset", "fashion_mnist"], "fashion_mnist"),
+    "data_dir": (["--data-dir", "/data"], "/data"),
+    "dataset_kwargs": (["--dataset-arg", "img_size=32"], {"img_size": 32}),
+    "steps": (["--steps", "7"], 7),
+    "batch_size": (["--batch-size", "3"], 3),
+    "lr": (["--lr", "0.5"], 0.5),
+    "min_lr": (["--min-lr", "1e-4"], 1e-4),
+    "warmup_steps": (["--warmup-steps", "2"], 2),
+    "weight_decay": (["--weight-decay", "0.2"], 0.2),
+    "grad_clip": (["--grad-clip", "0"], 0.0),
+    "label_smoothing": (["--label-smoothing", "0.2"], 0.2),
+    "precision": (["--precision", "bf16"], "bf16"),
+    "capacity_mode": (["--capacity-mode", "nested"], "nested"),
+    "capacity": (["--capacity", "0.5"], 0.5),
+    "capacities": (["--capacities", "0.3", "0.6"], (0.3, 0.6)),
+    "iso_flops": (["--iso-flops"], True),
+    "init_from": (["--init-from", "runs/x"], "runs/x"),
+    "seed": (["--seed", "3"], 3),
+    "output_dir": (["--output", "runs/y"], "runs/y"),
+    "log_every": (["--log-every", "2"], 2),
+    "checkpoint_every": (["--checkpoint-every", "5"], 5),
+    "num_workers": (["--workers", "1"], 1),
+    "device": (["--device", "cpu"], "cpu"),
+}
+
+
+def _help_of(parser, flag: str) -> str:
+    return next(action.help for action in parser._actions if flag in action.option_strings)
+
+
+def test_every_train_setting_is_one_field_with_its_flag_and_help():
+    assert set(TRAIN_FLAGS) == {f.name for f in dataclasses.fields(TrainConfig)}
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    defaults = TrainConfig()
+    for name, (argv, value) in TRAIN_FLAGS.items():
+        field = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+        assert _help_of(train_parser, argv[0]).startswith(field.metadata["help"]), name  # help: the field's
+        config = parse_train(*argv)
+        assert getattr(config, name) == value != getattr(defaults, name), name
+        assert config == defaults.replace(**{name: value}), name  # that flag changes that field only
+
+
+def test_every_bench_setting_is_one_field_with_its_flag_and_help():
+    flags = {"model": (["--model", "mone_vit_test"], "mone_vit_test"),
+             "batch_size": (["--batch-size", "2"], 2), "capacities": (["--capacities", "0.5"], (0.5,)),
+             "modes": (["--modes", "latency", "train"], ("latency", "train")), "repeats": (["--repeats", "2"], 2),
+             "warmup": (["--warmup", "0"], 0), "compile": (["--compile"], True),
+             "device": (["--device", "auto"], "cuda:0" if torch.cuda.is_available() else "cpu"),
+             "dtype": (["--dtype", "bfloat16"], "bfloat16"), "threads": (["--threads", "1"], 1),
+             "timm_baseline": (["--no-timm"], False), "seed": (["--seed", "4"], 4),
+             "model_kwargs": (["--model-arg", "img_size=64"], {"img_size": 64})}
+    assert set(flags) == {f.name for f in dataclasses.fields(BenchConfig)}
+    parser = build_parser()
+    bench_parser = parser._subparsers._group_actions[0].choices["bench"]
+    for name, (argv, value) in flags.items():
+        field = next(f for f in dataclasses.fields(BenchConfig) if f.name == name)
+        assert _help_of(bench_parser, argv[0]).startswith(field.metadata["help"]), name
+        config = BenchConfig(**setting_changes(parser.parse_args(["bench", *argv]), BenchConfig))
+        assert getattr(config, name) == value, name
+    assert BenchConfig(**setting_changes(parser.parse_args(["bench"]), BenchConfig)) == BenchConfig()
+
+
+def test_a_new_setting_field_becomes_a_flag_of_its_kind():
+    @dataclasses.dataclass
+    class Settings:
+        count: int = setting(1, help="how many")
+        rate: float | None = setting(None, help="how fast")
+        name: str = setting("a", choices=("a", "b"), help="which")
+        sizes: tuple[int, ...] = setting((1, 2), help="sizes")
+        on: bool = setting(False, help="switch on")
+        keep: bool = setting(True, flag="--drop", help="switch off")
+        extra: dict = setting(default_factory=dict, flag="--extra-arg", help="more")
+        internal: int = 0  # no setting(): not a flag
+
+    parser = argparse.ArgumentParser()
+    add_setting_arguments(parser, Settings)
+    args = parser.parse_args(["--count", "3", "--rate", "0.5", "--name", "b", "--sizes", "4", "5", "--on", "--drop",
+                              "--extra-arg", "x=1"])
+    assert Settings(**setting_changes(args, Settings)) == Settings(3, 0.5, "b", (4, 5), True, False, {"x": 1})
+    assert setting_changes(parser.parse_args([]), Settings) == {}
+    assert "how many (default: 1)" in parser.format_help() and "--internal" not in parser.format_help()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--name", "c"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from mone.data import ClutteredDigits, FashionMNIST, build_dataset, list_datasets
+from mone.cli import main
+from mone.data import ClutteredDigits, FashionMNIST, VideoFolderDataset, build_dataset, list_datasets
 from mone.data.cluttered_digits import draw_two_integers
 from mone.data.fashion_mnist import read_idx
 
@@ -208,6 +210,41 @@ def test_image_folder_errors(tmp_path):
         build_dataset("image_folder", "train", None)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_dataset("image_folder", "test", str(tmp_path))
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image", "truncated"])
+def test_an_unreadable_image_is_a_one_line_error_naming_the_file(tmp_path, capsys, content):
+    _image_tree(tmp_path)
+    bad = tmp_path / "train" / "dog" / "bad.png"
+    if content == "truncated":
+        good = (tmp_path / "train" / "dog" / "0.png").read_bytes()
+        content = good[: len(good) // 2]
+    bad.write_bytes(content)
+    train = build_dataset("image_folder", "train", str(tmp_path), img_size=32)
+    index = [path for path, _ in train.samples].index(str(bad))
+    with pytest.raises(ValueError, match=f"cannot read image {bad} .*remove or replace the file"):
+        train[index]
+    # the trainer meets it in its first batch (the whole split): one line, exit 2, nothing written
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mone_vit_test", "--model-arg", "depth=1", "--dataset", "image_folder",
+                 "--data-dir", str(tmp_path), "--dataset-arg", "img_size=32", "--batch-size", "5", "--steps", "1",
+                 "--no-progress", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"cannot read image {bad}" in err and not out.exists()
+
+
+def test_video_files_without_pyav_fail_when_the_dataset_is_built(tmp_path, capsys, monkeypatch):
+    clip = tmp_path / "train" / "left" / "clip.mp4"
+    clip.parent.mkdir(parents=True)
+    clip.write_bytes(b"\x00" * 64)
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
+    with pytest.raises(ValueError, match=f"reading video files such as {clip} needs PyAV: pip install 'mone"):
+        VideoFolderDataset(tmp_path, "train", num_frames=4, img_size=32)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mone_vivit_test", "--dataset", "video_folder", "--data-dir", str(tmp_path),
+                 "--no-progress", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs PyAV" in err and not out.exists()
 
 
 def test_build_dataset_rejects_unknown_names():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 
+import matplotlib
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -80,3 +82,10 @@ def test_results_are_written_as_csv_json_and_a_plot(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png", "results.csv", "results.json"]
     text = format_table(rows_a, title="mone")
     assert text.splitlines()[0] == "mone" and "80.00" in text and "90.00" in text
+
+
+def test_the_plot_never_touches_pyplot_or_the_backend(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # `import matplotlib.pyplot` raises ImportError
+    monkeypatch.setattr(matplotlib, "use", lambda *args, **kwargs: pytest.fail("library code switched the backend"))
+    row = {"capacity": 1.0, "realised_capacity": 1.0, "gflops": 0.2, "top1": 0.9, "images_per_s": 5.0}
+    assert plot_accuracy_vs_flops({"dense": [row]}, tmp_path / "plot.png").is_file()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import SafetensorError
@@ -33,6 +35,7 @@ from mone.train.config import PAPER_CAPACITIES, TrainConfig
 from mone.train.loop import (
     StepBatchSampler,
     TrainingInterrupted,
+    _one_line,
     capacities_for_step,
     epoch_permutation,
     planned_steps,
@@ -71,10 +74,9 @@ def metric_steps(config: TrainConfig) -> list[int]:
 
 
 def assert_same_checkpoints(a, b) -> None:
-    """Every tensor equal, torch's RNG state included (NumPy's global generator, which nothing in training draws
-    from, starts from OS entropy in each process)."""
+    """Every tensor equal, torch's RNG state included."""
     assert a.meta["step"] == b.meta["step"] and set(a.tensors) == set(b.tensors)
-    for key in a.tensors.keys() - {"rng.numpy_keys"}:
+    for key in a.tensors:
         assert torch.equal(a.tensors[key], b.tensors[key]), key
 
 
@@ -180,10 +182,11 @@ def test_checkpoint_round_trip_restores_model_optimizer_and_rng(tmp_path):
     path = save_checkpoint(tmp_path / "c.safetensors", model, "mone_vit_test", TINY_MODEL, config={"a": 1},
                            optimizer=optimizer, step=7)
     after_save = torch.rand(5)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.safetensors"]  # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]  # one file: no JSON copy, no temporary
     loaded, checkpoint = load_model(path)
     assert checkpoint.meta["step"] == 7 and checkpoint.meta["config"] == {"a": 1}
-    assert json.loads((tmp_path / "c.json").read_text()) == checkpoint.meta
+    # torch's generator states only: nothing in training draws from Python's or NumPy's global generators
+    assert "rng" not in checkpoint.meta and sorted(checkpoint.section("rng")) == ["torch"]
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
     other = torch.optim.AdamW(loaded.parameters(), lr=5.0)
@@ -193,10 +196,50 @@ def test_checkpoint_round_trip_restores_model_optimizer_and_rng(tmp_path):
     for index, state in saved["state"].items():
         for key, value in state.items():
             assert torch.equal(restored["state"][index][key], value)
-    set_rng_state(checkpoint.section("rng"), checkpoint.meta["rng"])
+    set_rng_state(checkpoint.section("rng"))
     assert torch.equal(torch.rand(5), after_save)
     # the file is plain safetensors: readable without mone and without pickle
     assert "model.alpha" in load_file(str(path))
+
+
+def write_old_layout(path: Path) -> None:
+    """Rewrite the checkpoint at ``path`` as mone wrote them before: the Python and NumPy global generator states
+    (``rng.numpy_keys`` and the header's ``rng``) and a JSON copy of the header beside the file."""
+    checkpoint = load_checkpoint(path)
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    meta = dict(checkpoint.meta, rng={
+        "python": [version, list(internal), gauss],
+        "numpy": {"kind": kind, "position": int(position), "has_gauss": int(has_gauss), "cached": float(cached)},
+    })
+    tensors = {**checkpoint.tensors, "rng.numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64))}
+    text = json.dumps(meta, indent=2, sort_keys=True)
+    save_file(tensors, str(path), metadata={"format": FORMAT, "mone": text})
+    path.with_suffix(".json").write_text(text + "\n")
+
+
+def test_checkpoints_of_the_old_layout_load_and_resume_exactly(tmp_path):
+    config = tiny_config(tmp_path, steps=6)
+    straight = config.replace(output_dir=str(tmp_path / "straight"))
+    train(straight, progress=False)
+    old = config.replace(output_dir=str(tmp_path / "old"))
+
+    def stop(step, metrics):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train(old, progress=False, step_callback=stop)
+    run = Path(old.output_dir)
+    write_old_layout(run / "checkpoint.safetensors")
+    assert "rng.numpy_keys" in load_checkpoint(run).tensors and (run / "checkpoint.json").exists()
+    model, checkpoint = load_model(run)  # an old checkpoint's weights load
+    assert checkpoint.meta["step"] == 3 and "python" in checkpoint.meta["rng"]
+    train(old, resume=True, progress=False)  # and its run resumes, exactly
+    resumed, reference = load_checkpoint(run), load_checkpoint(straight.output_dir)
+    assert_same_checkpoints(resumed, reference)
+    assert "rng" not in resumed.meta and "rng.numpy_keys" not in resumed.tensors
+    assert not (run / "checkpoint.json").exists()  # the stale copy went with the checkpoint it described
 
 
 def test_optimizer_state_tensors_are_json_free(tmp_path):
@@ -376,7 +419,7 @@ def test_a_failed_checkpoint_save_names_the_file_and_leaves_no_temporary(tmp_pat
     monkeypatch.setattr(mone.train.checkpoint, "save_file", half_written)
     with pytest.raises(OSError, match=f"cannot write checkpoint {path}: "):
         save_checkpoint(path, model, "mone_vit_test", TINY_MODEL, step=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.safetensors"] and path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"] and path.read_bytes() == before
 
 
 def test_resume_without_a_checkpoint_restarts_a_run_that_died_before_its_first(tmp_path, caplog):
@@ -509,6 +552,38 @@ def test_unreadable_data_fails_before_writing(tmp_path, monkeypatch):
     assert not Path(config.output_dir).exists()
 
 
+def test_a_sample_that_fails_mid_run_says_which_checkpoint_is_kept(tmp_path, monkeypatch):
+    class FailsLater(NoisyDigits):
+        calls = 0
+
+        def __getitem__(self, index):
+            FailsLater.calls += 1
+            if FailsLater.calls > 8 * 4:  # batches of 8: steps 1-4 read, step 5 fails
+                raise ValueError(f"cannot read image sample{index}.png")
+            return super().__getitem__(index)
+
+    monkeypatch.setitem(mone.data._BUILDERS, "fails_later", FailsLater)
+    config = tiny_config(tmp_path, dataset="fails_later", steps=6, checkpoint_every=3)
+    with pytest.raises(ValueError, match=r"^cannot read image sample\d+\.png \(after step 4 of 6; the checkpoint of "
+                                         r"step 3 in .* is kept; once fixed, continue with --resume\)$"):
+        train(config, progress=False)
+    assert load_checkpoint(config.output_dir).meta["step"] == 3
+
+
+def test_errors_from_dataloader_workers_become_one_line():
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise ValueError("cannot read image /data/x.png (truncated); remove or replace the file")
+    except ValueError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(ValueError) as caught:
+        wrapped.reraise()
+    assert len(str(caught.value).splitlines()) > 2  # what torch gives: a header and the worker's traceback
+    assert _one_line(caught.value) == "cannot read image /data/x.png (truncated); remove or replace the file"
+    assert _one_line(ValueError("plain")) == "plain"
+
+
 # -- in other processes: SIGKILL, data parallel ------------------------------------------------------------------------
 
 _SCRIPT = textwrap.dedent("""
@@ -562,8 +637,8 @@ def test_resume_after_sigkill_ends_bit_identical(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert_same_checkpoints(load_checkpoint(straight.output_dir), load_checkpoint(killed.output_dir))
     assert metric_steps(killed) == list(range(1, 13))  # the lines of steps 7-8 were replaced, not repeated
-    assert sorted(path.name for path in run.iterdir()) == [".lock", "checkpoint.json", "checkpoint.safetensors",
-                                                           "config.json", "metrics.jsonl"]
+    assert sorted(path.name for path in run.iterdir()) == [".lock", "checkpoint.safetensors", "config.json",
+                                                           "metrics.jsonl"]
 
 
 @pytest.mark.slow

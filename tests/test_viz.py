@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+
+import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,15 @@ import torch.nn.functional as F
 
 from mone import create_model, expert_token_counts
 from mone.data import ClutteredDigits
-from mone.viz import expert_colors, expert_grid, object_routing_share, patch_box_coverage, save_routing_maps, tint_image
+from mone.viz import (
+    expert_colors,
+    expert_grid,
+    object_routing_share,
+    patch_box_coverage,
+    save_routing_maps,
+    save_video_routing_maps,
+    tint_image,
+)
 
 MODEL = dict(img_size=32, patch_size=4, embed_dim=32, depth=1, num_heads=2, in_chans=1, num_classes=10)
 
@@ -64,6 +75,27 @@ def test_save_routing_maps_writes_a_png(model, digits, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["maps.png"]
     with pytest.raises(ValueError, match="capacity"):
         save_routing_maps(model, images, [0.05], tmp_path / "bad.png")
+
+
+@pytest.fixture
+def no_pyplot(monkeypatch):
+    """Fails any import of pyplot or backend switch: a library figure must leave a notebook's backend alone."""
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # `import matplotlib.pyplot` raises ImportError
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("library code called matplotlib.use()")
+
+    monkeypatch.setattr(matplotlib, "use", refuse)
+
+
+def test_routing_maps_never_touch_pyplot_or_the_backend(model, digits, tmp_path, no_pyplot):
+    images = torch.stack([digits[i][0] for i in range(2)])
+    assert save_routing_maps(model, images, [0.5], tmp_path / "maps.png").is_file()
+    torch.manual_seed(0)
+    video = create_model("mone_vivit_test", img_size=16, patch_size=8, embed_dim=32, depth=1, temporal_depth=1,
+                         num_heads=2, num_frames=4, num_classes=3)
+    clips = torch.randn(1, 3, 4, 16, 16)
+    assert save_video_routing_maps(video, clips, [0.5], tmp_path / "clips.png").is_file()
 
 
 def test_object_routing_share_matches_a_direct_count(model, digits):

@@ -35,14 +35,19 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._io import atomic_write_text
+from ._checks import check_int
+from ._device import resolve_device
+from ._io import atomic_write_text, check_output_file
+from ._progress import progress as progress_display
+from ._settings import add_setting_arguments, setting, setting_changes
 from .capacity import realised_capacity, validate_capacity
 from .flops import count_flops
 from .models import MoneVisionTransformer, MoneViViT, create_model
@@ -74,61 +79,44 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What to measure.
+    """What to measure. Each field's meaning is its ``help`` (field metadata, see :func:`mone._settings.setting`),
+    which ``mone bench --help`` prints; every field is a ``mone bench`` flag (``timm_baseline`` is ``--no-timm``,
+    ``model_kwargs`` ``--model-arg``)."""
 
-    Attributes:
-        model: a registered MoNE ViT name.
-        batch_size: images per call in ``throughput`` and ``train`` modes (``latency`` uses 1).
-        capacities: MoNE capacities besides 1.0.
-        modes: any of ``throughput``, ``latency``, ``train``.
-        repeats: timed calls per variant (medians are reported).
-        warmup: untimed calls per variant first (with ``compile``, the first one compiles).
-        compile: wrap every model in ``torch.compile(model, fullgraph=True)``.
-        device: ``cpu`` or ``cuda``.
-        dtype: ``float32``, ``bfloat16`` or ``float16``.
-        threads: intra-op CPU threads (``None``: leave torch's setting).
-        timm_baseline: time timm's dense ViT with the same weights and use it as the baseline.
-        seed: seed for weights and inputs.
-    """
-
-    model: str = "mone_vit_base_patch16_224"
-    batch_size: int = 8
-    capacities: tuple[float, ...] = (0.75, 0.5, 0.25)
-    modes: tuple[str, ...] = MODES
-    repeats: int = 5
-    warmup: int = 1
-    compile: bool = False
-    device: str = "cpu"
-    dtype: str = "float32"
-    threads: int | None = None
-    timm_baseline: bool = True
-    seed: int = 0
-    model_kwargs: dict = field(default_factory=dict)
+    model: str = setting("mone_vit_base_patch16_224", help="registered MoNE model name (ViT or ViViT)")
+    batch_size: int = setting(8, help="samples per call in throughput and train modes (latency uses 1)")
+    capacities: tuple[float, ...] = setting((0.75, 0.5, 0.25), help="MoNE capacities besides 1.0")
+    modes: tuple[str, ...] = setting(MODES, choices=MODES, help="what to time")
+    repeats: int = setting(5, help="timed calls per variant (medians are reported)")
+    warmup: int = setting(1, help="untimed calls per variant first (with --compile, the first one compiles)")
+    compile: bool = setting(False, help="wrap every model in torch.compile(model, fullgraph=True)")
+    device: str = setting("cpu", help="auto, cpu, cuda, cuda:1, ... (stored as the device it resolves to)")
+    dtype: str = setting("float32", choices=sorted(_DTYPES), help="parameter and input dtype")
+    threads: int | None = setting(None, help="intra-op CPU threads (default: torch's)")
+    timm_baseline: bool = setting(True, flag="--no-timm",
+                                  help="skip timm's dense twin (same weights); the baseline is then MoNE at 1.0")
+    seed: int = setting(0, help="seed of the weights and inputs")
+    model_kwargs: dict[str, Any] = setting(default_factory=dict, flag="--model-arg",
+                                           help="model keyword argument, e.g. img_size=64")
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "repeats"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"threads must be an integer >= 1, got {self.threads!r}")
+        check_int("batch_size", self.batch_size, 1)
+        check_int("repeats", self.repeats, 1)
+        check_int("warmup", self.warmup, 0)
+        if self.threads is not None:
+            check_int("threads", self.threads, 1)
         unknown = [m for m in self.modes if m not in MODES]
         if unknown or not self.modes:
             raise ValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False")
+        object.__setattr__(self, "device", str(resolve_device(self.device)))  # "auto" -> what it resolved to
 
 
 def environment(device: str = "cpu") -> dict:
     """Versions, hardware, thread count and allocator settings that every result must be read with."""
-    if device == "cuda":
-        hardware = torch.cuda.get_device_name()
+    if torch.device(device).type == "cuda":
+        hardware = torch.cuda.get_device_name(torch.device(device))
     else:
         hardware = platform.processor() or platform.machine()
         try:
@@ -183,16 +171,28 @@ def build_dense_twin(model: MoneVisionTransformer) -> nn.Module:
 
 
 def _synchronizer(device: str) -> Callable[[], None]:
-    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    """Waits for the device's queued work (GPUs run asynchronously); nothing to wait for on a CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return lambda: None
 
 
 def time_round_robin(
-    calls: dict[str, Callable[[], object]], repeats: int, warmup: int, synchronize: Callable[[], None]
+    calls: dict[str, Callable[[], object]], repeats: int, warmup: int, synchronize: Callable[[], None],
+    desc: str | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each entry, timed one call each per round, ``repeats`` rounds after ``warmup``."""
+    """Seconds per call of each entry, timed one call each per round, ``repeats`` rounds after ``warmup``.
+
+    With ``desc``, progress is shown per round (outside the timed calls).
+    """
+    rounds = progress_display(total=warmup + repeats, desc=desc or "", enabled=desc is not None, leave=False)
     for _ in range(warmup):
         for call in calls.values():
             call()
+        rounds.update(1)
     synchronize()
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
@@ -202,6 +202,8 @@ def time_round_robin(
             call()
             synchronize()
             times[name].append(time.perf_counter() - start)
+        rounds.update(1)
+    rounds.close()
     return times
 
 
@@ -247,8 +249,11 @@ def _routing_call(
     return route
 
 
-def run_benchmark(config: BenchConfig) -> tuple[list[dict], dict]:
-    """Run every mode of ``config``; returns (rows with the :data:`CSV_COLUMNS`, metadata)."""
+def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dict], dict]:
+    """Run every mode of ``config``; returns (rows with the :data:`CSV_COLUMNS`, metadata).
+
+    ``progress`` shows the rounds of each mode (a bar on a terminal, plain lines otherwise).
+    """
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -283,6 +288,7 @@ def run_benchmark(config: BenchConfig) -> tuple[list[dict], dict]:
     rows = []
     for mode in config.modes:
         batch = 1 if mode == "latency" else config.batch_size
+        desc = f"bench {mode}" if progress else None
         images = torch.randn(batch, *input_size, device=device, dtype=dtype)
         calls: dict[str, Callable[[], object]] = {}
         if mode == "train":
@@ -296,7 +302,7 @@ def run_benchmark(config: BenchConfig) -> tuple[list[dict], dict]:
             for c in capacities:
                 calls[f"mone@{c:g}"] = _train_call(run_model, mone_opt, images, labels, c, model.project_alpha_)
             _logger.info("%s: %d variants x %d repeats", mode, len(calls), config.repeats)
-            times = time_round_robin(calls, config.repeats, config.warmup, synchronize)
+            times = time_round_robin(calls, config.repeats, config.warmup, synchronize, desc)
         else:
             model.eval()
             if dense is not None:
@@ -308,7 +314,7 @@ def run_benchmark(config: BenchConfig) -> tuple[list[dict], dict]:
                     calls[f"routing@{c:g}"] = _routing_call(model, images, c)
             _logger.info("%s: %d timed entries x %d repeats", mode, len(calls), config.repeats)
             with torch.inference_mode():
-                times = time_round_robin(calls, config.repeats, config.warmup, synchronize)
+                times = time_round_robin(calls, config.repeats, config.warmup, synchronize, desc)
 
         medians = {name: statistics.median(t) for name, t in times.items()}
         base = medians[baseline]
@@ -372,29 +378,17 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=BenchConfig.model, help="registered MoNE ViT name")
-    parser.add_argument("--batch-size", type=int, default=BenchConfig.batch_size)
-    parser.add_argument("--capacities", type=float, nargs="+", default=list(BenchConfig.capacities))
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--repeats", type=int, default=BenchConfig.repeats, help="timed calls per variant")
-    parser.add_argument("--warmup", type=int, default=BenchConfig.warmup, help="untimed calls per variant first")
-    parser.add_argument("--compile", action="store_true", help="torch.compile(model, fullgraph=True) every model")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
-    parser.add_argument("--no-timm", action="store_true", help="skip timm's dense twin; baseline MoNE at 1.0")
-    parser.add_argument("--seed", type=int, default=0)
+    add_setting_arguments(parser, BenchConfig)
     parser.add_argument("--csv", default=None, help="write the rows here as CSV")
     parser.add_argument("--json", default=None, help="write rows and settings here as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    config = BenchConfig(
-        model=args.model, batch_size=args.batch_size, capacities=tuple(args.capacities), modes=tuple(args.modes),
-        repeats=args.repeats, warmup=args.warmup, compile=args.compile, device=args.device, dtype=args.dtype,
-        threads=args.threads, timm_baseline=not args.no_timm, seed=args.seed,
-    )  # fmt: skip
-    rows, meta = run_benchmark(config)
+    config = BenchConfig(**setting_changes(args, BenchConfig))
+    for path in (args.csv, args.json):  # before the benchmark runs, not after
+        if path:
+            check_output_file(path)
+    rows, meta = run_benchmark(config, progress=True)
     env = meta["environment"]
     print(f"{config.model} on {env['hardware']} ({config.device}, {config.dtype}, {env['threads']} threads, "
           f"torch {env['torch']}, compiled={config.compile}); baseline: {meta['baseline']}")  # fmt: skip

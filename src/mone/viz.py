@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from ._checks import check_int
 from ._io import atomic_write_text, save_figure
 from .capacity import validate_capacity
 
@@ -90,10 +91,7 @@ def save_routing_maps(
         boxes: optional object box per image, outlined on the input column.
         titles: optional row titles (e.g. the labels).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Rectangle
 
     num_experts = getattr(model, "num_experts", 1)
@@ -101,7 +99,8 @@ def save_routing_maps(
     colors = expert_colors(num_experts)
     grids = [expert_grid(model, images, c) for c in values]  # each [B, gh, gw]
     B = images.shape[0]
-    fig, axes = plt.subplots(B, len(values) + 1, figsize=(1.6 * (len(values) + 1), 1.6 * B + 0.6), squeeze=False)
+    fig = Figure(figsize=(1.6 * (len(values) + 1), 1.6 * B + 0.6))
+    axes = fig.subplots(B, len(values) + 1, squeeze=False)
     for b in range(B):
         plain = tint_image(images[b], grids[0][b], colors, strength=0.0)
         axes[b, 0].imshow(plain, interpolation="nearest")
@@ -145,10 +144,7 @@ def save_video_routing_maps(
     Column ``k`` is temporal index ``k`` (the first frame of tubelet ``k``); EPR routes every temporal index on its
     own, so every tile of a routing row holds the same number of tokens per expert.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     num_experts = getattr(model, "num_experts", 1)
@@ -160,7 +156,8 @@ def save_video_routing_maps(
     per_clip = len(values) + 1
     legend_rows = 2 if num_temporal < 6 else 1  # the legend wraps on narrow grids
     height = 1.1 * B * per_clip + 0.3 + 0.2 * legend_rows
-    fig, axes = plt.subplots(B * per_clip, num_temporal, figsize=(1.1 * num_temporal + 0.6, height), squeeze=False)
+    fig = Figure(figsize=(1.1 * num_temporal + 0.6, height))
+    axes = fig.subplots(B * per_clip, num_temporal, squeeze=False)
     for b in range(B):
         for t in range(num_temporal):
             plain = tint_image(frames[b, :, t], grids[0][b, t], colors, strength=0.0)
@@ -214,6 +211,8 @@ def object_routing_share(
     """
     if not hasattr(dataset, "box"):
         raise ValueError(f"{type(dataset).__name__} has no object boxes; routing shares need e.g. cluttered_digits")
+    check_int("num_samples", num_samples, 1)
+    check_int("batch_size", batch_size, 1)
     num_experts = getattr(model, "num_experts", 1)
     validate_capacity(capacity, num_experts)
     num_samples = min(num_samples, len(dataset))
@@ -255,39 +254,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--share-samples", type=int, default=512, help="images for the object/background shares")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per forward for the shares")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--output", default="runs/viz", help="folder for routing_maps.png (and routing_share.json)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ._io import prepare_output_dir
-    from .data import build_dataset
+    from ._device import resolve_device
+    from ._io import check_output_dir, prepare_output_dir
     from .train.checkpoint import load_model
+    from .train.evaluate import batch_must_fit, checkpoint_dataset
 
-    model, checkpoint = load_model(args.checkpoint)
+    # Check everything, then compute, then create the folder and write: a failure leaves nothing behind.
+    check_int("--num-images", args.num_images, 1)
+    check_int("--share-samples", args.share_samples, 1)
+    check_int("--batch-size", args.batch_size, 1)
+    device = resolve_device(args.device)
+    check_output_dir(args.output)
+    model, checkpoint = load_model(args.checkpoint, device)
     num_experts = getattr(model, "num_experts", 1)
     for capacity in args.capacities:
         validate_capacity(capacity, num_experts)
-    if args.num_images < 1:
-        raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
-    config = checkpoint.meta.get("config") or {}
-    name = args.dataset or config.get("dataset")
-    if name is None:
-        raise ValueError(f"checkpoint {args.checkpoint} does not name its dataset; pass --dataset")
-    same = name == config.get("dataset")
-    dataset = build_dataset(name, args.split, args.data_dir or (config.get("data_dir") if same else None),
-                            **(config.get("dataset_kwargs", {}) if same else {}))
-    output_dir = prepare_output_dir(args.output)
+    dataset = checkpoint_dataset(checkpoint, model, args.dataset, args.split, args.data_dir)
     count = min(args.num_images, len(dataset))
-    images = torch.stack([dataset[i][0] for i in range(count)])
+    images = torch.stack([dataset[i][0] for i in range(count)]).to(device)
     boxes = [dataset.box(i) for i in range(count)] if hasattr(dataset, "box") else None
     titles = [f"label {dataset[i][1]}" for i in range(count)]
+    shares = []
+    if boxes is not None:
+        with batch_must_fit(args.batch_size, device):
+            shares = [object_routing_share(model, dataset, c, args.share_samples, args.batch_size, device=device)
+                      for c in args.capacities]
+    output_dir = prepare_output_dir(args.output)
     if images.dim() == 5:  # clips [B, C, T, H, W]: one frame grid
         path = save_video_routing_maps(model, images, args.capacities, output_dir / "routing_maps.png", titles)
     else:
         path = save_routing_maps(model, images, args.capacities, output_dir / "routing_maps.png", boxes, titles)
     print(f"wrote {path}")
-    if boxes is not None:
-        shares = [object_routing_share(model, dataset, c, args.share_samples) for c in args.capacities]
+    if shares:
         print(f"share of tokens on the {shares[0]['top_experts']} largest experts ({shares[0]['num_samples']} images)")
         print(f"{'capacity':>9} {'object':>8} {'background':>11} {'all tokens':>11}")
         for share in shares:

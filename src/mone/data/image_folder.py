@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
 from torchvision import datasets, transforms
 
-__all__ = ["ImageFolderDataset", "build_transform", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["ImageFolderDataset", "build_transform", "load_rgb", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,8 +29,21 @@ def build_transform(img_size: int, train: bool) -> transforms.Compose:
     )
 
 
+def load_rgb(path: str) -> Image.Image:
+    """The image at ``path`` in RGB; a file PIL cannot read (truncated, empty, not an image) is a ValueError naming it.
+
+    Files are only decoded when a batch needs them: checking a large tree up front would cost a full pass over it.
+    """
+    try:
+        with open(path, "rb") as handle:
+            image = Image.open(handle)
+            return image.convert("RGB")  # decodes the whole image, so truncation shows here
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:  # SyntaxError: some broken PNGs
+        raise ValueError(f"cannot read image {path} ({error}); remove or replace the file") from None
+
+
 class ImageFolderDataset(datasets.ImageFolder):
-    """``root/<split>/<class>/*.jpg`` (any format PIL reads), images converted to RGB.
+    """``root/<split>/<class>/*.jpg`` (any format PIL reads), images converted to RGB (:func:`load_rgb`).
 
     Args:
         root: dataset root holding one folder per split.
@@ -47,7 +61,7 @@ class ImageFolderDataset(datasets.ImageFolder):
             raise FileNotFoundError(
                 f"image folder {folder} does not exist; expected {root}/<split>/<class>/<image files>"
             )
-        super().__init__(str(folder), transform=build_transform(img_size, train=split == "train"))
+        super().__init__(str(folder), transform=build_transform(img_size, train=split == "train"), loader=load_rgb)
         self.split = split
         self.img_size = img_size
         self.num_classes = len(self.classes)

@@ -33,12 +33,19 @@ def sample_frame_indices(num_available: int, num_frames: int) -> list[int]:
     return [min(num_available - 1, int((i + 0.5) * num_available / num_frames)) for i in range(num_frames)]
 
 
-def _decode_video(path: Path) -> torch.Tensor:
-    """All frames of a video file as uint8 [L, H, W, 3] (RGB)."""
+def _import_av(path: Path):
+    """PyAV, or a ValueError saying how to install it (or to use frame folders) for video files such as ``path``."""
     try:
         import av
     except ImportError:
-        raise ImportError(f"reading video files such as {path} needs PyAV: pip install 'mone[video]'") from None
+        raise ValueError(f"reading video files such as {path} needs PyAV: pip install 'mone[video]' (or store "
+                         f"each clip as a folder of frame images)") from None
+    return av
+
+
+def _decode_video(path: Path) -> torch.Tensor:
+    """All frames of a video file as uint8 [L, H, W, 3] (RGB)."""
+    av = _import_av(path)
     try:
         with av.open(str(path)) as container:
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
@@ -120,6 +127,9 @@ class VideoFolderDataset(Dataset):
                 f"video folder {folder} holds no clips: expected video files ({', '.join(VIDEO_EXTENSIONS)}) or "
                 f"folders of frames under {folder}/<class>/"
             )
+        video_files = [clip for clip, _ in self.samples if not clip.is_dir()]
+        if video_files:  # fail now, not at the first batch
+            _import_av(video_files[0])
         self.split = split
         self.num_frames = num_frames
         self.img_size = img_size

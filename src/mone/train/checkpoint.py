@@ -1,37 +1,41 @@
-"""Checkpoints: one safetensors file whose header carries the run's JSON, plus a readable JSON copy beside it.
+"""Checkpoints: one safetensors file whose header carries the run's JSON.
 
 ``<name>.safetensors`` holds every tensor: the model's state (``model.*``), the optimiser's per-parameter state
-(``optimizer.<param index>.<key>``) and the torch RNG states (``rng.*``). Its header metadata holds, as JSON, the
-model name and keyword arguments, the :class:`~mone.train.config.TrainConfig`, the optimiser's hyper-parameters, the
-Python/NumPy RNG states and the step. That file alone is the checkpoint; it is written to a temporary file and
-moved into place with ``os.replace``, so a reader sees the old or the new checkpoint, never half of one (a failed
-save removes its temporary file; the trainer removes one left by a killed save when it next claims the folder). The
-``<name>.json`` beside it repeats the metadata for people and tools (it is written after the tensors and is never
-read back). Nothing here uses pickle.
+(``optimizer.<param index>.<key>``) and torch's generator states (``rng.torch``, ``rng.cuda.<i>``). Its header
+metadata holds, as JSON, the model name and keyword arguments, the :class:`~mone.train.config.TrainConfig`, the
+optimiser's hyper-parameters and the step: the header is the one stored copy of the run's configuration (a run
+folder's ``config.json`` is the trainer's readable copy, there from the start, before any checkpoint). That file
+alone is the checkpoint; it is written to a temporary file and moved into place with ``os.replace``, so a reader sees
+the old or the new checkpoint, never half of one (a failed save removes its temporary file; the trainer removes one
+left by a killed save when it next claims the folder). Nothing here uses pickle.
+
+Only torch's generators are saved: everything else random in training is a pure function of (seed, step) (data
+order, capacity draws, the DataLoader's worker seeds), and nothing draws from Python's or NumPy's global
+generators. Checkpoints written before that (with ``rng.numpy_keys``, the Python/NumPy states in the header and a
+``<name>.json`` copy of the header beside the file) still load and resume; the extra states are ignored.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .._io import atomic_write_text, fsync_replace
+from .._io import fsync_replace
 from ..models import create_model
 
 __all__ = [
     "CHECKPOINT_NAME",
     "Checkpoint",
+    "LEGACY_JSON_NAME",
     "check_finite_weights",
     "check_same_architecture",
     "load_checkpoint",
@@ -45,6 +49,7 @@ __all__ = [
 
 FORMAT = "mone-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.safetensors"  # a run folder's checkpoint
+LEGACY_JSON_NAME = "checkpoint.json"  # the header's JSON copy that older versions wrote beside the checkpoint
 
 
 @dataclass
@@ -97,33 +102,21 @@ def optimizer_state_from_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapp
     return {"state": state, "param_groups": groups}
 
 
-def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The Python, NumPy and torch (CPU and CUDA) generator states as tensors plus JSON."""
+def rng_state() -> dict[str, torch.Tensor]:
+    """torch's generator states: the CPU's (``torch``) and each initialised GPU's (``cuda.<i>``)."""
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda.{i}"] = cuda_state
-    version, internal, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    tensors["numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
-    meta = {
-        "python": [version, list(internal), gauss],
-        "numpy": {"kind": kind, "position": int(position), "has_gauss": int(has_gauss), "cached": float(cached)},
-    }
-    return tensors, meta
+    return tensors
 
 
-def set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
+def set_rng_state(tensors: Mapping[str, torch.Tensor]) -> None:
+    """Restore what :func:`rng_state` captured (an older checkpoint's ``numpy_keys`` is ignored)."""
     torch.set_rng_state(tensors["torch"])
     cuda_states = [tensors[f"cuda.{i}"] for i in range(len(tensors)) if f"cuda.{i}" in tensors]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
-    version, internal, gauss = meta["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_meta = meta["numpy"]
-    np.random.set_state((numpy_meta["kind"], tensors["numpy_keys"].numpy().astype(np.uint32), numpy_meta["position"],
-                         numpy_meta["has_gauss"], numpy_meta["cached"]))
 
 
 def save_checkpoint(
@@ -138,7 +131,7 @@ def save_checkpoint(
     extra: Mapping[str, Any] | None = None,
     include_rng: bool = True,
 ) -> Path:
-    """Write a checkpoint atomically to ``path`` (``.safetensors``) and its JSON copy to ``path.with_suffix('.json')``.
+    """Write a checkpoint atomically to ``path`` (``.safetensors``), the metadata as JSON in its header.
 
     Args:
         path: target file.
@@ -148,7 +141,7 @@ def save_checkpoint(
         optimizer: saved with its full state when given.
         step: optimiser steps completed.
         extra: more JSON-able metadata (e.g. the planned total steps).
-        include_rng: save the Python/NumPy/torch generator states.
+        include_rng: save torch's generator states (what a resumed run needs).
     """
     path = Path(path)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -164,8 +157,7 @@ def save_checkpoint(
         optim_tensors, meta["optimizer"] = optimizer_state_to_tensors(optimizer)
         tensors.update({f"optimizer.{k}": v for k, v in optim_tensors.items()})
     if include_rng:
-        rng_tensors, meta["rng"] = rng_state()
-        tensors.update({f"rng.{k}": v for k, v in rng_tensors.items()})
+        tensors.update({f"rng.{k}": v for k, v in rng_state().items()})
     text = json.dumps(meta, indent=2, sort_keys=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -175,7 +167,6 @@ def save_checkpoint(
         raise OSError(f"cannot write checkpoint {path}: {getattr(error, 'strerror', None) or error}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    atomic_write_text(path.with_suffix(".json"), text + "\n")
     return path
 
 

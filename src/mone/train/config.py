@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from .._checks import check_int
+from .._settings import setting
 
 __all__ = ["CAPACITY_MODES", "PAPER_CAPACITIES", "PRECISIONS", "TrainConfig"]
 
@@ -16,53 +19,52 @@ PAPER_CAPACITIES = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)  # spe
 
 @dataclass
 class TrainConfig:
-    """One training run.
+    """One training run. Each field's meaning is its ``help`` (field metadata, see :func:`mone._settings.setting`),
+    which ``mone train --help`` prints; every field is a ``mone train`` flag of the same name (``output_dir`` is
+    ``--output``, ``num_workers`` ``--workers``, the dicts ``--model-arg`` and ``--dataset-arg``).
 
-    Model and data:
-        model: registered model name (``mone.create_model``).
-        model_kwargs: keyword arguments for the model; ``num_classes`` and the input size default to the dataset's.
-        dataset, data_dir, dataset_kwargs: passed to ``mone.data.build_dataset(dataset, "train", data_dir, ...)``.
-    Optimisation (AugReg-style, spec section 6):
-        steps: optimiser steps (before any isoFLOPs scaling); batch_size: global batch (split across processes).
-        lr, min_lr, warmup_steps: linear warm-up to ``lr``, then cosine decay to ``min_lr``.
-        weight_decay: AdamW decay on weight matrices (not on biases, norms, positions or alpha).
-        grad_clip: max global gradient norm (0 disables); label_smoothing: cross-entropy smoothing.
-        precision: ``fp32`` or ``bf16`` (autocast, on CPU and GPU).
-    Capacity:
-        capacity_mode: ``fixed`` (always ``capacity``), ``adaptive`` (one of ``capacities`` drawn per step) or
-            ``nested`` (MatViT-style: every step averages the loss over the E one-hot distributions).
-        iso_flops: scale ``steps`` by dense FLOPs / mean MoNE FLOPs per step, to spend the dense training compute.
-        init_from: checkpoint whose model weights start this run (e.g. a nested pre-training run).
-    Bookkeeping:
-        seed, output_dir, log_every (metrics lines), checkpoint_every (steps; the last step is always saved),
-        num_workers (DataLoader processes), device (``auto``, ``cpu``, ``cuda``...).
+    The optimisation follows AugReg (the paper's recipe); ``capacity_mode`` ``nested`` is MatViT-style training.
     """
 
-    model: str = "mone_vit_test"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    dataset: str = "cluttered_digits"
-    data_dir: str | None = None
-    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
-    steps: int = 1000
-    batch_size: int = 128
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    warmup_steps: int = 100
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    label_smoothing: float = 0.1
-    precision: str = "fp32"
-    capacity_mode: str = "fixed"
-    capacity: float = 1.0
-    capacities: tuple[float, ...] = PAPER_CAPACITIES
-    iso_flops: bool = False
-    init_from: str | None = None
-    seed: int = 0
-    output_dir: str = "runs/train"
-    log_every: int = 10
-    checkpoint_every: int = 200
-    num_workers: int = 0
-    device: str = "auto"
+    # model and data
+    model: str = setting("mone_vit_test", help="registered model name, see mone.list_models()")
+    model_kwargs: dict[str, Any] = setting(
+        default_factory=dict, flag="--model-arg",
+        help="model keyword argument, e.g. patch_size=4; num_classes and the input size default to the dataset's")
+    dataset: str = setting("cluttered_digits", help="cluttered_digits, fashion_mnist, image_folder, moving_digits, "
+                                                    "video_folder, ...")
+    data_dir: str | None = setting(None, help="dataset folder (Fashion-MNIST IDX files, image or video tree)")
+    dataset_kwargs: dict[str, Any] = setting(default_factory=dict, flag="--dataset-arg",
+                                             help="dataset keyword argument, e.g. img_size=32")
+    # optimisation
+    steps: int = setting(1000, help="optimiser steps (before any --iso-flops scaling)")
+    batch_size: int = setting(128, help="global batch size (split across processes)")
+    lr: float = setting(1e-3, help="peak learning rate, reached by a linear warm-up, then cosine decay")
+    min_lr: float = setting(1e-5, help="learning rate at the end of the cosine decay")
+    warmup_steps: int = setting(100, help="steps of linear learning-rate warm-up")
+    weight_decay: float = setting(0.05, help="AdamW decay of weight matrices (not biases, norms, positions, alpha)")
+    grad_clip: float = setting(1.0, help="max global gradient norm (0 disables clipping)")
+    label_smoothing: float = setting(0.1, help="cross-entropy label smoothing")
+    precision: str = setting("fp32", choices=PRECISIONS, help="bf16: bfloat16 autocast, on CPU and GPU")
+    # capacity
+    capacity_mode: str = setting(
+        "fixed", choices=CAPACITY_MODES,
+        help="fixed: always --capacity; adaptive: one of --capacities drawn per step; nested: every step averages "
+             "the loss over the E one-hot distributions (MatViT-style)")
+    capacity: float = setting(1.0, help="capacity of fixed-mode training")
+    capacities: tuple[float, ...] = setting(PAPER_CAPACITIES, help="the set sampled in adaptive mode")
+    iso_flops: bool = setting(False, help="scale the steps by dense FLOPs / mean MoNE FLOPs per step, to spend the "
+                                          "dense training compute")
+    init_from: str | None = setting(None, help="start from this checkpoint's weights (e.g. a nested run)")
+    # bookkeeping
+    seed: int = setting(0, help="seed of the initialisation, the data order and the capacity draws")
+    output_dir: str = setting("runs/train", flag="--output",
+                              help="run folder (checkpoint, metrics.jsonl, config.json); one holding a run needs "
+                                   "--resume")
+    log_every: int = setting(10, help="steps between metrics lines")
+    checkpoint_every: int = setting(200, help="steps between checkpoints (the last step is always saved)")
+    num_workers: int = setting(0, flag="--workers", help="DataLoader processes")
+    device: str = setting("auto", help="auto, cpu, cuda, cuda:1, ...")
 
     def __post_init__(self) -> None:
         self.capacities = tuple(float(c) for c in self.capacities)
@@ -73,13 +75,9 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first setting that is out of range (model-dependent checks come later)."""
         for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_int(name, getattr(self, name), 1)
         for name in ("warmup_steps", "num_workers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+            check_int(name, getattr(self, name), 0)
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if self.weight_decay < 0 or self.grad_clip < 0:

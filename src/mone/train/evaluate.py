@@ -8,31 +8,35 @@ Results are written as CSV and JSON, and plotted as accuracy against GFLOPs with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .._device import resolve_device
-from .._io import atomic_write_text, prepare_output_dir, save_figure
+from .._checks import check_int
+from .._io import atomic_write_text, check_output_dir, prepare_output_dir, save_figure
+from .._progress import progress as progress_display
 from ..capacity import feasible_capacity_range, validate_capacity
 from ..data import build_dataset
 from ..flops import count_flops
-from .checkpoint import load_model
+from .checkpoint import Checkpoint, load_model
 
 __all__ = [
     "DEFAULT_CAPACITIES",
     "add_arguments",
+    "batch_must_fit",
+    "checkpoint_dataset",
     "evaluate",
     "format_table",
     "plot_accuracy_vs_flops",
@@ -44,6 +48,31 @@ _logger = logging.getLogger(__name__)
 
 DEFAULT_CAPACITIES = (0.2, 0.3, 0.5, 0.75, 1.0)
 COLUMNS = ("capacity", "realised_capacity", "gflops", "top1", "images_per_s")
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA), or an allocator's RuntimeError (``DefaultCPUAllocator: not enough memory``,
+    ``MPS backend out of memory``), or Python's MemoryError."""
+    if isinstance(error, MemoryError):
+        return True
+    message = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in message or "not enough memory" in message)
+
+
+@contextlib.contextmanager
+def batch_must_fit(batch_size: int, device: torch.device | str, option: str = "--batch-size") -> Iterator[None]:
+    """Turn running out of memory inside the block into a ValueError that names the batch size to reduce."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as error:
+        if not _is_out_of_memory(error):
+            raise
+        device = torch.device(device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        smaller = f"e.g. {option} {batch_size // 2}" if batch_size > 1 else "or use a smaller model or input"
+        raise ValueError(f"a batch of {batch_size} samples does not fit in memory on {device}: lower the batch "
+                         f"size ({smaller})") from None
 
 
 @torch.inference_mode()
@@ -66,7 +95,7 @@ def evaluate(
         capacities: effective capacities, each in the model's feasible range.
         batch_size, device, num_workers: evaluation batching.
         bf16: run the forward under bfloat16 autocast.
-        progress: tqdm bar per capacity.
+        progress: show progress per capacity (a tqdm bar on a terminal, plain periodic lines otherwise).
 
     Returns:
         One row per capacity: ``capacity``, ``realised_capacity``, ``gflops`` (per sample, multiply-accumulates),
@@ -77,6 +106,7 @@ def evaluate(
     else:
         values = [c if isinstance(c, (tuple, list)) else validate_capacity(c, getattr(model, "num_experts", 1))
                   for c in capacities]
+    check_int("batch_size", batch_size, 1)
     device = torch.device(device)
     model = model.to(device).eval()
     input_size = tuple(model.default_input_size)
@@ -85,18 +115,20 @@ def evaluate(
     rows = []
     for capacity in values:
         correct, seen, forward_s = 0, 0, 0.0
-        for images, labels in tqdm(loader, desc=f"eval capacity {capacity}", disable=not progress, leave=False):
-            images, labels = images.to(device), labels.to(device)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            with autocast:
-                logits = model(images, capacity=capacity)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            forward_s += time.perf_counter() - start
-            correct += (logits.argmax(dim=-1) == labels).sum().item()
-            seen += len(labels)
+        batches = progress_display(loader, desc=f"eval capacity {capacity}", enabled=progress, leave=False)
+        with batch_must_fit(batch_size, device):
+            for images, labels in batches:
+                images, labels = images.to(device), labels.to(device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                with autocast:
+                    logits = model(images, capacity=capacity)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                forward_s += time.perf_counter() - start
+                correct += (logits.argmax(dim=-1) == labels).sum().item()
+                seen += len(labels)
         rows.append({
             "capacity": capacity,
             "realised_capacity": model.realised_capacity(capacity),
@@ -139,13 +171,11 @@ def plot_accuracy_vs_flops(
     results: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, title: str = ""
 ) -> Path:
     """Top-1 accuracy against GFLOPs per sample, one curve per model (each point labelled with its capacity)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
     for label, rows in results.items():
         rows = sorted(rows, key=lambda r: r["gflops"])
         xs, ys = [r["gflops"] for r in rows], [100 * r["top1"] for r in rows]
@@ -160,6 +190,27 @@ def plot_accuracy_vs_flops(
         ax.set_title(title)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def checkpoint_dataset(
+    checkpoint: Checkpoint, model: nn.Module, name: str | None, split: str, data_dir: str | None
+) -> Dataset:
+    """The dataset to run a checkpoint's model on: ``name``, or by default the one its run trained on (with the run's
+    folder and options), checked against the model's input size (an image model given clips fails here, not mid-run).
+    """
+    config = checkpoint.meta.get("config") or {}
+    name = name or config.get("dataset")
+    if name is None:
+        raise ValueError(f"checkpoint {checkpoint.path} does not name its dataset; pass --dataset")
+    same = name == config.get("dataset")
+    dataset = build_dataset(name, split, data_dir or (config.get("data_dir") if same else None),
+                            **(config.get("dataset_kwargs", {}) if same else {}))
+    expected, found = tuple(model.default_input_size), tuple(dataset.input_size)
+    if expected != found:
+        kinds = {3: "images", 4: "clips"}
+        raise ValueError(f"the model of {checkpoint.path} takes {kinds.get(len(expected), 'samples')} of shape "
+                         f"{expected} but dataset {name} yields {kinds.get(len(found), 'samples')} of shape {found}")
+    return dataset
 
 
 def default_capacities_for(model: nn.Module) -> list[float]:
@@ -185,30 +236,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Check and load everything before evaluating, and write (creating the folder) only once there are results.
     if args.labels is not None and len(args.labels) != len(args.checkpoints):
         raise ValueError(f"--labels names {len(args.labels)} curves for {len(args.checkpoints)} checkpoints")
+    check_int("--batch-size", args.batch_size, 1)
     device = resolve_device(args.device)
+    check_output_dir(args.output)
     loaded = []
-    for path in args.checkpoints:  # load and validate everything before writing anything
+    for path in args.checkpoints:
         model, checkpoint = load_model(path, device)
         capacities = default_capacities_for(model) if args.capacities is None else args.capacities
         for capacity in capacities:
             validate_capacity(capacity, getattr(model, "num_experts", 1))
-        config = checkpoint.meta.get("config") or {}
-        name = args.dataset or config.get("dataset")
-        if name is None:
-            raise ValueError(f"checkpoint {path} does not name its dataset; pass --dataset")
-        kwargs = config.get("dataset_kwargs", {}) if name == config.get("dataset") else {}
-        data_dir = args.data_dir or (config.get("data_dir") if name == config.get("dataset") else None)
-        dataset = build_dataset(name, args.split, data_dir, **kwargs)
+        dataset = checkpoint_dataset(checkpoint, model, args.dataset, args.split, args.data_dir)
         loaded.append((path, model, capacities, dataset))
-    output_dir = prepare_output_dir(args.output)
     labels = args.labels or [Path(p).parent.name if Path(p).is_file() else Path(p).name for p in args.checkpoints]
     results = {}
     for label, (path, model, capacities, dataset) in zip(labels, loaded):
         rows = evaluate(model, dataset, capacities, args.batch_size, device, bf16=args.bf16, progress=True)
         results[label] = rows
         print(format_table(rows, title=f"{label} ({path}, {args.split} split, {rows[0]['num_samples']} samples)"))
+    output_dir = prepare_output_dir(args.output)
     paths = write_results(results, output_dir)
     paths.append(plot_accuracy_vs_flops(results, output_dir / "accuracy_vs_gflops.png"))
     print("wrote " + ", ".join(str(p) for p in paths))

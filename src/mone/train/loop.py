@@ -29,16 +29,17 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
 
 from .._device import resolve_device
 from .._io import atomic_write_text, prepare_output_dir  # prepare_output_dir: re-exported for viz and demo
+from .._progress import progress as progress_display
 from ..capacity import validate_capacity
 from ..data import build_dataset
 from ..flops import count_flops
 from ..models import create_model, load_dense_weights, needs_upcycling
 from .checkpoint import (
     CHECKPOINT_NAME,
+    LEGACY_JSON_NAME,
     Checkpoint,
     check_finite_weights,
     check_same_architecture,
@@ -255,7 +256,8 @@ def _resume_checkpoint(output_dir: Path, config: TrainConfig, model: nn.Module) 
     path = output_dir / CHECKPOINT_NAME
     if path.exists():
         checkpoint = load_checkpoint(path)
-        missing = [key for key in ("config", "optimizer", "rng") if not isinstance(checkpoint.meta.get(key), dict)]
+        missing = [key for key in ("config", "optimizer") if not isinstance(checkpoint.meta.get(key), dict)]
+        missing += [] if "rng.torch" in checkpoint.tensors else ["rng"]
         if missing:
             raise ValueError(f"checkpoint {path} has no {' or '.join(missing)} state, so it cannot be resumed "
                              f"(--init-from starts a new run from its weights)")
@@ -282,7 +284,7 @@ def _restore(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Op
     try:
         optimizer.load_state_dict(optimizer_state_from_tensors(checkpoint.section("optimizer"),
                                                                checkpoint.meta["optimizer"]))
-        set_rng_state(checkpoint.section("rng"), checkpoint.meta["rng"])
+        set_rng_state(checkpoint.section("rng"))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ValueError(f"checkpoint {checkpoint.path}: its optimiser or RNG state cannot be restored "
                          f"({error!r})") from None
@@ -299,6 +301,17 @@ def _loader_generator(seed: int, start_step: int) -> torch.Generator:
 
 
 # -- the loop -----------------------------------------------------------------------------------------------------
+
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line. An error raised in a DataLoader worker comes back as ``Caught
+    ValueError in DataLoader worker process 0.`` plus the worker's traceback; its last line is the original error."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    if len(lines) == 1:
+        return lines[0]
+    last = lines[-1]
+    prefix = f"{type(error).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
 
 _NEVER = 2 ** 62  # "no non-finite loss yet"
 
@@ -430,6 +443,7 @@ class _Run:
             save_checkpoint(self.output_dir / CHECKPOINT_NAME, self.model, self.config.model, self.model_kwargs,
                             config=self.config.to_dict(), optimizer=self.optimizer, step=step,
                             extra={"total_steps": self.total_steps})
+            (self.output_dir / LEGACY_JSON_NAME).unlink(missing_ok=True)  # an older version's copy, now stale
         if self.ddp.world_size > 1:
             dist.barrier()
         self.saved_step = step
@@ -447,7 +461,8 @@ def train(
         config: the run.
         resume: continue the run in ``output_dir`` from its checkpoint (same configuration required). Without it, a
             folder that already holds a run (a checkpoint or metrics) is refused.
-        progress: show a tqdm bar (loss, accuracy, images/s, ETA) on process 0.
+        progress: show progress (loss, accuracy, images/s, ETA) on process 0: a tqdm bar on a terminal, plain
+            periodic lines when stderr is a file.
         step_callback: called as ``step_callback(steps_done, metrics)`` after every optimiser step (process 0).
 
     Everything that can be wrong with the input (dataset files, the first batch, model name, capacities, device,
@@ -509,7 +524,10 @@ def _train(
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
                         pin_memory=device.type == "cuda", generator=_loader_generator(config.seed, start_step))
     batches = iter(loader)
-    first = next(batches, None)
+    try:
+        first = next(batches, None)
+    except ValueError as error:  # e.g. an unreadable sample; one line even from a DataLoader worker
+        raise ValueError(_one_line(error)) from None
     batches = itertools.chain([] if first is None else [first], batches)
 
     with claim_run_folder(output_dir, resume) if ddp.main else contextlib.nullcontext():
@@ -522,8 +540,8 @@ def _train(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         run = _Run(config, ddp, model, train_model, optimizer, model_kwargs, total_steps, sampler.steps_per_epoch,
                    saved_step=None if checkpoint is None else start_step)
-        bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and ddp.main), dynamic_ncols=True,
-                   desc=f"train {config.model}")
+        bar = progress_display(total=total_steps, initial=start_step, enabled=progress and ddp.main,
+                               desc=f"train {config.model}")
         last_metrics: dict[str, Any] = {}
         step = start_step
         model.train()
@@ -548,6 +566,9 @@ def _train(
         except KeyboardInterrupt:
             raise TrainingInterrupted(f"interrupted after step {step} of {total_steps}; {run.kept()}; continue "
                                       f"with --resume") from None
+        except ValueError as error:  # e.g. a sample that cannot be read, met mid-run
+            raise ValueError(f"{_one_line(error)} (after step {step} of {total_steps}; {run.kept()}; once fixed, "
+                             f"continue with --resume)") from None
         finally:
             bar.close()
     return TrainResult(model, output_dir, output_dir / CHECKPOINT_NAME, total_steps, last_metrics)

@@ -1,11 +1,12 @@
 """A training run's folder: one trainer at a time, no run overwritten, and what a crash leaves behind recovered.
 
-A run folder holds ``checkpoint.safetensors`` (with its ``checkpoint.json`` copy), ``metrics.jsonl`` (one JSON
-line per logged step) and ``config.json``. The trainer takes a folder only through :func:`claim_run_folder`, which
-holds an exclusive ``flock`` on ``.lock`` for the whole run (the kernel releases it when the process ends, even by
-SIGKILL), refuses a folder that already holds a run unless resuming, and removes the temporary files of a save
-that was killed half-way. A crash in the middle of a metrics line leaves a torn last line: :func:`read_metrics`
-drops it with a warning.
+A run folder holds ``checkpoint.safetensors``, ``metrics.jsonl`` (one JSON line per logged step) and
+``config.json`` (the run's configuration, written when the run starts: how a run that stopped before its first
+checkpoint is recognised, and the readable copy of the configuration in the checkpoint's header). The trainer
+takes a folder only through :func:`claim_run_folder`, which holds an exclusive ``flock`` on ``.lock`` for the
+whole run (the kernel releases it when the process ends, even by SIGKILL), refuses a folder that already holds a
+run unless resuming, and removes the temporary files of a save that was killed half-way. A crash in the middle of
+a metrics line leaves a torn last line: :func:`read_metrics` drops it with a warning.
 """
 
 from __future__ import annotations
