@@ -41,7 +41,6 @@ def main() -> None:
                     step=checkpoint.meta["step"], include_rng=False,
                     extra={"made_by": "python experiments/study_images.py --output experiments/results/images "
                                       "--seeds 0; python experiments/export_demo_checkpoint.py"})
-    args.output.with_suffix(".json").unlink(missing_ok=True)  # the readable copy is not shipped
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.2f} MB) from {source}")
 
 
