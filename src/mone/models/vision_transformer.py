@@ -202,7 +202,7 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
             output_fmt: ``"NCHW"`` (patch tokens as [B, D, H', W'] grids) or ``"NLC"`` ([B, N, D]).
             intermediates_only: return only the list of intermediates.
             capacity: the budget (one for the whole batch).
-            return_prefix_tokens: pair each intermediate with its prefix tokens [B, P, D].
+            return_prefix_tokens: pair each intermediate with its prefix tokens [B, P, D] (if the model has any).
             stop_early: skip the blocks after the last one requested (the final features are then those of that
                 block).
             output_dict: return a dict with ``image_intermediates``, ``image_intermediates_prefix`` (with
@@ -240,12 +240,12 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
             intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
         if output_dict:
             out = {"image_intermediates": intermediates, "routing_plan": plan}
-            if return_prefix_tokens:
+            if return_prefix_tokens and P:
                 out["image_intermediates_prefix"] = prefix
             if not intermediates_only:
                 out["image_features"] = self.norm(x)
             return out
-        if return_prefix_tokens:
+        if return_prefix_tokens and P:  # as timm: no pairs without prefix tokens
             intermediates = list(zip(intermediates, prefix))
         return intermediates if intermediates_only else (self.norm(x), intermediates)
 
