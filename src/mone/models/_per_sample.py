@@ -3,8 +3,9 @@
 Every shape in a MoNE forward follows from the capacity, so a batch cannot mix budgets inside one set of kernels.
 Instead the samples are grouped by budget, each group runs the ordinary single-capacity path (static shapes, so
 compiled graphs and kernels are reused per budget), and the outputs are put back in input order. Samples never
-interact in a forward (EPR, attention and pooling are per sample), so every sample gets exactly what it would get
-alone at its budget.
+interact in a forward (EPR, attention and pooling are per sample), so every sample gets what it would get alone at
+its budget: bit for bit what its group's own batch gives, and what a batch of one gives up to round-off (BLAS may
+sum in another order for another number of rows).
 
 Which capacities are per-sample: a ``list`` of B numbers, or a 1-d NumPy array or tensor of B numbers, B being the
 batch size. A ``tuple`` is always one per-expert distribution (as :func:`mone.capacity_distribution` returns), and a

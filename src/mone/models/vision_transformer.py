@@ -166,9 +166,9 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
     def forward(self, x: torch.Tensor, capacity: CapacityLike | None = None) -> torch.Tensor:
         """Images [B, C, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``).
 
-        ``capacity`` may give every image its own budget: a list, array or tensor of B numbers (or distributions).
-        Images are grouped by budget and each group runs at static shapes, so each image gets exactly its output
-        when run alone. A tuple is always one distribution for the whole batch (see :mod:`mone.models._per_sample`).
+        ``capacity`` may give every image its own budget: a list, 1-d array or 1-d tensor of B numbers. Images are
+        grouped by budget and each group runs at static shapes, so each image gets its output when run alone (to
+        float round-off). A tuple is always one distribution for the whole batch (see :mod:`mone.models._per_sample`).
 
         Same result as ``forward_head(forward_features(x))``; without prefix tokens it pools the expert-sorted
         tokens directly.
