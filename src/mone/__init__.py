@@ -10,6 +10,7 @@ from .capacity import (
     uniform_distribution,
 )
 from .flops import count_flops
+from .hub import from_pretrained, save_pretrained
 from .models import (
     MoDVisionTransformer,
     MoneVisionTransformer,
@@ -36,6 +37,7 @@ __all__ = [
     "effective_capacity",
     "expert_preferred_routing",
     "expert_token_counts",
+    "from_pretrained",
     "from_timm",
     "greedy_distribution",
     "list_models",
@@ -44,5 +46,6 @@ __all__ = [
     "proportionate_distribution",
     "realised_capacity",
     "register_model",
+    "save_pretrained",
     "uniform_distribution",
 ]

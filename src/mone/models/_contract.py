@@ -158,8 +158,10 @@ def build_registered_model(
         return model
     from timm.models import build_model_with_cfg
 
-    depth = args.get("depth", _default(model_cls, "depth"))
-    feature_cfg = dict(out_indices=min(3, depth), feature_cls="getter")  # timm's ViT default: the last 3 blocks
+    feature_cfg = None
+    if timm_args.get("features_only"):  # timm's ViT default: the last 3 blocks (all of them, with fewer)
+        depth = args.get("depth", _default(model_cls, "depth"))
+        feature_cfg = dict(out_indices=min(3, depth) if isinstance(depth, int) else 3, feature_cls="getter")
     return build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **timm_args, **args)
 
 
