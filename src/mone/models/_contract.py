@@ -12,6 +12,10 @@
 * :class:`TimmContractMixin`: ``get_classifier``, ``no_weight_decay``, ``set_grad_checkpointing`` and
   ``save_pretrained``; each model adds ``group_matcher``, ``reset_classifier(num_classes, global_pool)`` and, for the
   image models, ``forward_intermediates`` / ``prune_intermediate_layers``.
+* Not torch.fx: the forward computes EPR's token counts, the per-expert groups and its input checks in Python from
+  tensor shapes and the capacity, and fx's symbolic tracing makes shapes proxies that Python cannot count or branch
+  on. Dynamo (``torch.compile``, ``torch.export``) specialises on shapes and captures the same code in one graph per
+  capacity. ``tests/test_timm_contract.py`` pins this reason.
 """
 
 from __future__ import annotations
