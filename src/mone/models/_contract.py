@@ -14,8 +14,8 @@
   image models, ``forward_intermediates`` / ``prune_intermediate_layers``.
 * Not torch.fx: the forward computes EPR's token counts, the per-expert groups and its input checks in Python from
   tensor shapes and the capacity, and fx's symbolic tracing makes shapes proxies that Python cannot count or branch
-  on. Dynamo (``torch.compile``, ``torch.export``) specialises on shapes and captures the same code in one graph per
-  capacity. ``tests/test_timm_contract.py`` pins this reason.
+  on. Dynamo (``torch.compile``) specialises on shapes and captures the same code in one graph per capacity
+  (tests/test_compile.py). ``tests/test_timm_contract.py`` pins this reason.
 """
 
 from __future__ import annotations
