@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..capacity import is_scalar_capacity
@@ -27,7 +28,10 @@ __all__ = ["group_by_capacity", "is_per_sample", "run_by_group"]
 
 def is_per_sample(capacity: Any, batch_size: int) -> bool:
     """Whether ``capacity`` holds one budget per sample of a batch of ``batch_size`` (see the module docstring)."""
-    if not (isinstance(capacity, list) or getattr(capacity, "ndim", 0) == 1):  # a list, 1-d array or 1-d tensor
+    if isinstance(capacity, (torch.Tensor, np.ndarray)):  # isinstance only: torch.compile traces this for every call
+        if capacity.ndim != 1:
+            return False
+    elif not isinstance(capacity, list):
         return False
     return len(capacity) == batch_size and all(is_scalar_capacity(c) for c in capacity)
 
