@@ -10,11 +10,13 @@ from .capacity import (
     uniform_distribution,
 )
 from .flops import count_flops
+from .hub import from_pretrained, save_pretrained
 from .models import (
     MoDVisionTransformer,
     MoneVisionTransformer,
     MoneViViT,
     create_model,
+    from_timm,
     list_models,
     load_dense_weights,
     register_model,
@@ -35,6 +37,8 @@ __all__ = [
     "effective_capacity",
     "expert_preferred_routing",
     "expert_token_counts",
+    "from_pretrained",
+    "from_timm",
     "greedy_distribution",
     "list_models",
     "load_dense_weights",
@@ -42,5 +46,6 @@ __all__ = [
     "proportionate_distribution",
     "realised_capacity",
     "register_model",
+    "save_pretrained",
     "uniform_distribution",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``mone train | eval | viz | bench | flops | demo``.
+"""Command line: ``mone train | eval | viz | bench | flops | demo | export``.
 
 Each subcommand lives in the module that does its job and exposes ``add_arguments(parser)`` and
 ``run(args) -> int``; this file only wires them together and turns user errors into one-line messages: exit status
@@ -22,6 +22,7 @@ _SUBCOMMANDS = {
     "viz": ("mone.viz", "routing maps: every token tinted by its expert"),
     "demo": ("mone.demo", "dense ViT vs MoNE on cluttered digits, with a report folder"),
     "bench": ("mone.bench", "wall-clock speed against timm's dense ViT with the same weights"),
+    "export": ("mone.export_cli", "a trainer checkpoint as a config.json + model.safetensors folder"),
 }
 
 

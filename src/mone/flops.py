@@ -8,6 +8,8 @@ temporal index (with that index's realised counts) and its temporal encoder as a
 pooling and layer norms are not counted. Blocks before a later ``router_block`` are dense; the router (``N D E``)
 is counted only when it runs (a learned router with E > 1; a random router draws, it does not multiply). A
 Mixture-of-Depths model counts its routers (``N D`` each) and each routed block over its selected tokens only.
+Prefix tokens (class, registers) are not routed: the router scores the patch tokens only, and every block runs the
+prefix tokens at full width (they join the largest expert's count, and attention is over all ``P + N`` tokens).
 """
 
 from __future__ import annotations
@@ -50,16 +52,21 @@ def dense_block_flops(num_tokens: int, embed_dim: int, mlp_hidden: int) -> int:
     return block_flops((num_tokens,), (embed_dim,), embed_dim, mlp_hidden)
 
 
-def mone_encoder_flops(model: MoneVisionTransformer | MoneViViT, counts: Sequence[int]) -> int:
-    """A MoNE encoder on one group of ``sum(counts)`` tokens: dense blocks before ``router_block``, the router
-    (``N D E``; none for a random router or a single expert), nested blocks from ``router_block`` on."""
-    N, D = sum(counts), model.embed_dim
+def mone_encoder_flops(
+    model: MoneVisionTransformer | MoneViViT, counts: Sequence[int], num_prefix_tokens: int = 0
+) -> int:
+    """A MoNE encoder on one group of ``sum(counts)`` routed tokens and ``num_prefix_tokens`` unrouted ones: dense
+    blocks before ``router_block``, the router (``N D E`` over the routed tokens; none for a random router or a
+    single expert), nested blocks from ``router_block`` on (prefix tokens on the largest expert)."""
+    N, D, P = sum(counts), model.embed_dim, num_prefix_tokens
     mlp_hidden = model.blocks[0].mlp.fc1.out_features
     learned_router = model.router_mode == "learned" and model.num_experts > 1
     router = N * D * model.num_experts if learned_router else 0
+    if P:
+        counts = (*counts[:-1], counts[-1] + P)
     dense_depth, routed_depth = model.router_block, len(model.blocks) - model.router_block
     return (
-        dense_depth * dense_block_flops(N, D, mlp_hidden)
+        dense_depth * dense_block_flops(N + P, D, mlp_hidden)
         + router
         + routed_depth * block_flops(counts, model.expert_widths, D, mlp_hidden)
     )
@@ -71,7 +78,8 @@ def _vit_flops(model: MoneVisionTransformer, input_size: Sequence[int], capacity
     counts = expert_token_counts(model.resolve_distribution(capacity), N)
     patch_volume = model.patch_embed.patch_size[0] * model.patch_embed.patch_size[1]
     head = D * model.num_classes
-    return patch_embed_flops(N, D, model.in_chans, patch_volume) + mone_encoder_flops(model, counts) + head
+    encoder = mone_encoder_flops(model, counts, model.num_prefix_tokens)
+    return patch_embed_flops(N, D, model.in_chans, patch_volume) + encoder + head
 
 
 def _vivit_flops(model: MoneViViT, input_size: Sequence[int], capacity: CapacityLike | None) -> int:

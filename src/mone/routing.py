@@ -85,6 +85,9 @@ class RoutingPlan:
             expert takes every token (then the rows stay in input order, ``b * N + n``).
         inverse_order: group-major row of each flat input row [B * N]; ``None`` when ``order`` is the identity.
         expert_probs: router probability of each token's own expert, group-major [B * N].
+        num_prefix_tokens: P tokens (class, registers) at the start of every example that are not routed: always on
+            the largest expert, with no router probability (0 in ``probs`` and ``expert_probs``, so their MLP scale
+            ``alpha * r + 1`` is 1). ``N`` above counts them; ``counts[-1]`` includes them.
     """
 
     expert: torch.Tensor
@@ -93,6 +96,7 @@ class RoutingPlan:
     order: torch.Tensor | None
     inverse_order: torch.Tensor | None
     expert_probs: torch.Tensor
+    num_prefix_tokens: int = 0
 
     @property
     def batch_size(self) -> int:
@@ -126,29 +130,40 @@ class RoutingPlan:
         return list(rows.split(sizes, dim=0))
 
 
-def make_routing_plan(probs: torch.Tensor, distribution: Sequence[float]) -> RoutingPlan:
+def make_routing_plan(
+    probs: torch.Tensor, distribution: Sequence[float], num_prefix_tokens: int = 0
+) -> RoutingPlan:
     """Route tokens with EPR and build the permutation into contiguous per-expert groups.
 
     Args:
-        probs: router probabilities [B, N, E].
+        probs: router probabilities [B, N, E] of the routed tokens.
         distribution: token fraction per expert, smallest first.
+        num_prefix_tokens: P unrouted tokens in front of them (class, registers): EPR's counts are over the N routed
+            tokens only and the P prefix tokens join the largest expert (see :class:`RoutingPlan`).
 
     Returns:
-        The :class:`RoutingPlan`. When one expert takes every token no permutation is built at all.
+        The :class:`RoutingPlan` of the ``P + N`` tokens. When one expert takes every token no permutation is built.
     """
     B, N, E = probs.shape
     counts = expert_token_counts(validate_distribution(distribution), N)
-    if max(counts) == N:  # a single group: no EPR and no sort needed
-        j = counts.index(N)
-        expert = torch.full((B, N), j, dtype=torch.long, device=probs.device)
-        return RoutingPlan(expert, probs, counts, None, None, probs[..., j].reshape(-1))
-    expert = expert_preferred_routing(probs, distribution)  # [B, N]
+    P = num_prefix_tokens
+    if P:
+        probs = torch.cat([probs.new_zeros(B, P, E), probs], dim=1)  # [B, P + N, E]: prefix tokens are not routed
+        counts = (*counts[:-1], counts[-1] + P)
+    L = N + P
+    if max(counts) == L:  # a single group: no EPR and no sort needed
+        j = counts.index(L)
+        expert = torch.full((B, L), j, dtype=torch.long, device=probs.device)
+        return RoutingPlan(expert, probs, counts, None, None, probs[..., j].reshape(-1), P)
+    expert = expert_preferred_routing(probs[:, P:], distribution)  # [B, N]
+    if P:
+        expert = torch.cat([expert.new_full((B, P), E - 1), expert], dim=1)  # [B, L]
     # Each example's tokens sorted by (expert, token index): position p = start_j + s holds its s-th token of
     # expert j. Row p * B + b of the batch is example b's position p: group-major, slot-major inside each group.
-    token = torch.arange(N, device=probs.device)
-    position_to_token = torch.argsort(expert * N + token, dim=1)  # [B, N]; unique keys: deterministic
+    token = torch.arange(L, device=probs.device)
+    position_to_token = torch.argsort(expert * L + token, dim=1)  # [B, L]; unique keys: deterministic
     example = torch.arange(B, device=probs.device).unsqueeze(1)  # [B, 1]
-    order = (example * N + position_to_token).t().reshape(-1)  # [N * B]
-    inverse_order = torch.empty_like(order).scatter_(0, order, torch.arange(B * N, device=probs.device))
-    expert_probs = probs.gather(-1, expert.unsqueeze(-1)).reshape(-1).index_select(0, order)  # [B * N]
-    return RoutingPlan(expert, probs, counts, order, inverse_order, expert_probs)
+    order = (example * L + position_to_token).t().reshape(-1)  # [L * B]
+    inverse_order = torch.empty_like(order).scatter_(0, order, torch.arange(B * L, device=probs.device))
+    expert_probs = probs.gather(-1, expert.unsqueeze(-1)).reshape(-1).index_select(0, order)  # [B * L]
+    return RoutingPlan(expert, probs, counts, order, inverse_order, expert_probs, P)

@@ -1,7 +1,7 @@
 """Nested-expert layers: attention, MLP and the transformer block, with timm's parameter names."""
 
 from .attention import NestedAttention
-from .block import NestedBlock, add_to_prefix, dense_blocks_forward, nested_blocks_forward
+from .block import NestedBlock, SortedTokens, add_to_prefix, dense_blocks_forward, nested_blocks_forward, run_block
 from .linear import nested_input_linear, nested_output_linear
 from .mlp import NestedMlp
 from .patch_embed import PatchEmbed
@@ -11,9 +11,11 @@ __all__ = [
     "NestedBlock",
     "NestedMlp",
     "PatchEmbed",
+    "SortedTokens",
     "add_to_prefix",
     "dense_blocks_forward",
     "nested_blocks_forward",
     "nested_input_linear",
     "nested_output_linear",
+    "run_block",
 ]

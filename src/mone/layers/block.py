@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from ..routing import RoutingPlan
 from .attention import NestedAttention
@@ -55,6 +57,50 @@ class NestedBlock(nn.Module):
         return [add_to_prefix(z, s * u) for z, s, u in zip(zs, mlp_scales, mlp_updates)]
 
 
+def run_block(block: nn.Module, *args: Any, grad_checkpointing: bool = False) -> Any:
+    """``block(*args)``, through ``torch.utils.checkpoint`` when ``grad_checkpointing`` and autograd is on: the
+    block's activations are recomputed in the backward instead of stored (same outputs and gradients)."""
+    if grad_checkpointing and torch.is_grad_enabled():
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
+
+
+class SortedTokens:
+    """Tokens [B, L, D] sorted by a routing plan into contiguous per-expert groups, as the nested blocks take them.
+
+    Tokens are sorted once and stay sorted through every block (attention is permutation-equivariant); they are put
+    back in input order only where they are returned (:meth:`unsorted`), and a mean needs no order at all
+    (:meth:`mean`), so a classifier never pays for the unsort.
+    """
+
+    def __init__(self, x: torch.Tensor, plan: RoutingPlan, alpha: torch.Tensor, expert_widths: Sequence[int]) -> None:
+        self.plan = plan
+        present = [j for j, n in enumerate(plan.counts) if n > 0]
+        self.widths = [expert_widths[j] for j in present]
+        self.counts = [plan.counts[j] for j in present]
+        all_groups = plan.split(plan.sort(x))  # E views [B * counts[j], D]
+        self.groups = [all_groups[j] for j in present]
+        all_scales = plan.split((alpha * plan.expert_probs + 1).unsqueeze(-1))  # E views [B * counts[j], 1]
+        self.scales = [all_scales[j] for j in present]
+
+    def apply(self, block: NestedBlock, grad_checkpointing: bool = False) -> None:
+        """Run one nested block on the groups."""
+        args = (self.groups, self.widths, self.counts, self.scales)
+        self.groups = run_block(block, *args, grad_checkpointing=grad_checkpointing)
+
+    def mean(self) -> torch.Tensor:
+        """Mean over the L tokens of each example [B, D], taken straight from the sorted groups."""
+        B, groups = self.plan.batch_size, self.groups
+        if len(groups) == 1:  # input order
+            return groups[0].view(B, -1, groups[0].shape[-1]).mean(dim=1)  # [B, D]
+        return sum(g.view(n, B, -1).sum(dim=0) for g, n in zip(groups, self.counts)) / sum(self.counts)  # slot-major
+
+    def unsorted(self) -> torch.Tensor:
+        """The tokens [B, L, D] in input order."""
+        rows = self.groups[0] if len(self.groups) == 1 else torch.cat(self.groups, dim=0)  # [B * L, D], group-major
+        return self.plan.unsort(rows)
+
+
 def nested_blocks_forward(
     blocks: Sequence[NestedBlock],
     x: torch.Tensor,
@@ -62,38 +108,26 @@ def nested_blocks_forward(
     alpha: torch.Tensor,
     expert_widths: Sequence[int],
     pool: bool = False,
+    grad_checkpointing: bool = False,
 ) -> torch.Tensor:
-    """Run ``blocks`` on tokens [B, N, D] routed by ``plan``.
+    """Run ``blocks`` on tokens [B, L, D] routed by ``plan`` (see :class:`SortedTokens`).
 
-    Tokens are sorted into contiguous per-expert groups once and stay sorted through every block (attention is
-    permutation-equivariant). Returns tokens [B, N, D] put back in input order, or with ``pool`` their mean over
-    the N tokens [B, D], taken straight from the sorted groups: a mean does not need the order back, so a
-    classifier never pays for the unsort.
+    Returns tokens [B, L, D] in input order, or with ``pool`` their mean over the L tokens [B, D].
     """
-    present = [j for j, n in enumerate(plan.counts) if n > 0]
-    widths = [expert_widths[j] for j in present]
-    counts = [plan.counts[j] for j in present]
-    all_groups = plan.split(plan.sort(x))  # E views [B * counts[j], D]
-    groups = [all_groups[j] for j in present]
-    all_scales = plan.split((alpha * plan.expert_probs + 1).unsqueeze(-1))  # E views [B * counts[j], 1]
-    scales = [all_scales[j] for j in present]
+    tokens = SortedTokens(x, plan, alpha, expert_widths)
     for block in blocks:
-        groups = block(groups, widths, counts, scales)
-    if pool:
-        B = plan.batch_size
-        if len(groups) == 1:  # input order
-            return groups[0].view(B, -1, groups[0].shape[-1]).mean(dim=1)  # [B, D]
-        return sum(g.view(n, B, -1).sum(dim=0) for g, n in zip(groups, counts)) / sum(counts)  # slot-major rows
-    rows = groups[0] if len(groups) == 1 else torch.cat(groups, dim=0)  # [B * N, D], group-major
-    return plan.unsort(rows)
+        tokens.apply(block, grad_checkpointing)
+    return tokens.mean() if pool else tokens.unsorted()
 
 
-def dense_blocks_forward(blocks: Sequence[NestedBlock], x: torch.Tensor) -> torch.Tensor:
+def dense_blocks_forward(
+    blocks: Sequence[NestedBlock], x: torch.Tensor, grad_checkpointing: bool = False
+) -> torch.Tensor:
     """Run ``blocks`` with every token at full width and MLP scale 1 (a plain pre-LN transformer): [B, L, D]."""
     if len(blocks) == 0:
         return x
     B, L, D = x.shape
     rows = [x.reshape(B * L, D)]  # one group: the largest expert, all L tokens of each example in input order
     for block in blocks:
-        rows = block(rows, (D,), (L,), (1.0,))
+        rows = run_block(block, rows, (D,), (L,), (1.0,), grad_checkpointing=grad_checkpointing)
     return rows[0].reshape(B, L, D)

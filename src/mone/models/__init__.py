@@ -2,6 +2,7 @@
 
 from ._registry import create_model, list_models, register_model
 from .convert import load_dense_weights, needs_upcycling
+from .from_timm import from_timm
 from .mixture_of_depths import MoDVisionTransformer
 from .vision_transformer import MoneVisionTransformer
 from .vivit import MoneViViT
@@ -11,6 +12,7 @@ __all__ = [
     "MoneViViT",
     "MoneVisionTransformer",
     "create_model",
+    "from_timm",
     "list_models",
     "load_dense_weights",
     "needs_upcycling",

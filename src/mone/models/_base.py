@@ -27,13 +27,14 @@ from ..capacity import (
 )
 from ..layers import dense_blocks_forward, nested_blocks_forward
 from ..routing import Router, RoutingPlan, make_routing_plan
+from ._contract import TimmContractMixin, check_global_pool
+from ._per_sample import group_by_capacity
 
 __all__ = [
     "ALPHA_MAX",
     "CapacityLike",
     "MoneModelMixin",
     "ROUTER_MODES",
-    "build_registered_model",
     "check_images",
     "init_vit_weights",
     "straight_through_clamp",
@@ -93,7 +94,8 @@ def validate_vit_args(
 
 
 def init_vit_weights(model: nn.Module) -> None:
-    """timm's default ViT init: truncated normal (std 0.02) for linears and position embeddings, zero biases."""
+    """timm's default ViT init: truncated normal (std 0.02) for linears and position embeddings, zero biases, and
+    normal (std 1e-6) for class and register tokens."""
     for name, param in model.named_parameters():
         if name.endswith("pos_embed"):
             nn.init.trunc_normal_(param, std=0.02)
@@ -102,6 +104,9 @@ def init_vit_weights(model: nn.Module) -> None:
             nn.init.trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+    for name in ("cls_token", "reg_token"):  # after the rest: models without them draw the same numbers as before
+        if getattr(model, name, None) is not None:
+            nn.init.normal_(getattr(model, name), std=1e-6)
 
 
 def check_images(x: torch.Tensor, in_chans: int, img_size: int, model_dtype: torch.dtype) -> None:
@@ -116,12 +121,13 @@ def check_images(x: torch.Tensor, in_chans: int, img_size: int, model_dtype: tor
     check_input_tensor(x, model_dtype, "images")
 
 
-class MoneModelMixin:
+class MoneModelMixin(TimmContractMixin):
     """Capacity, routing and alpha for an ``nn.Module`` with nested experts.
 
     The host module sets ``embed_dim``, ``num_experts``, ``beta``, ``delta``, ``blocks`` (the encoder whose blocks
     from ``router_block`` on are routed; the router reads ``blocks[router_block].norm1``), ``router`` and ``alpha``
-    before it calls :meth:`init_weights`, :meth:`init_routing` and :meth:`set_capacity`.
+    before it calls :meth:`init_weights`, :meth:`init_routing` and :meth:`set_capacity`. Tokens entering the encoder
+    may start with ``num_prefix_tokens`` unrouted tokens (class, registers): they always run on the largest expert.
     """
 
     embed_dim: int
@@ -133,6 +139,10 @@ class MoneModelMixin:
     alpha: nn.Parameter
     router_block: int
     router_mode: str
+    num_prefix_tokens: int = 0
+    global_pool: str = "avg"
+    global_pools: tuple[str, ...] = ("avg",)  # what reset_classifier accepts
+    has_class_token: bool = False
 
     def resolve_distribution(self, capacity: CapacityLike | None = None) -> tuple[float, ...]:
         """Per-expert token fractions for ``capacity`` (a float budget, or a distribution); ``None``: the default."""
@@ -144,6 +154,10 @@ class MoneModelMixin:
         if len(distribution) != self.num_experts:
             raise ValueError(f"distribution has {len(distribution)} entries, the model has {self.num_experts} experts")
         return distribution
+
+    def capacity_groups(self, capacity: object, batch_size: int) -> list[tuple[tuple[float, ...], list[int]]] | None:
+        """Per-sample capacities grouped by distribution, or ``None`` for one capacity (see :mod:`._per_sample`)."""
+        return group_by_capacity(capacity, batch_size, self.resolve_distribution)
 
     def set_capacity(self, capacity: CapacityLike) -> None:
         """Set the default budget: an effective capacity in ``[2**-(E-1), 1]`` or a per-expert distribution."""
@@ -167,10 +181,12 @@ class MoneModelMixin:
         init_vit_weights(self)
         nn.init.zeros_(self.alpha)
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head with a fresh ``num_classes``-way linear layer (``0``: no head), on the model's device and
-        dtype."""
+        dtype; ``global_pool`` (one of ``global_pools``) also changes the pooling, keeping the norm layers."""
         self.num_classes = check_int("num_classes", num_classes, 0)
+        if global_pool is not None:
+            self.global_pool = check_global_pool(global_pool, self.global_pools, self.has_class_token)
         like = dict(device=self.alpha.device, dtype=self.alpha.dtype)
         self.head = nn.Linear(self.embed_dim, num_classes, **like) if num_classes > 0 else nn.Identity()
 
@@ -216,38 +232,35 @@ class MoneModelMixin:
         return self.router(self.blocks[self.router_block].norm1(tokens))  # [G, N, E]
 
     def route(self, tokens: torch.Tensor, capacity: CapacityLike | None = None) -> RoutingPlan:
-        """Router and EPR for the tokens [G, N, D] entering the router block, each of the G groups on its own."""
-        return make_routing_plan(self.router_probs(tokens), self.resolve_distribution(capacity))
+        """Router and EPR for the tokens [G, P + N, D] entering the router block, each of the G groups on its own.
+
+        Only the N tokens after the ``P = num_prefix_tokens`` prefix tokens are scored and routed (spec section 3);
+        the prefix tokens join the largest expert (see :func:`mone.make_routing_plan`).
+        """
+        P = self.num_prefix_tokens
+        probs = self.router_probs(tokens[:, P:] if P else tokens)  # [G, N, E]
+        return make_routing_plan(probs, self.resolve_distribution(capacity), P)
 
     def encode(
         self, x: torch.Tensor, capacity: CapacityLike | None = None, pool: bool = False
     ) -> tuple[torch.Tensor, RoutingPlan]:
-        """Run the encoder blocks on tokens [G, N, D]: dense blocks up to ``router_block``, routing, nested blocks.
+        """Run the encoder blocks on tokens [G, L, D]: dense blocks up to ``router_block``, routing, nested blocks.
 
-        Returns the tokens [G, N, D] in input order (with ``pool`` their mean [G, D]) and the routing plan.
+        Returns the tokens [G, L, D] in input order (with ``pool`` their mean [G, D]) and the routing plan.
         """
-        x = dense_blocks_forward(self.blocks[: self.router_block], x)  # [G, N, D]
+        checkpointing = self.grad_checkpointing
+        x = dense_blocks_forward(self.blocks[: self.router_block], x, checkpointing)  # [G, L, D]
         plan = self.route(x, capacity)
         routed = self.blocks[self.router_block :]
-        return nested_blocks_forward(routed, x, plan, self.alpha_value, self.expert_widths, pool=pool), plan
+        x = nested_blocks_forward(routed, x, plan, self.alpha_value, self.expert_widths, pool, checkpointing)
+        return x, plan
 
     def realised_capacity(self, capacity: CapacityLike | None = None) -> float:
         """Fraction of the dense encoder's linear-layer compute spent at ``capacity``, from the floored token counts
-        (dense blocks before ``router_block`` count 1)."""
+        (dense blocks before ``router_block`` and prefix tokens count 1)."""
         routed = realised_capacity(self.resolve_distribution(capacity), self.tokens_per_group)
+        P, N = self.num_prefix_tokens, self.tokens_per_group
+        if P:
+            routed = (P + N * routed) / (P + N)
         depth = len(self.blocks)
         return (self.router_block + (depth - self.router_block) * routed) / depth
-
-
-def build_registered_model(
-    model_cls: type[nn.Module], variant: str, defaults: dict, pretrained: bool, **kwargs
-) -> nn.Module:
-    """Body of every registered entrypoint: ``model_cls`` with the caller's ``kwargs`` over ``defaults``."""
-    if pretrained:
-        raise ValueError(
-            f"no pretrained MoNE weights are published for {variant}; load a dense timm checkpoint with "
-            f"model.load_state_dict(state_dict, strict=False) instead"
-        )
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # passed by timm.create_model
-        kwargs.pop(key, None)
-    return model_cls(**{**defaults, **kwargs})

@@ -20,6 +20,10 @@ token skips them (identity). ``k = floor(capacity * N)``; ties go to the lower t
 FLOPs: a routed block costs its router (``N D``) plus a dense block over ``k`` tokens (``12 k D^2 + 2 k^2 D``);
 see :func:`mone.count_flops`. :meth:`MoDVisionTransformer.realised_capacity` gives the fraction of the dense
 model's linear-layer compute, the MoNE paper's effective capacity, for accuracy-vs-compute plots.
+
+Tokens stay in input order through every block, so ``forward_intermediates`` and timm's ``features_only`` work as
+for a ViT; ``capacity`` may also hold one token fraction per image (grouped as for MoNE, see
+:mod:`mone.models._per_sample`).
 """
 
 from __future__ import annotations
@@ -29,15 +33,17 @@ import math
 import torch
 import torch.nn as nn
 
-from ..layers import NestedBlock, PatchEmbed, dense_blocks_forward
-from ._base import (
-    ALPHA_MAX,
+from .._checks import check_int
+from ..layers import NestedBlock, PatchEmbed, dense_blocks_forward, run_block
+from ._base import ALPHA_MAX, check_images, init_vit_weights, straight_through_clamp, validate_vit_args
+from ._contract import (
+    TimmContractMixin,
     build_registered_model,
-    check_images,
-    init_vit_weights,
-    straight_through_clamp,
-    validate_vit_args,
+    check_global_pool,
+    feature_take_indices,
+    records_init_args,
 )
+from ._per_sample import group_by_capacity, run_by_group
 from ._registry import register_model
 
 __all__ = ["MoDVisionTransformer", "top_k_tokens"]
@@ -48,7 +54,8 @@ def top_k_tokens(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(scores.detach(), dim=1, descending=True, stable=True).indices[:, :k]
 
 
-class MoDVisionTransformer(nn.Module):
+@records_init_args
+class MoDVisionTransformer(TimmContractMixin, nn.Module):
     """Vision Transformer with Mixture-of-Depths routing; ``greedy`` gives the MoNE paper's MoD-greedy allocation.
 
     Args:
@@ -89,6 +96,7 @@ class MoDVisionTransformer(nn.Module):
         self.embed_dim = self.num_features = embed_dim
         self.greedy = bool(greedy)
         self.routed_blocks = tuple(range(depth)) if self.greedy else tuple(range(1, depth, 2))
+        self.global_pool = "avg"
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.num_patches = self.patch_embed.num_patches
@@ -103,6 +111,7 @@ class MoDVisionTransformer(nn.Module):
             self.alpha = nn.Parameter(torch.zeros(()))
         else:
             self.routers = nn.ModuleDict({str(i): nn.Linear(embed_dim, 1) for i in self.routed_blocks})
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
         init_vit_weights(self)
         self.set_capacity(capacity)
 
@@ -150,35 +159,102 @@ class MoDVisionTransformer(nn.Module):
         if self.greedy:
             self.alpha.clamp_(0.0, ALPHA_MAX)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a fresh ``num_classes``-way linear layer (``0``: no head)."""
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head with a fresh ``num_classes``-way linear layer (``0``: no head) on the model's device and
+        dtype; ``global_pool``: ``"avg"``, or ``""`` for none (the head sees every token)."""
+        self.num_classes = check_int("num_classes", num_classes, 0)
+        if global_pool is not None:
+            self.global_pool = check_global_pool(global_pool, ("", "avg"))
+        like = dict(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+        self.head = nn.Linear(self.embed_dim, num_classes, **like) if num_classes > 0 else nn.Identity()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise decay: embeddings, one group per block with its router (MoD-greedy's
+        one router with block 0), then alpha."""
+        return dict(
+            stem=r"^pos_embed|^patch_embed",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^routers\.(\d+)", None), (r"^router\.", (0,)),
+                    (r"^alpha$", (99999,))],
+        )
 
     # -- forward --------------------------------------------------------------------------------------------
 
     def forward_features(self, x: torch.Tensor, capacity: float | None = None) -> torch.Tensor:
-        """Images [B, C, H, W] -> tokens [B, N, D] in input order."""
-        check_images(x, self.in_chans, self.img_size, self.pos_embed.dtype)
-        k = self.num_selected(capacity)
-        x = self.patch_embed(x) + self.pos_embed  # [B, N, D]
-        if self.greedy:
-            return self._greedy_blocks(x, k)
-        for i, block in enumerate(self.blocks):
-            if str(i) in self.routers:
-                x = self._routed_block(block, self.routers[str(i)], x, k)
-            else:
-                x = dense_blocks_forward([block], x)
-        return x
+        """Images [B, C, H, W] -> tokens [B, N, D] in input order; ``capacity`` may hold one fraction per image."""
+        groups = group_by_capacity(capacity, x.shape[0], self.resolve_capacity)
+        if groups is not None:
+            return run_by_group(self.forward_features, x, groups)
+        return self._forward_blocks(self._embed(x), self.num_selected(capacity))[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens [B, N, D] -> logits [B, num_classes] (global average pool, LayerNorm, linear)."""
-        x = self.fc_norm(x.mean(dim=1))
+        x = self.fc_norm(x.mean(dim=1) if self.global_pool == "avg" else x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor, capacity: float | None = None) -> torch.Tensor:
-        """Images [B, C, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``)."""
+        """Images [B, C, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``; one per image
+        with a list, array or tensor of B fractions)."""
         return self.forward_head(self.forward_features(x, capacity))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        capacity: float | None = None,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's ``forward_intermediates``: the tokens after the blocks named by ``indices`` (``None`` all, ``n``
+        the last n), as [B, D, H', W'] grids (``"NCHW"``) or [B, N, D] (``"NLC"``). This model has no final norm
+        on the tokens (``fc_norm`` follows the pool), so ``norm`` changes nothing, as for timm's GAP ViTs."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, _ = feature_take_indices(len(self.blocks), indices)
+        B = x.shape[0]
+        x, intermediates = self._forward_blocks(self._embed(x), self.num_selected(capacity), take)
+        if output_fmt == "NCHW":
+            H, W = self.patch_embed.grid_size
+            intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (and the head) for feature extraction; returns the absolute
+        indices."""
+        take, last = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: last + 1]
+        self.feature_info = self.feature_info[: last + 1]
+        self.routed_blocks = tuple(i for i in self.routed_blocks if i <= last)
+        if not self.greedy:
+            self.routers = nn.ModuleDict({str(i): self.routers[str(i)] for i in self.routed_blocks})
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0, "")
+        return take
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, H, W] -> tokens [B, N, D] (patch and position embeddings)."""
+        check_images(x, self.in_chans, self.img_size, self.pos_embed.dtype)
+        return self.patch_embed(x) + self.pos_embed  # [B, N, D]
+
+    def _forward_blocks(
+        self, x: torch.Tensor, k: int, take: list[int] | tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Every block on tokens [B, N, D] with ``k`` selected tokens per routed block; returns the tokens and those
+        after the blocks in ``take`` [B, N, D], all in input order."""
+        if self.greedy:
+            return self._greedy_blocks(x, k, take)
+        checkpointing, intermediates = self.grad_checkpointing, []
+        for i, block in enumerate(self.blocks):
+            if str(i) in self.routers:
+                x = run_block(self._routed_block, block, self.routers[str(i)], x, k, grad_checkpointing=checkpointing)
+            else:
+                x = dense_blocks_forward([block], x, checkpointing)
+            if i in take:
+                intermediates.append(x)
+        return x, intermediates
 
     def _routed_block(self, block: NestedBlock, router: nn.Linear, x: torch.Tensor, k: int) -> torch.Tensor:
         """MoD block on tokens [B, N, D]: the top-k tokens add sigmoid(score) x the block's update, the rest skip."""
@@ -194,17 +270,23 @@ class MoDVisionTransformer(nn.Module):
         update = weight * (attn_update + mlp_update)  # [B * k, D]
         return x.scatter_add(1, rows_index, update.view(B, k, D))  # skipped tokens unchanged
 
-    def _greedy_blocks(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """MoD-greedy on tokens [B, N, D]: the router's top-k tokens run every block, the others skip them all."""
+    def _greedy_blocks(
+        self, x: torch.Tensor, k: int, take: list[int] | tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """MoD-greedy on tokens [B, N, D]: the router's top-k tokens run every block, the others skip them all.
+        Returns the tokens [B, N, D] and those after the blocks in ``take``."""
         B, N, D = x.shape
         probs = self.router(self.blocks[0].norm1(x)).squeeze(-1).sigmoid()  # [B, N]: P(full width) vs skip
         index = top_k_tokens(probs, k)  # [B, k]
         rows_index = index.unsqueeze(-1).expand(B, k, D)
         rows = [x.gather(1, rows_index).reshape(B * k, D)]  # one full-width group, rows b * k + s
         scale = (self.alpha_value * probs.gather(1, index) + 1).reshape(B * k, 1)  # alpha * r + 1
-        for block in self.blocks:
-            rows = block(rows, (D,), (k,), (scale,))
-        return x.scatter(1, rows_index, rows[0].view(B, k, D))  # [B, N, D]
+        intermediates = []
+        for i, block in enumerate(self.blocks):
+            rows = run_block(block, rows, (D,), (k,), (scale,), grad_checkpointing=self.grad_checkpointing)
+            if i in take:
+                intermediates.append(x.scatter(1, rows_index, rows[0].view(B, k, D)))
+        return x.scatter(1, rows_index, rows[0].view(B, k, D)), intermediates  # [B, N, D]
 
 
 def _create(variant: str, defaults: dict, pretrained: bool = False, **kwargs) -> MoDVisionTransformer:

@@ -9,6 +9,11 @@ temporal transformer mixes the T' vectors, and an average over time feeds the he
 Parameter names: ``patch_embed.proj`` (the Conv3d), ``pos_embed``, ``blocks.*`` (spatial, named like timm's
 ``Block``), ``spatial_norm``, ``temporal_pos_embed``, ``temporal_blocks.*``, ``fc_norm``, ``head``, ``router``,
 ``alpha``.
+
+timm's contract: a pretrained config (``input_size`` is one frame's ``(C, H, W)``), ``get_classifier``,
+``reset_classifier``, ``no_weight_decay``, ``group_matcher`` and ``set_grad_checkpointing``. Not
+``forward_intermediates`` or ``features_only``: timm's feature wrappers expect image feature maps, and a clip's
+spatial tokens are per temporal index ([B, T', N, D]), which none of timm's output formats describes.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import torch.nn as nn
 from .._checks import check_input_tensor
 from ..layers import NestedBlock, dense_blocks_forward
 from ..routing import Router, RoutingPlan
-from ._base import CapacityLike, MoneModelMixin, build_registered_model, validate_vit_args
+from ._base import CapacityLike, MoneModelMixin, validate_vit_args
+from ._contract import build_registered_model, records_init_args
+from ._per_sample import run_by_group
 from ._registry import register_model
 
 __all__ = ["MoneViViT", "TubeletEmbed"]
@@ -45,6 +52,7 @@ class TubeletEmbed(nn.Module):
         return x.flatten(3).permute(0, 2, 3, 1)  # [B, T', N, D]
 
 
+@records_init_args
 class MoneViViT(MoneModelMixin, nn.Module):
     """ViViT factorised encoder with MoNE (one router, EPR per temporal index) in the spatial encoder.
 
@@ -139,6 +147,16 @@ class MoneViViT(MoneModelMixin, nn.Module):
         """Tokens that EPR routes together: the spatial tokens of one temporal index."""
         return self.num_patches
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's layer-wise decay: embeddings, spatial blocks (the router with the block it
+        reads), then the temporal encoder, whose last group also holds alpha (it scales every routed block)."""
+        return dict(
+            stem=r"^pos_embed|^patch_embed",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^router\.", (self.router_block,))],
+            temporal=[(r"^spatial_norm|^temporal_pos_embed", (-1,)), (r"^temporal_blocks\.(\d+)", None),
+                      (r"^alpha$", (99999,))],
+        )
+
     # -- forward --------------------------------------------------------------------------------------------
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -162,7 +180,13 @@ class MoneViViT(MoneModelMixin, nn.Module):
 
         With ``return_plan`` also returns the routing plan, whose groups are the ``B * T'`` temporal indices in
         batch-major order: ``plan.expert`` is [B * T', N] (reshape to [B, T', N] for per-clip maps).
+        ``capacity`` may hold one budget per clip (see :meth:`forward`), without ``return_plan``.
         """
+        groups = self.capacity_groups(capacity, x.shape[0])
+        if groups is not None:
+            if return_plan:
+                raise ValueError("return_plan needs one capacity for the whole batch: one routing plan per budget")
+            return run_by_group(self.forward_features, x, groups)
         B = x.shape[0]
         x, plan = self.encode(self._embed(x), capacity)  # [B * T', N, D]
         x = x.reshape(B, -1, *x.shape[1:])  # [B, T', N, D]
@@ -179,8 +203,14 @@ class MoneViViT(MoneModelMixin, nn.Module):
     def forward(self, x: torch.Tensor, capacity: CapacityLike | None = None) -> torch.Tensor:
         """Clips [B, C, T, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``).
 
+        ``capacity`` may give every clip its own budget (a list, array or tensor of B entries; every temporal index
+        of a clip runs at the clip's budget), as :meth:`MoneVisionTransformer.forward` does for images.
+
         Same result as ``forward_head(forward_features(x))``, but pools the expert-sorted tokens directly.
         """
+        groups = self.capacity_groups(capacity, x.shape[0])
+        if groups is not None:
+            return run_by_group(self.forward, x, groups)
         B = x.shape[0]
         x, _ = self.encode(self._embed(x), capacity, pool=True)  # [B * T', D]
         return self._clip_head(self._temporal_encoder(x.reshape(B, -1, x.shape[-1])))
@@ -194,7 +224,7 @@ class MoneViViT(MoneModelMixin, nn.Module):
     def _temporal_encoder(self, x: torch.Tensor) -> torch.Tensor:
         """Mean spatial token per temporal index [B, T', D] -> temporal tokens [B, T', D]."""
         x = self.spatial_norm(x) + self.temporal_pos_embed
-        return dense_blocks_forward(self.temporal_blocks, x)
+        return dense_blocks_forward(self.temporal_blocks, x, self.grad_checkpointing)
 
     def _clip_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Temporal tokens [B, T', D] -> logits [B, num_classes] (GAP over time, LayerNorm, linear)."""
@@ -203,7 +233,7 @@ class MoneViViT(MoneModelMixin, nn.Module):
 
 
 def _create(variant: str, defaults: dict, pretrained: bool = False, **kwargs) -> MoneViViT:
-    return build_registered_model(MoneViViT, variant, defaults, pretrained, **kwargs)
+    return build_registered_model(MoneViViT, variant, defaults, pretrained, features=False, **kwargs)
 
 
 @register_model
