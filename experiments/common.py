@@ -195,17 +195,21 @@ def write_outputs(name: str, rows: Sequence[dict[str, Any]], summary: Sequence[d
 
 def plot(summary: Sequence[dict[str, Any]], path: Path, x_key: str, x_label: str, title: str) -> Path:
     """Top-1 (mean ± std over seeds) against ``x_key``, one curve per arm."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.6))
+    fig = Figure(figsize=(8, 5.2))
     ax = fig.subplots()
     arms: dict[str, list[dict[str, Any]]] = {}
     for s in summary:
         arms.setdefault(s["arm"], []).append(s)
-    for arm, points in arms.items():
+    colors = colormaps["tab20"].colors
+    markers = "osD^vP*Xh<>p"
+    for index, (arm, points) in enumerate(arms.items()):
         points = sorted(points, key=lambda p: p[x_key])
         ax.errorbar([p[x_key] for p in points], [p["top1_mean"] for p in points],
-                    yerr=[p["top1_std"] for p in points], marker="o", capsize=3, label=arm)
+                    yerr=[p["top1_std"] for p in points], marker=markers[index % len(markers)], capsize=3,
+                    color=colors[(2 * index) % 20 + (2 * index // 20) % 2], label=arm)
     ax.set_xlabel(x_label)
     ax.set_ylabel("top-1 accuracy (%), mean ± std over seeds")
     ax.grid(alpha=0.3)

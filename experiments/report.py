@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import difference, lookup, markdown_table  # noqa: E402
+from common import difference, lookup, markdown_table, plot  # noqa: E402
 
 from mone._io import atomic_write_text  # noqa: E402
 
@@ -115,6 +115,8 @@ def verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[tuple[str, st
 def section(title: str, folder: Path, docs: Path) -> list[str]:
     summary = json.loads((folder / "summary.json").read_text())["rows"]
     test = [s for s in summary if s["split"] == "test"]
+    plot(test, folder / "accuracy_vs_gflops.png", "gflops", "GFLOPs per image (multiply-accumulates)", title)
+    plot(test, folder / "accuracy_vs_images_per_s.png", "images_per_s", "images/s (forward, batch 500)", title)
     val = [s for s in summary if s["split"] == "val"]
     best = best_recipe(summary)
     rel = Path(os.path.relpath(folder, docs.parent))
