@@ -25,7 +25,8 @@ from common import difference, lookup, markdown_table, plot  # noqa: E402
 from mone._io import atomic_write_text  # noqa: E402
 
 MATCH, CLOSE = 1.0, 3.0  # points below the reference that still count as "matches" / "close"
-MONE_RECIPES = ("MatViT -> MoNE adaptive", "MoNE adaptive", "MoNE fixed 0.5", "dense -> MoNE adaptive (upcycled)")
+MONE_RECIPES = ("MatViT -> MoNE adaptive", "MoNE adaptive", "MoNE fixed 0.5", "dense -> MoNE adaptive (upcycled)",
+                "MatViT -> MoNE fixed 0.5")
 
 
 def _fmt(mean: float, se: float) -> str:
@@ -80,7 +81,7 @@ def verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[tuple[str, st
                 f"{best} " + "; ".join(parts) + " points."))
 
     fixed = lookup(summary, "MoNE fixed 0.5", "0.5")
-    adaptive = [arm for arm in MONE_RECIPES if arm != "MoNE fixed 0.5"]
+    adaptive = [arm for arm in MONE_RECIPES if "fixed" not in arm]
     adaptive_best = max(adaptive, key=lambda arm: lookup(summary, arm, "0.5", "val")["top1_mean"])
     g, s = difference(lookup(summary, adaptive_best, "0.5"), fixed)
     word = "holds" if g >= -MATCH else "holds partly" if g >= -CLOSE else "does not hold"

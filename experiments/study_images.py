@@ -4,7 +4,8 @@ Arms (same architecture as the demo: D=64, 4 blocks, 4 heads, 64 tokens; same da
     dense ViT; dense ViTs of matched inference FLOPs (depth 2: 0.5x; D=32: 0.3x);
     MoNE at a fixed capacity 0.5; MoNE adaptive; MatViT (nested, each width alone); MatViT -> MoNE adaptive
     fine-tuning; a trained MoNE evaluated with a random router; MoNE trained with a random router;
-    Mixture-of-Depths (12.5% of tokens in every other block); dense ViT upcycled into MoNE.
+    Mixture-of-Depths (12.5% of tokens in every other block); dense ViT upcycled into MoNE; MatViT -> MoNE
+    fine-tuned at a fixed 0.5.
 
     python experiments/study_images.py --output experiments/results/images          # about 2 h on 2 CPU cores
     python experiments/study_images.py --output /tmp/quick --quick --seeds 0 1      # a minute, end to end
@@ -44,6 +45,10 @@ def arms(quick: bool) -> list[Arm]:
         model_kwargs = {k: v for k, v in config.model_kwargs.items() if k != "num_experts"}
         return config.replace(seed=seed, model="mod_vit_test", model_kwargs=model_kwargs, capacity=0.125)
 
+    def fixed_fine_tune(seed: int, previous: str | None) -> TrainConfig:
+        config = demo("finetune", quick)
+        return config.replace(seed=seed, init_from=previous, capacity_mode="fixed", capacity=0.5)
+
     matvit_mone = "MatViT -> MoNE adaptive"
     return [
         Arm("dense ViT", (preset("dense"),), family="dense"),
@@ -61,6 +66,7 @@ def arms(quick: bool) -> list[Arm]:
         Arm("Mixture-of-Depths", (mod,), MOD_CAPACITIES, family="mod"),
         Arm("MoNE adaptive, random router", (preset("adaptive", router="random"),), CAPACITIES,
             family="random"),
+        Arm("MatViT -> MoNE fixed 0.5", (fixed_fine_tune,), CAPACITIES, init="MatViT (nested)"),
     ]
 
 

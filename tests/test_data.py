@@ -251,3 +251,16 @@ def test_build_dataset_rejects_unknown_names():
     assert {"cluttered_digits", "fashion_mnist", "image_folder"} <= set(list_datasets())
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         build_dataset("mnist", "train")
+
+
+def test_cluttered_digits_normalize_standardises_the_same_samples():
+    from mone.data.cluttered_digits import MEAN, STD
+
+    raw = ClutteredDigits("val", num_samples=8)
+    standard = ClutteredDigits("val", num_samples=8, normalize=True)
+    for i in range(8):
+        (x, y), (z, w) = raw[i], standard[i]
+        assert y == w and z.dtype == torch.float32
+        torch.testing.assert_close(z, (x - MEAN) / STD, rtol=0, atol=1e-6)
+    pixels = torch.stack([ClutteredDigits("train", num_samples=256, normalize=True)[i][0] for i in range(256)])
+    assert abs(pixels.mean().item()) < 0.05 and abs(pixels.std().item() - 1) < 0.05  # standardised on average
