@@ -1,4 +1,4 @@
-"""Capacity distributions: how many tokens each nested expert gets for a compute budget (spec section 4).
+"""Capacity distributions: how many tokens each nested expert gets for a compute budget (docs/method.md).
 
 Experts are indexed smallest first: expert ``i`` (0-based) of ``E`` has width ``D / 2**(E - 1 - i)``, so its
 linear layers cost ``2**(i - E + 1)`` of the dense cost. A *distribution* ``c`` gives the fraction of tokens
@@ -188,7 +188,7 @@ def _solve_distribution(capacity: float, num_experts: int, beta: float, delta: f
 def capacity_distribution(
     capacity: float, num_experts: int = 4, *, beta: float = 10.0, delta: float = 2.0
 ) -> tuple[float, ...]:
-    """Token fractions per expert (smallest first) that spend ``capacity`` of the dense compute (spec section 4).
+    """Token fractions per expert (smallest first) that spend ``capacity`` of the dense compute (docs/method.md).
 
     Solves ``max_c sum_i c_i delta**i - beta * sum_i c_i ln c_i`` subject to ``sum_i c_i = 1`` and
     ``sum_i c_i 2**(i-E+1) = capacity`` exactly: the optimum is ``c_i ∝ exp((delta**i - lam 2**(i-E+1)) / beta)``
@@ -225,7 +225,7 @@ def capacity_distribution(
 
 
 def expert_token_counts(distribution: Sequence[float], num_tokens: int) -> tuple[int, ...]:
-    """Tokens per expert for ``num_tokens`` tokens (spec section 3), smallest expert first.
+    """Tokens per expert for ``num_tokens`` tokens (docs/method.md), smallest expert first.
 
     Every expert but the smallest gets ``floor(c_j * num_tokens)``; the smallest gets the rest. The counts
     depend only on ``(distribution, num_tokens)``, so every shape downstream is static.

@@ -1,4 +1,4 @@
-"""Compute accounting (spec section 7). "FLOPs" here are multiply-accumulates, the ViT and MoNE papers' convention.
+"""Compute accounting (docs/method.md). "FLOPs" here are multiply-accumulates, the ViT and MoNE papers' convention.
 
 Per example and layer, a dense ViT spends ``12 N D^2`` in its linear layers and ``2 N^2 D`` in attention
 (``Q K^T`` and ``A V``). A token on expert ``j`` costs ``d_j / D`` of the dense linear cost, so MoNE replaces

@@ -1,4 +1,4 @@
-"""Save and load a model in the layout timm and the Hugging Face hub use (issue 13, item 3).
+"""Save and load a model in the layout timm and the Hugging Face hub use.
 
 A folder holds ``config.json`` (the architecture, its keyword arguments and the pretrained config, with timm's keys:
 ``architecture``, ``model_args``, ``num_classes``, ``num_features``, ``global_pool``, ``pretrained_cfg``) and

@@ -1,4 +1,4 @@
-"""The router, Expert Preferred Routing and the sort/unsort plan (spec sections 2 and 3).
+"""The router, Expert Preferred Routing and the sort/unsort plan (docs/method.md).
 
 Routing happens once per forward: the router scores every token, EPR assigns each token to one expert, and a
 :class:`RoutingPlan` records the permutation that sorts the tokens of the whole batch into contiguous
@@ -24,7 +24,7 @@ __all__ = ["Router", "RoutingPlan", "expert_preferred_routing", "make_routing_pl
 
 
 class Router(nn.Linear):
-    """``r = softmax(W_r x + b_r)`` over the experts, per token (spec section 2).
+    """``r = softmax(W_r x + b_r)`` over the experts, per token (docs/method.md).
 
     A plain ``nn.Linear(embed_dim, num_experts)`` whose forward adds the softmax, so its parameters are
     ``router.weight`` [E, D] and ``router.bias`` [E].
@@ -39,7 +39,7 @@ class Router(nn.Linear):
 
 
 def expert_preferred_routing(probs: torch.Tensor, distribution: Sequence[float]) -> torch.Tensor:
-    """Expert Preferred Routing (spec section 3), batched over examples.
+    """Expert Preferred Routing (docs/method.md), batched over examples.
 
     Every token starts on the smallest expert; then, from the largest expert down, expert ``j`` takes the
     ``floor(c_j * N)`` not-yet-taken tokens with the highest ``probs[..., j]`` (ties go to the lower token

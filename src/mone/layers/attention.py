@@ -1,4 +1,4 @@
-"""Nested self-attention (spec section 1): per-expert input and output slices, full-width attention."""
+"""Nested self-attention (docs/method.md): per-expert input and output slices, full-width attention."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The nested transformer block and the loop that runs a stack of them on routed tokens (spec section 2)."""
+"""The nested transformer block and the loop that runs a stack of them on routed tokens (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Nested MLP (spec section 1): expert ``j`` reads the first ``d_j`` features and writes ``d_j`` outputs."""
+"""Nested MLP (docs/method.md): expert ``j`` reads the first ``d_j`` features and writes ``d_j`` outputs."""
 
 from __future__ import annotations
 

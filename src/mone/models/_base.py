@@ -1,11 +1,11 @@
-"""What every MoNE model shares: argument checks, the capacity setting, the router and alpha (spec sections 2-4).
+"""What every MoNE model shares: argument checks, the capacity setting, the router and alpha (docs/method.md).
 
 A MoNE model (image or video) has one router, at its router block (block 0 unless ``router_block`` says
 otherwise), and one scalar alpha; EPR runs on one group of tokens at a time (an image, or one temporal index of a
 clip). Blocks before the router block are dense; the routing is reused by every later block. :class:`MoneModelMixin`
 holds the methods that only depend on those pieces, so each model file keeps just its own layout.
 
-Baselines (spec section 6): ``router="random"`` replaces the learned router's probabilities by random ones with the
+Baselines (docs/method.md): ``router="random"`` replaces the learned router's probabilities by random ones with the
 same EPR capacities (see :meth:`MoneModelMixin.router_probs`).
 """
 
@@ -41,7 +41,7 @@ __all__ = [
     "validate_vit_args",
 ]
 
-ALPHA_MAX = 0.999  # alpha lives in [0, 1) (spec section 2)
+ALPHA_MAX = 0.999  # alpha lives in [0, 1) (docs/method.md)
 ROUTER_MODES = ("learned", "random")
 
 CapacityLike = float | Sequence[float]
@@ -220,7 +220,7 @@ class MoneModelMixin(TimmContractMixin):
     def router_probs(self, tokens: torch.Tensor) -> torch.Tensor:
         """Router probabilities [G, N, E] for the tokens [G, N, D] that enter block ``router_block``.
 
-        ``"learned"``: ``softmax(W_r LN1(x) + b_r)``, with the router block's norm1 (spec section 2). ``"random"``:
+        ``"learned"``: ``softmax(W_r LN1(x) + b_r)``, with the router block's norm1 (docs/method.md). ``"random"``:
         the softmax of standard normals drawn from torch's global RNG on the tokens' device (so seeding, checkpointed
         RNG states and DDP work as for any random op). EPR then gives every expert its exact capacity from a random
         ranking, and the MLP scaling ``alpha * r_j + 1`` uses these random probabilities; no gradient reaches the
@@ -234,7 +234,7 @@ class MoneModelMixin(TimmContractMixin):
     def route(self, tokens: torch.Tensor, capacity: CapacityLike | None = None) -> RoutingPlan:
         """Router and EPR for the tokens [G, P + N, D] entering the router block, each of the G groups on its own.
 
-        Only the N tokens after the ``P = num_prefix_tokens`` prefix tokens are scored and routed (spec section 3);
+        Only the N tokens after the ``P = num_prefix_tokens`` prefix tokens are scored and routed (docs/method.md);
         the prefix tokens join the largest expert (see :func:`mone.make_routing_plan`).
         """
         P = self.num_prefix_tokens

@@ -1,4 +1,4 @@
-"""What timm expects of a model, for MoNE's models (issue 13, item 1).
+"""What timm expects of a model, for MoNE's models.
 
 * A pretrained config (``model.pretrained_cfg``, alias ``default_cfg``): input size, mean/std, crop, ``num_classes``,
   ``first_conv``, ``classifier``, so ``timm.data.resolve_data_config({}, model=model)`` resolves the model's own

@@ -1,4 +1,4 @@
-"""Per-request budgets in one batch (issue 13, item 5): ``model(x, capacity=[c_0, ..., c_{B-1}])``.
+"""Per-request budgets in one batch: ``model(x, capacity=[c_0, ..., c_{B-1}])``.
 
 Every shape in a MoNE forward follows from the capacity, so a batch cannot mix budgets inside one set of kernels.
 Instead the samples are grouped by budget, each group runs the ordinary single-capacity path (static shapes, so

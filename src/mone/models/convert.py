@@ -1,6 +1,6 @@
 """Upcycling: start a MoNE (or Mixture-of-Depths) model from the weights of a dense ViT.
 
-Nested experts add no parameters to the blocks (spec section 1), so a dense ViT's state_dict (our
+Nested experts add no parameters to the blocks (docs/method.md), so a dense ViT's state_dict (our
 ``num_experts=1`` model, the same architecture with another ``num_experts``, or timm's
 ``VisionTransformer(global_pool="avg", class_token=False)``) holds every weight of the MoNE model except its
 routing parameters: ``router.*`` and ``alpha`` (MoD: ``routers.*``). Those stay at their fresh init.

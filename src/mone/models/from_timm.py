@@ -1,6 +1,6 @@
-"""``mone.from_timm(vit)``: a MoNE model with the weights of a timm ``VisionTransformer`` (issue 13, item 2).
+"""``mone.from_timm(vit)``: a MoNE model with the weights of a timm ``VisionTransformer``.
 
-Nested experts add no parameters to a ViT (spec section 1), so the conversion copies every weight and adds a fresh
+Nested experts add no parameters to a ViT (docs/method.md), so the conversion copies every weight and adds a fresh
 router and ``alpha = 0``: at capacity 1.0 the MoNE model computes the timm model's function (up to float round-off),
 and lower capacities run the same weights on nested experts. Class and register tokens are supported: they are never
 routed, always run on the largest expert, and EPR's capacities count the patch tokens only.

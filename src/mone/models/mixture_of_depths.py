@@ -1,4 +1,4 @@
-"""Mixture-of-Depths ViT (Raposo et al. 2024), the baseline the MoNE paper compares against (spec sections 4 and 6).
+"""Mixture-of-Depths ViT (Raposo et al. 2024), the baseline the MoNE paper compares against (docs/method.md).
 
 The same ViT as :class:`~mone.models.vision_transformer.MoneVisionTransformer` (GAP, no class token, timm's parameter
 names, blocks run at full width), where some blocks process only the top-k tokens of each image and every other

@@ -1,4 +1,4 @@
-"""MoNE Vision Transformer (spec section 5): timm's ViT run on nested experts.
+"""MoNE Vision Transformer (docs/method.md): timm's ViT run on nested experts.
 
 Parameter names follow timm's ``VisionTransformer``. The default (the paper's model) is timm's
 ``VisionTransformer(global_pool='avg', class_token=False)``: such a timm state_dict loads with only ``router.*`` and
@@ -42,7 +42,7 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         qkv_bias: bias on the qkv projection.
         num_experts: nested experts ``E`` (1 gives a dense ViT).
         capacity: default effective capacity in ``[2**-(E-1), 1]``, or an explicit per-expert distribution.
-        beta, delta: parameters of the capacity-distribution objective (spec section 4).
+        beta, delta: parameters of the capacity-distribution objective (docs/method.md).
         fused_attn: use ``F.scaled_dot_product_attention``; ``False`` runs the explicit softmax path.
         router: ``"learned"`` (MoNE) or ``"random"`` (the random-router baseline; see :meth:`router_probs`).
         router_block: the block whose input is routed; blocks before it run every token at full width.

@@ -1,4 +1,4 @@
-"""MoNE ViViT (spec section 5): a factorised-encoder video transformer whose spatial encoder runs on nested experts.
+"""MoNE ViViT (docs/method.md): a factorised-encoder video transformer whose spatial encoder runs on nested experts.
 
 A clip [B, C, T, H, W] is cut into ``t x p x p`` tubelets, giving ``T' = T / t`` temporal indices of
 ``N = (H / p) * (W / p)`` tokens each. The temporal indices are folded into the batch ([B * T', N, D]), so the
@@ -68,7 +68,7 @@ class MoneViViT(MoneModelMixin, nn.Module):
         qkv_bias: bias on the qkv projections.
         num_experts: nested experts ``E`` (1 gives a dense ViViT).
         capacity: default effective capacity in ``[2**-(E-1), 1]``, or an explicit per-expert distribution.
-        beta, delta: parameters of the capacity-distribution objective (spec section 4).
+        beta, delta: parameters of the capacity-distribution objective (docs/method.md).
         fused_attn: use ``F.scaled_dot_product_attention``; ``False`` runs the explicit softmax path.
         num_frames: input frames ``T``; must be divisible by ``tubelet_size``.
         tubelet_size: frames per tubelet ``t``.

@@ -14,7 +14,7 @@ __all__ = ["CAPACITY_MODES", "PAPER_CAPACITIES", "PRECISIONS", "TrainConfig"]
 
 CAPACITY_MODES = ("fixed", "adaptive", "nested")
 PRECISIONS = ("fp32", "bf16")
-PAPER_CAPACITIES = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)  # spec section 6, adaptive training
+PAPER_CAPACITIES = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)  # docs/method.md, adaptive training
 
 
 @dataclass
