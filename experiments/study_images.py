@@ -32,22 +32,31 @@ ALLOCATIONS = (proportionate_distribution(), uniform_distribution(), greedy_dist
 ALLOCATION_LABELS = ("proportionate (0.267)", "uniform (0.469)", "greedy (0.5)")
 
 
-def arms(quick: bool) -> list[Arm]:
+def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
+    """The study's arms; ``embed_dim`` widens every model (the D=32 arm keeps half of it)."""
+    def base(variant: str) -> TrainConfig:
+        config = demo(variant, quick)
+        if embed_dim is None:
+            return config
+        return config.replace(model_kwargs=dict(config.model_kwargs, embed_dim=embed_dim))
+
     def preset(variant: str, **model_changes) -> Stage:
         def stage(seed: int, previous: str | None) -> TrainConfig:
-            config = demo(variant, quick)
+            config = base(variant)
             return config.replace(seed=seed, init_from=previous,
                                   model_kwargs=dict(config.model_kwargs, **model_changes))
         return stage
 
     def mod(seed: int, previous: str | None) -> TrainConfig:
-        config = demo("dense", quick)
+        config = base("dense")
         model_kwargs = {k: v for k, v in config.model_kwargs.items() if k != "num_experts"}
         return config.replace(seed=seed, model="mod_vit_test", model_kwargs=model_kwargs, capacity=0.125)
 
     def fixed_fine_tune(seed: int, previous: str | None) -> TrainConfig:
-        config = demo("finetune", quick)
+        config = base("finetune")
         return config.replace(seed=seed, init_from=previous, capacity_mode="fixed", capacity=0.5)
+
+    narrow = (embed_dim or demo("dense").model_kwargs["embed_dim"]) // 2
 
     matvit_mone = "MatViT -> MoNE adaptive"
     return [
@@ -59,7 +68,7 @@ def arms(quick: bool) -> list[Arm]:
         Arm("MatViT -> MoNE, other allocations", (), ALLOCATIONS, ALLOCATION_LABELS, reuse=matvit_mone,
             family="allocation"),
         Arm("dense ViT, depth 2", (preset("dense_half"),), family="dense"),
-        Arm("dense ViT, D=32", (preset("dense", embed_dim=32),), family="dense"),
+        Arm(f"dense ViT, D={narrow}", (preset("dense", embed_dim=narrow),), family="dense"),
         Arm("MoNE adaptive", (preset("adaptive"),), CAPACITIES),
         Arm("MoNE fixed 0.5", (preset("mone"),), CAPACITIES),
         Arm("dense -> MoNE adaptive (upcycled)", (preset("finetune"),), CAPACITIES, init="dense ViT"),
@@ -71,7 +80,20 @@ def arms(quick: bool) -> list[Arm]:
 
 
 if __name__ == "__main__":
-    args = parser(__doc__.splitlines()[0]).parse_args()
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--embed-dim", type=int, default=None, help="width D of every model (default: the presets' 64)")
+    p.add_argument("--arms", nargs="+", default=None, help="run only these arms (and the arms they start from)")
+    args = p.parse_args()
     main(args)
-    run_study("cluttered digits, images", arms(args.quick), args.seeds, args.output, progress=args.progress,
+    chosen = arms(args.quick, args.embed_dim)
+    if args.arms is not None:
+        unknown = sorted(set(args.arms) - {arm.name for arm in chosen})
+        if unknown:
+            raise SystemExit(f"unknown arms: {', '.join(unknown)}; available: {', '.join(a.name for a in chosen)}")
+        names = set(args.arms)
+        for arm in reversed(chosen):  # the arms a chosen arm starts from or evaluates come along
+            if arm.name in names:
+                names |= {name for name in (arm.init, arm.reuse) if name}
+        chosen = [arm for arm in chosen if arm.name in names]
+    run_study("cluttered digits, images", chosen, args.seeds, args.output, progress=args.progress,
               num_samples=256 if args.quick else 2000)
