@@ -29,12 +29,12 @@ import torch
 
 from mone._io import atomic_write_text, save_figure
 from mone.data import build_dataset
-from mone.train.checkpoint import CHECKPOINT_NAME, load_model
+from mone.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
 from mone.train.config import TrainConfig
 from mone.train.evaluate import evaluate
 from mone.train.loop import train
 
-__all__ = ["Arm", "aggregate", "main", "run_study"]
+__all__ = ["Arm", "aggregate", "parser", "run_dir", "run_study", "setup"]
 
 _logger = logging.getLogger("experiments")
 
@@ -68,17 +68,16 @@ class Arm:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _run_dir(root: Path, arm: str, seed: int, stage: int) -> Path:
+def run_dir(root: Path, arm: str, seed: int, stage: int) -> Path:
+    """The run folder of ``arm``'s stage ``stage`` for ``seed`` under the study folder ``root``."""
     return root / "runs" / arm.replace(" ", "_").replace("/", "-") / f"seed{seed}" / f"stage{stage}"
 
 
-def _finished(run_dir: Path) -> bool:
+def _finished(folder: Path) -> bool:
     """A run whose checkpoint holds its last step."""
-    path = run_dir / CHECKPOINT_NAME
+    path = folder / CHECKPOINT_NAME
     if not path.exists():
         return False
-    from mone.train.checkpoint import load_checkpoint
-
     meta = load_checkpoint(path).meta
     return int(meta["step"]) == int(meta.get("extra", {}).get("total_steps", meta["step"]))
 
@@ -92,15 +91,15 @@ def train_arm(arm: Arm, seed: int, root: Path, progress: bool, arms: dict[str, A
         checkpoint, seconds = train_arm(arms[arm.init], seed, root, progress, arms)
         previous = str(checkpoint)
     for index, stage in enumerate(arm.stages):
-        run_dir = _run_dir(root, arm.name, seed, index)
-        config = stage(seed, previous).replace(output_dir=str(run_dir))
-        timing = run_dir / "train_seconds.json"
-        if not _finished(run_dir):
+        folder = run_dir(root, arm.name, seed, index)
+        config = stage(seed, previous).replace(output_dir=str(folder))
+        timing = folder / "train_seconds.json"
+        if not _finished(folder):
             tic = time.perf_counter()
             train(config, resume=True, progress=progress)
             atomic_write_text(timing, json.dumps({"seconds": time.perf_counter() - tic}) + "\n")
         seconds += json.loads(timing.read_text())["seconds"] if timing.exists() else float("nan")
-        previous = str(run_dir / CHECKPOINT_NAME)
+        previous = str(folder / CHECKPOINT_NAME)
     return Path(previous), seconds
 
 
@@ -242,7 +241,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def main(args: argparse.Namespace) -> None:
+def setup(args: argparse.Namespace) -> None:
+    """Logging to stderr, and torch's thread count when ``--threads`` is given."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

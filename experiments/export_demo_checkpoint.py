@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import _run_dir  # noqa: E402
+from common import run_dir  # noqa: E402
 
 from mone.configs import demo  # noqa: E402
 from mone.train.checkpoint import CHECKPOINT_NAME, load_model, save_checkpoint  # noqa: E402
@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--study", type=Path, required=True, help="the image study's folder")
     p.add_argument("--output", type=Path, default=TARGET)
     args = p.parse_args()
-    source = _run_dir(args.study, "MatViT (nested)", 0, 0) / CHECKPOINT_NAME
+    source = run_dir(args.study, "MatViT (nested)", 0, 0) / CHECKPOINT_NAME
     model, checkpoint = load_model(source)
     config = checkpoint.meta["config"]
     preset = demo("nested").to_dict()

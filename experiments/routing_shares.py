@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import _run_dir, parser  # noqa: E402
+from common import parser, run_dir  # noqa: E402
 
 from mone._io import atomic_write_text  # noqa: E402
 from mone.data import build_dataset  # noqa: E402
@@ -61,7 +61,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     per_seed = {}
     for seed in args.seeds:
-        runs = sorted(_run_dir(args.output, args.arm, seed, 0).parent.glob("stage*"))
+        runs = sorted(run_dir(args.output, args.arm, seed, 0).parent.glob("stage*"))
         per_seed[seed] = shares_for(runs[-1] / CHECKPOINT_NAME, seed, args.samples)
     summary = {}
     for router in ROUTERS:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Arm, Stage, main, parser, run_study  # noqa: E402
+from common import Arm, Stage, parser, run_study, setup  # noqa: E402
 
 from mone.capacity import greedy_distribution, proportionate_distribution, uniform_distribution  # noqa: E402
 from mone.configs import demo  # noqa: E402
@@ -84,7 +84,7 @@ if __name__ == "__main__":
     p.add_argument("--embed-dim", type=int, default=None, help="width D of every model (default: the presets' 64)")
     p.add_argument("--arms", nargs="+", default=None, help="run only these arms (and the arms they start from)")
     args = p.parse_args()
-    main(args)
+    setup(args)
     chosen = arms(args.quick, args.embed_dim)
     if args.arms is not None:
         unknown = sorted(set(args.arms) - {arm.name for arm in chosen})
