@@ -93,3 +93,13 @@ def reference_vivit(model, clips, distribution):
         x = reference_block(block, x, full_width, no_scale)
     x = F.layer_norm(x.mean(1), (D,), model.fc_norm.weight, model.fc_norm.bias, 1e-6)
     return x @ model.head.weight.T + model.head.bias, expert
+
+
+def randomise_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter (alpha excepted) a non-trivial random value, so equivalence checks are sensitive."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name != "alpha":
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+    return model

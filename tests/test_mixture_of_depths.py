@@ -10,6 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from mone import MoDVisionTransformer, count_flops, create_model, list_models, load_dense_weights
 from mone.models.mixture_of_depths import top_k_tokens
 
+from reference import randomise_
+
 timm = pytest.importorskip("timm")
 
 
@@ -84,19 +86,11 @@ def assert_matches_with_grads(model, fast, expected):
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
-def _randomise_(model, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name != "alpha":
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
-    return model
-
 
 @pytest.mark.parametrize("capacity", [0.125, 0.5, 1.0])
 @pytest.mark.parametrize("fused_attn", [True, False])
 def test_mod_matches_masked_reference_float64(capacity, fused_attn):
-    model = _randomise_(small_mod(fused_attn=fused_attn)).double()  # 25 tokens: k = 3, 12, 25
+    model = randomise_(small_mod(fused_attn=fused_attn)).double()  # 25 tokens: k = 3, 12, 25
     images = torch.randn(3, 3, 20, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     k = math.floor(capacity * 25)
     assert model.num_selected(capacity) == k and model.routed_blocks == (1, 3)
@@ -107,7 +101,7 @@ def test_mod_matches_masked_reference_float64(capacity, fused_attn):
 
 @pytest.mark.parametrize("capacity", [0.125, 0.6])
 def test_mod_greedy_matches_masked_reference_float64(capacity):
-    model = _randomise_(small_mod(greedy=True, depth=3)).double()
+    model = randomise_(small_mod(greedy=True, depth=3)).double()
     with torch.no_grad():
         model.alpha.fill_(0.3)
     images = torch.randn(3, 3, 20, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(2))

@@ -12,7 +12,7 @@ from mone import MoneViViT, count_flops, create_model, list_models
 from mone.capacity import capacity_distribution, expert_token_counts
 from mone.routing import expert_preferred_routing
 
-from reference import reference_vivit, tubelet_tokens
+from reference import randomise_, reference_vivit, tubelet_tokens
 
 # Float64 against the masked reference or timm's blocks: the largest difference measured below is 2e-15 (outputs
 # and parameter gradients, values of order 0.1-10); 1e-12 leaves a factor of ~100 for round-off.
@@ -24,15 +24,6 @@ def timm():
     """timm, for the tests that compare with its blocks or registry; they skip without it."""
     return pytest.importorskip("timm")
 
-
-def _randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every parameter (alpha excepted) a non-trivial random value, so equivalence checks are sensitive."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name != "alpha":
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
-    return model
 
 
 def _timm_block(timm, block: nn.Module) -> nn.Module:
@@ -104,7 +95,7 @@ def test_expert_counts_per_temporal_index(capacity):
 
 
 def test_dense_capacity_with_alpha_zero_is_a_dense_vivit(timm):
-    model = _randomise_(create_model("mone_vivit_test", temporal_depth=2)).eval().double()
+    model = randomise_(create_model("mone_vivit_test", temporal_depth=2)).eval().double()
     clips = _clips(model).double()
     with torch.no_grad():
         reference = dense_vivit_reference(timm, model, clips)
@@ -118,7 +109,7 @@ def test_dense_capacity_with_alpha_zero_is_a_dense_vivit(timm):
 @pytest.mark.parametrize("fused_attn", [True, False])
 def test_matches_masked_reference_per_temporal_index_float64(capacity, fused_attn):
     """Outputs and every parameter's gradient, in float64, against the plain masked reference (no timm)."""
-    model = _randomise_(create_model("mone_vivit_test", fused_attn=fused_attn, temporal_depth=2), seed=1).double()
+    model = randomise_(create_model("mone_vivit_test", fused_attn=fused_attn, temporal_depth=2), seed=1).double()
     with torch.no_grad():
         model.alpha.fill_(0.5)  # inside the reference's clamp range, so alpha's gradient is compared too
     clips = _clips(model, seed=2).double()
@@ -140,7 +131,7 @@ def test_matches_masked_reference_per_temporal_index_float64(capacity, fused_att
 
 
 def test_routing_is_independent_across_temporal_indices_and_clips():
-    model = _randomise_(create_model("mone_vivit_test"), seed=3).eval()
+    model = randomise_(create_model("mone_vivit_test"), seed=3).eval()
     clips = _clips(model, batch=2, seed=4)
     _, plan = model.forward_features(clips, capacity=0.5, return_plan=True)
     distribution = model.resolve_distribution(0.5)
