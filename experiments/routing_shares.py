@@ -22,34 +22,23 @@ from common import parser, run_dir  # noqa: E402
 
 from mone._io import atomic_write_text  # noqa: E402
 from mone.data import build_dataset  # noqa: E402
-from mone.models import create_model  # noqa: E402
-from mone.train.checkpoint import (
-    CHECKPOINT_NAME,  # noqa: E402
-    load_model,  # noqa: E402
-)
-from mone.viz import object_routing_share  # noqa: E402
+from mone.demo import SHARE_CAPACITIES, routing_shares  # noqa: E402
+from mone.train.checkpoint import CHECKPOINT_NAME, load_model  # noqa: E402
+from mone.train.config import TrainConfig  # noqa: E402
 
-CAPACITIES = (0.25, 0.5, 0.75)
 ROUTERS = ("learned", "random", "at initialisation")
+KEYS = ("object_share", "background_share", "expected_share")
 
 
-def shares_for(checkpoint: Path, seed: int, num_samples: int) -> dict[str, dict[str, dict[str, float]]]:
-    """{router: {capacity: {object_share, background_share, expected_share}}} for one trained model."""
+def shares_for(checkpoint: Path, num_samples: int) -> dict[str, dict[str, dict[str, float]]]:
+    """{router: {capacity: {object_share, background_share, expected_share}}} for one trained model: the demo's
+    :func:`mone.demo.routing_shares` (same capacities, routers and seeding) on the run's test split."""
     trained, ckpt = load_model(checkpoint)
-    config = ckpt.meta["config"]
-    dataset = build_dataset(config["dataset"], "test", **dict(config["dataset_kwargs"], num_samples=num_samples))
-    torch.manual_seed(seed)
-    fresh = create_model(ckpt.meta["model"], **ckpt.meta["model_kwargs"]).eval()
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for router in ROUTERS:
-        model = fresh if router == "at initialisation" else trained
-        model.set_router("random" if router == "random" else "learned")
-        torch.manual_seed(0)
-        out[router] = {}
-        for capacity in CAPACITIES:
-            share = object_routing_share(model, dataset, capacity, num_samples=num_samples)
-            out[router][f"{capacity:g}"] = {k: share[k] for k in ("object_share", "background_share", "expected_share")}
-    return out
+    config = TrainConfig.from_dict(ckpt.meta["config"])
+    dataset = build_dataset(config.dataset, "test", **dict(config.dataset_kwargs, num_samples=num_samples))
+    shares = routing_shares(trained, config, dataset, num_samples)
+    return {router: {f"{row['capacity']:g}": {k: row[k] for k in KEYS} for row in rows}
+            for router, rows in shares.items()}
 
 
 def main() -> None:
@@ -62,16 +51,16 @@ def main() -> None:
     per_seed = {}
     for seed in args.seeds:
         runs = sorted(run_dir(args.output, args.arm, seed, 0).parent.glob("stage*"))
-        per_seed[seed] = shares_for(runs[-1] / CHECKPOINT_NAME, seed, args.samples)
+        per_seed[seed] = shares_for(runs[-1] / CHECKPOINT_NAME, args.samples)
     summary = {}
     for router in ROUTERS:
         summary[router] = {}
-        for capacity in (f"{c:g}" for c in CAPACITIES):
+        for capacity in (f"{c:g}" for c in SHARE_CAPACITIES):
             values = [per_seed[s][router][capacity] for s in per_seed]
             summary[router][capacity] = {
                 key: {"mean": statistics.fmean(v[key] for v in values),
                       "std": statistics.stdev(v[key] for v in values) if len(values) > 1 else 0.0}
-                for key in ("object_share", "background_share", "expected_share")
+                for key in KEYS
             }
     atomic_write_text(args.output / "routing_shares.json",
                       json.dumps({"arm": args.arm, "seeds": args.seeds, "summary": summary}, indent=2) + "\n")
