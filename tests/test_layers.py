@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mone.capacity import capacity_distribution
-from mone.layers import NestedBlock, add_to_prefix, nested_input_linear, nested_output_linear
-from mone.layers.linear import split_rows
+from mone.layers import GroupLayout, NestedBlock, nested_input_linear, nested_output_linear
 from mone.routing import make_routing_plan
 
 from reference import reference_block, width_masks
@@ -21,15 +21,6 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
-
-
-def test_add_to_prefix_pads_with_zeros():
-    x = torch.randn(5, 8)
-    update = torch.randn(5, 2)
-    out = add_to_prefix(x, update)
-    assert torch.equal(out[:, :2], x[:, :2] + update)
-    assert torch.equal(out[:, 2:], x[:, 2:])
-    assert torch.equal(add_to_prefix(x, torch.ones(5, 8)), x + 1)
 
 
 @pytest.mark.parametrize("num_experts", [2, 3, 4])
@@ -49,14 +40,8 @@ def test_block_matches_masked_reference(num_experts, capacity, num_tokens):
     scale = 1 + 0.4 * probs.gather(-1, plan.expert.unsqueeze(-1)).squeeze(-1)  # [B, N]
 
     present = [j for j, n in enumerate(plan.counts) if n > 0]
-    scales = plan.split(plan.sort(scale.unsqueeze(-1)))
-    groups = block(
-        [plan.split(plan.sort(x))[j] for j in present],
-        [widths[j] for j in present],
-        [plan.counts[j] for j in present],
-        [scales[j] for j in present],
-    )
-    fast = plan.unsort(torch.cat(groups))
+    layout = GroupLayout(tuple(widths[j] for j in present), tuple(plan.counts[j] for j in present), B)
+    fast = plan.unsort(block(plan.sort(x), layout, plan.sort(scale.unsqueeze(-1))))
     expected = reference_block(block, x, width_masks(plan.expert, widths, D), scale)
     torch.testing.assert_close(fast, expected, **F64)
 
@@ -70,13 +55,11 @@ def test_block_matches_masked_reference(num_experts, capacity, num_tokens):
 def test_fused_and_manual_attention_agree():
     torch.manual_seed(0)
     block = NestedBlock(32, num_heads=4)
-    x = [torch.randn(6, 32), torch.randn(4, 32)]
-    args = ([8, 32], [3, 2], [torch.ones(6, 1), torch.ones(4, 1)])
+    x = torch.randn(10, 32)  # two examples: 3 tokens of width 8, then 2 of width 32, slot-major
+    args = (GroupLayout((8, 32), (3, 2), 2), torch.rand(10, 1) + 1)
     fused = block(x, *args)
     block.attn.fused_attn = False
-    manual = block(x, *args)
-    for a, b in zip(fused, manual):
-        torch.testing.assert_close(a, b, **F64)
+    torch.testing.assert_close(fused, block(x, *args), **F64)
 
 
 def test_block_rejects_indivisible_heads():
@@ -84,38 +67,76 @@ def test_block_rejects_indivisible_heads():
         NestedBlock(30, num_heads=4)
 
 
+def _rows_and_layout(widths, rows=(3, 5, 2)):
+    """A layout of one example per group (``B = 1``): group ``j`` is ``rows[j]`` tokens of width ``widths[j]``."""
+    rows = rows[: len(widths)]
+    return list(rows), GroupLayout(tuple(widths), tuple(rows), 1)
+
+
+def _plain_input(x, weight, bias, rows, widths):
+    """Per group ``F.linear(x_j[:, :d_j], W[:, :d_j], b)``, the plain sliced reference."""
+    return torch.cat([F.linear(x_j[:, :d], weight[:, :d], bias) for x_j, d in zip(x.split(rows), widths)])
+
+
+def _plain_output(h, weight, bias, rows, widths, residual, scale):
+    """Per group ``residual_j + Pad(s_j * F.linear(h_j, W[:d_j], b[:d_j]))``, the plain reference."""
+    updates = [F.linear(h_j, weight[:d], bias[:d]) for h_j, d in zip(h.split(rows), widths)]
+    padded = torch.cat([F.pad(u, (0, weight.shape[0] - u.shape[1])) for u in updates])
+    return residual + scale * padded
+
+
 @pytest.mark.parametrize("widths", [(2, 4, 8), (2, 4), (8,), (4, 2, 4)])
-@pytest.mark.parametrize("slicing", ["input", "output"])
-def test_nested_linear_gradients(widths, slicing):
-    """The in-place weight-gradient accumulation against finite differences, and against plain sliced F.linear."""
-    rows = [3, 5, 2][: len(widths)]
+def test_nested_input_linear_against_plain_slices(widths):
+    """Values and every gradient (in-place weight accumulation, zero input gradient past d_j) against plain sliced
+    F.linear, and against finite differences."""
+    rows, layout = _rows_and_layout(widths)
     weight = torch.randn(8, 8, requires_grad=True)
     bias = torch.randn(8, requires_grad=True)
-    if slicing == "input":  # full-width inputs: group j reads its first d_j features
-        xs = [torch.randn(n, 8, requires_grad=True) for n in rows]
-        nested, plain = nested_input_linear, lambda x, d: torch.nn.functional.linear(x[:, :d], weight[:, :d], bias)
-    else:
-        xs = [torch.randn(n, 8, requires_grad=True) for n in rows]
-        nested, plain = nested_output_linear, lambda x, d: torch.nn.functional.linear(x, weight[:d], bias[:d])
-
-    def run(*tensors):
-        outs = nested(list(tensors[2:]), tensors[0], tensors[1], widths)
-        if slicing == "input":  # one tensor, the groups' rows one after the other
-            assert outs.shape == (sum(rows), 8)
-            return outs.split(rows)
-        return tuple(outs)
-
-    assert torch.autograd.gradcheck(run, (weight, bias, *xs))
-    outs = run(weight, bias, *xs)
+    x = torch.randn(sum(rows), 8, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: nested_input_linear(t[0], t[1], t[2], layout), (x, weight, bias))
+    out = nested_input_linear(x, weight, bias, layout)
+    ref = _plain_input(x, weight, bias, rows, widths)
+    torch.testing.assert_close(out, ref, **F64)
     with torch.no_grad():  # the inference path skips the autograd function: same values
-        for out, plain_out in zip(outs, run(weight, bias, *xs)):
-            assert torch.equal(out, plain_out) and plain_out.grad_fn is None
-    refs = [plain(x, d) for x, d in zip(xs, widths)]
-    for out, ref in zip(outs, refs):
-        torch.testing.assert_close(out, ref, **F64)
-    probes = [torch.randn_like(o) for o in outs]
-    got = torch.autograd.grad(outs, (weight, bias, *xs), probes)
-    want = torch.autograd.grad(refs, (weight, bias, *xs), probes)
+        plain_out = nested_input_linear(x, weight, bias, layout)
+        assert torch.equal(out, plain_out) and plain_out.grad_fn is None
+    probe = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, weight, bias), probe)
+    want = torch.autograd.grad(ref, (x, weight, bias), probe)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **F64)
+
+
+@pytest.mark.parametrize("widths", [(2, 4, 8), (2, 4), (8,), (4, 2, 4)])
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("with_scale", [True, False])
+def test_nested_output_linear_against_plain_slices(widths, with_residual, with_scale):
+    """Fused residual add and per-row scale: values and every gradient against plain padded F.linear updates."""
+    rows, layout = _rows_and_layout(widths)
+    weight = torch.randn(8, 6, requires_grad=True)
+    bias = torch.randn(8, requires_grad=True)
+    h = torch.randn(sum(rows), 6, requires_grad=True)
+    residual = torch.randn(sum(rows), 8, requires_grad=True) if with_residual else None
+    scale = (torch.rand(sum(rows), 1) + 0.5).requires_grad_() if with_scale else None
+    inputs = [t for t in (h, weight, bias, residual, scale) if t is not None]
+
+    def run(h, weight, bias, *rest):
+        rest = list(rest)
+        r = rest.pop(0) if with_residual else None
+        s = rest.pop(0) if with_scale else None
+        return nested_output_linear(h, weight, bias, layout, r, s)
+
+    assert torch.autograd.gradcheck(run, inputs)
+    out = run(*inputs)
+    ref = _plain_output(h, weight, bias, rows, widths, 0 if residual is None else residual,
+                        1 if scale is None else scale)
+    torch.testing.assert_close(out, ref, **F64)
+    with torch.no_grad():
+        plain_out = run(*inputs)
+        assert torch.equal(out, plain_out) and plain_out.grad_fn is None
+    probe = torch.randn_like(out)
+    got = torch.autograd.grad(out, inputs, probe)
+    want = torch.autograd.grad(ref, inputs, probe)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, **F64)
 
@@ -123,7 +144,7 @@ def test_nested_linear_gradients(widths, slicing):
 def test_nested_linear_respects_frozen_weights():
     weight = torch.randn(6, 4)
     x = torch.randn(3, 4, requires_grad=True)
-    out = nested_input_linear([x], weight, None, [2])
+    out = nested_input_linear(x, weight, None, GroupLayout((2,), (3,), 1))
     out.sum().backward()
     torch.testing.assert_close(x.grad[:, :2], weight[:, :2].sum(0).expand(3, 2), **F64)
     assert torch.equal(x.grad[:, 2:], torch.zeros(3, 2))  # features the group does not read
@@ -131,31 +152,39 @@ def test_nested_linear_respects_frozen_weights():
 
 @pytest.mark.parametrize("slicing", ["input", "output"])
 def test_nested_linear_under_bfloat16_autocast(slicing):
-    """Under autocast the forward runs in bfloat16 and float32 weights still get float32 gradients like F.linear's."""
+    """Under autocast the GEMMs run in bfloat16 like F.linear's (the output layer adds its bfloat16 update to the
+    float32 residual, as ``x + F.linear(...)`` does) and float32 weights still get float32 gradients."""
     torch.set_default_dtype(torch.float32)
+    torch.manual_seed(0)
     widths = (2, 4, 8)
+    rows, layout = _rows_and_layout(widths, rows=(4, 4, 4))
     weight = torch.randn(8, 8, requires_grad=True)
     bias = torch.randn(8, requires_grad=True)
-    if slicing == "input":
-        xs = [torch.randn(4, 8) for _ in widths]
-        nested, plain = nested_input_linear, lambda x, d: torch.nn.functional.linear(x[:, :d], weight[:, :d], bias)
-    else:
-        xs = [torch.randn(4, 8) for _ in widths]
-        nested, plain = nested_output_linear, lambda x, d: torch.nn.functional.linear(x, weight[:d], bias[:d])
+    x = torch.randn(12, 8)
+    residual = torch.randn(12, 8)
+    scale = torch.rand(12, 1) + 0.5
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        outs = nested(xs, weight, bias, widths)
-        outs = outs.split(4) if slicing == "input" else outs
-        refs = [plain(x, d) for x, d in zip(xs, widths)]
-    assert all(o.dtype == torch.bfloat16 for o in outs)
-    got = torch.autograd.grad(sum(o.float().square().sum() for o in outs), (weight, bias))
-    want = torch.autograd.grad(sum(r.float().square().sum() for r in refs), (weight, bias))
+        if slicing == "input":
+            out = nested_input_linear(x, weight, bias, layout)
+            ref = _plain_input(x, weight, bias, rows, widths)
+            assert out.dtype == torch.bfloat16
+        else:
+            out = nested_output_linear(x, weight, bias, layout, residual, scale)
+            ref = _plain_output(x, weight, bias, rows, widths, residual, scale)
+            assert out.dtype == torch.float32
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    got = torch.autograd.grad(out.float().square().sum(), (weight, bias))
+    want = torch.autograd.grad(ref.float().square().sum(), (weight, bias))
     for g, w in zip(got, want):
-        assert g.dtype == torch.float32
-        torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2)
+        assert g.dtype == torch.float32  # bfloat16 rounding of sums that cancel: relative to the largest entry
+        torch.testing.assert_close(g, w, rtol=0, atol=2e-2 * w.abs().max().item())
 
 
-def test_split_rows_keeps_a_single_group_whole():
-    rows = torch.randn(7, 3, requires_grad=True)
-    assert split_rows(rows, [7])[0] is rows
-    parts = split_rows(rows, [2, 5])
-    assert [p.shape[0] for p in parts] == [2, 5] and torch.equal(torch.cat(parts), rows)
+def test_dense_layout_is_timms_linear_and_residual():
+    """One full-width group: the output layer is exactly ``residual + F.linear(h, W, b)``'s value."""
+    weight, bias = torch.randn(8, 6), torch.randn(8)
+    h, residual = torch.randn(5, 6), torch.randn(5, 8)
+    layout = GroupLayout.dense(1, 5, 8)
+    torch.testing.assert_close(nested_output_linear(h, weight, bias, layout, residual),
+                               residual + F.linear(h, weight, bias), **F64)
+    assert torch.equal(nested_input_linear(h, weight, bias, GroupLayout.dense(1, 5, 6)), F.linear(h, weight, bias))

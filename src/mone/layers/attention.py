@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .linear import nested_input_linear, nested_output_linear, split_rows
+from .linear import GroupLayout, nested_input_linear, nested_output_linear
 
 
 class NestedAttention(nn.Module):
     """Multi-head self-attention whose expert ``j`` reads and writes only the first ``d_j`` features.
 
-    Tokens arrive as contiguous per-expert groups of rows (see :class:`mone.routing.RoutingPlan`). For a group of
-    width ``d``: ``qkv = x[:, :d] @ W_qkv[:, :d].T + b_qkv`` (full 3D output), attention runs at full width over
-    every token of the example, and ``out = o @ W_proj[:d].T + b_proj[:d]`` gives ``d`` outputs. With a single group
-    of width D this is timm's ``Attention``; parameter names match it (``qkv``, ``proj``).
+    Tokens arrive as one tensor of rows, each expert's tokens a contiguous range (see :class:`GroupLayout`). For a
+    group of width ``d``: ``qkv = x[:, :d] @ W_qkv[:, :d].T + b_qkv`` (full 3D output), attention runs at full width
+    over every token of the example, and ``out = o @ W_proj[:d].T + b_proj[:d]`` gives ``d`` outputs (added to the
+    residual inside the GEMM). With a single group of width D this is timm's ``Attention`` and its residual add;
+    parameter names match it (``qkv``, ``proj``).
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, fused_attn: bool = True) -> None:
@@ -31,24 +30,25 @@ class NestedAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, xs: Sequence[torch.Tensor], widths: Sequence[int], counts: Sequence[int]) -> list[torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, layout: GroupLayout, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Attend over all tokens of each example.
 
         Args:
-            xs: one normalised group per expert, [B * counts[j], D]: slot-major rows (``s * B + b``) when there are
-                several groups, input order (``b * N + n``) when there is one (see :class:`mone.routing.RoutingPlan`).
-            widths: feature width ``d_j`` of each group.
-            counts: tokens per example in each group (all > 0).
+            x: normalised rows [R, D] grouped by ``layout``: slot-major (row ``p * B + b``) when there are several
+                groups, input order (row ``b * N + n``) when there is one (see :class:`mone.layers.GroupLayout`).
+            layout: the groups' row ranges and widths ``d_j``.
+            residual: rows [R, D] the update is added to (``None``: return the padded update alone).
 
         Returns:
-            One update per group, [B * counts[j], widths[j]].
+            [R, D]: ``residual + Pad(update_j)``, group ``j`` writing its first ``d_j`` features.
         """
         D = self.qkv.in_features
-        N = sum(counts)
-        B = xs[0].shape[0] // counts[0]
+        B, N = layout.batch_size, layout.num_tokens
         H, hd = self.num_heads, self.head_dim
-        qkv = nested_input_linear(xs, self.qkv.weight, self.qkv.bias, widths)
-        if len(xs) == 1:
+        qkv = nested_input_linear(x, self.qkv.weight, self.qkv.bias, layout)  # [R, 3D]
+        if len(layout.widths) == 1:
             qkv = qkv.view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
         else:  # rows p * B + b: every example's tokens sorted by expert along N
             qkv = qkv.view(N, B, 3, H, hd).permute(2, 1, 3, 0, 4)  # [3, B, H, N, hd]
@@ -58,9 +58,8 @@ class NestedAttention(nn.Module):
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, H, N, hd] x [B, H, hd, N] -> [B, H, N, N]
             o = attn.softmax(dim=-1) @ v  # [B, H, N, N] x [B, H, N, hd] -> [B, H, N, hd]
-        if len(xs) == 1:
+        if len(layout.widths) == 1:
             o = o.transpose(1, 2).reshape(B * N, D)  # [B, N, H, hd] -> rows b * N + n
         else:
             o = o.permute(2, 0, 1, 3).reshape(N * B, D)  # [N, B, H, hd] -> rows p * B + b
-        o = split_rows(o, [B * n for n in counts])  # per group [B * n_j, D]
-        return nested_output_linear(o, self.proj.weight, self.proj.bias, widths)
+        return nested_output_linear(o, self.proj.weight, self.proj.bias, layout, residual)

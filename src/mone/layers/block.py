@@ -11,15 +11,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..routing import RoutingPlan
 from .attention import NestedAttention
+from .linear import GroupLayout
 from .mlp import NestedMlp
-
-
-def add_to_prefix(x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-    """``x + Pad(update)``: add ``update`` [rows, d] to the first ``d`` features of ``x`` [rows, D]."""
-    d = update.shape[-1]
-    if d == x.shape[-1]:
-        return x + update
-    return torch.cat([x[:, :d] + update, x[:, d:]], dim=-1)
 
 
 class NestedBlock(nn.Module):
@@ -40,21 +33,13 @@ class NestedBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = NestedMlp(dim, int(dim * mlp_ratio))
 
-    def forward(
-        self,
-        xs: Sequence[torch.Tensor],
-        widths: Sequence[int],
-        counts: Sequence[int],
-        mlp_scales: Sequence[torch.Tensor | float],
-    ) -> list[torch.Tensor]:
-        """Groups [B * counts[j], D] -> groups of the same shapes.
+    def forward(self, x: torch.Tensor, layout: GroupLayout, mlp_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows [R, D] grouped by ``layout`` -> rows [R, D] in the same order.
 
-        ``mlp_scales[j]`` is ``alpha * r_j + 1`` for each row of group ``j`` [rows_j, 1], or 1.0 where no router scales.
+        ``mlp_scale`` [R, 1] is ``alpha * r_j + 1`` of each row, or ``None`` where no router scales.
         """
-        attn_updates = self.attn([self.norm1(x) for x in xs], widths, counts)
-        zs = [add_to_prefix(x, u) for x, u in zip(xs, attn_updates)]
-        mlp_updates = self.mlp([self.norm2(z) for z in zs], widths)
-        return [add_to_prefix(z, s * u) for z, s, u in zip(zs, mlp_scales, mlp_updates)]
+        x = self.attn(self.norm1(x), layout, residual=x)
+        return self.mlp(self.norm2(x), layout, residual=x, scale=mlp_scale)
 
 
 def run_block(block: nn.Module, *args: Any, grad_checkpointing: bool = False) -> Any:
@@ -66,7 +51,7 @@ def run_block(block: nn.Module, *args: Any, grad_checkpointing: bool = False) ->
 
 
 class SortedTokens:
-    """Tokens [B, L, D] sorted by a routing plan into contiguous per-expert groups, as the nested blocks take them.
+    """Tokens [B, L, D] sorted by a routing plan into contiguous per-expert row groups, as the nested blocks take them.
 
     Tokens are sorted once and stay sorted through every block (attention is permutation-equivariant); they are put
     back in input order only where they are returned (:meth:`unsorted`), and a mean needs no order at all
@@ -76,29 +61,26 @@ class SortedTokens:
     def __init__(self, x: torch.Tensor, plan: RoutingPlan, alpha: torch.Tensor, expert_widths: Sequence[int]) -> None:
         self.plan = plan
         present = [j for j, n in enumerate(plan.counts) if n > 0]
-        self.widths = [expert_widths[j] for j in present]
-        self.counts = [plan.counts[j] for j in present]
-        all_groups = plan.split(plan.sort(x))  # E views [B * counts[j], D]
-        self.groups = [all_groups[j] for j in present]
-        all_scales = plan.split((alpha * plan.expert_probs + 1).unsqueeze(-1))  # E views [B * counts[j], 1]
-        self.scales = [all_scales[j] for j in present]
+        self.layout = GroupLayout(
+            tuple(expert_widths[j] for j in present), tuple(plan.counts[j] for j in present), plan.batch_size
+        )
+        self.rows = plan.sort(x)  # [B * L, D], group-major
+        self.scale = (alpha * plan.expert_probs + 1).unsqueeze(-1)  # [B * L, 1]: alpha * r + 1 of each row
 
     def apply(self, block: NestedBlock, grad_checkpointing: bool = False) -> None:
-        """Run one nested block on the groups."""
-        args = (self.groups, self.widths, self.counts, self.scales)
-        self.groups = run_block(block, *args, grad_checkpointing=grad_checkpointing)
+        """Run one nested block on the rows."""
+        self.rows = run_block(block, self.rows, self.layout, self.scale, grad_checkpointing=grad_checkpointing)
 
     def mean(self) -> torch.Tensor:
-        """Mean over the L tokens of each example [B, D], taken straight from the sorted groups."""
-        B, groups = self.plan.batch_size, self.groups
-        if len(groups) == 1:  # input order
-            return groups[0].view(B, -1, groups[0].shape[-1]).mean(dim=1)  # [B, D]
-        return sum(g.view(n, B, -1).sum(dim=0) for g, n in zip(groups, self.counts)) / sum(self.counts)  # slot-major
+        """Mean over the L tokens of each example [B, D], taken straight from the sorted rows."""
+        B, L = self.layout.batch_size, self.layout.num_tokens
+        if len(self.layout.widths) == 1:  # input order
+            return self.rows.view(B, L, -1).mean(dim=1)
+        return self.rows.view(L, B, -1).mean(dim=0)  # slot-major
 
     def unsorted(self) -> torch.Tensor:
         """The tokens [B, L, D] in input order."""
-        rows = self.groups[0] if len(self.groups) == 1 else torch.cat(self.groups, dim=0)  # [B * L, D], group-major
-        return self.plan.unsort(rows)
+        return self.plan.unsort(self.rows)
 
 
 def nested_blocks_forward(
@@ -127,7 +109,8 @@ def dense_blocks_forward(
     if len(blocks) == 0:
         return x
     B, L, D = x.shape
-    rows = [x.reshape(B * L, D)]  # one group: the largest expert, all L tokens of each example in input order
+    layout = GroupLayout.dense(B, L, D)  # one group: the largest expert, all L tokens of each example in input order
+    rows = x.reshape(B * L, D)
     for block in blocks:
-        rows = run_block(block, rows, (D,), (L,), (1.0,), grad_checkpointing=grad_checkpointing)
-    return rows[0].reshape(B, L, D)
+        rows = run_block(block, rows, layout, None, grad_checkpointing=grad_checkpointing)
+    return rows.reshape(B, L, D)

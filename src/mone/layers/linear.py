@@ -1,68 +1,69 @@
-"""Linear layers over per-expert token groups, with one weight gradient accumulated in place.
+"""Linear layers over per-expert row groups of one token tensor, with one weight gradient accumulated in place.
 
-Expert ``j`` uses a prefix slice of one shared weight ``W`` [out, in]:
+Tokens travel through the nested blocks as one tensor of rows [R, D], sorted so that each expert's tokens form a
+contiguous row range (a :class:`GroupLayout` says where each range starts and how wide its expert is). Expert ``j``
+uses a prefix slice of one shared weight ``W`` [out, in]:
 
 * ``input`` slicing (``qkv``, ``fc1``): ``y_j = x_j[:, :d_j] @ W[:, :d_j].T + b`` -> [rows_j, out], every group
-  written straight into its row range of one output [sum rows_j, out] (no concatenation afterwards). The slice
-  ``x_j[:, :d_j]`` is taken inside, so a full-width group's input gradient is ``g_j @ W`` itself, not a copy of
-  it into a zero-filled tensor (what autograd does for a slice), and narrower ones are padded once;
-* ``output`` slicing (``proj``, ``fc2``): ``y_j = h_j @ W[:d_j].T + b[:d_j]`` -> [rows_j, d_j].
+  written straight into its row range of one output [R, out];
+* ``output`` slicing (``proj``, ``fc2``): ``y_j = residual_j + Pad(s_j * (h_j @ W[:d_j].T + b[:d_j]))`` -> [R, D]:
+  the residual add is fused (each group's ``d_j`` outputs are accumulated into its row range of a copy of the
+  residual by the GEMM itself, no padded update tensor and no concatenation), with an optional per-row scale
+  ``s`` (the MLP scaling ``alpha * r + 1``).
 
-Left to autograd, each slice ``W[:, :d_j]`` gets its own zero-filled full-size gradient and the E of them are
-summed: E fills and E additions of the whole weight per layer and step. The functions here write every group's
-contribution straight into one gradient (``grad_W[:, :d_j] += g_j.T @ x_j``), so the weight is touched once.
+Left to autograd, each slice ``W[:, :d_j]`` would get its own zero-filled full-size gradient and the E of them would
+be summed: E fills and E additions of the whole weight per layer and step. The backward passes here write every
+group's contribution straight into one gradient (``grad_W[:, :d_j] += g_j.T @ x_j``), so the weight is touched
+once, and the input gradient straight into the row ranges of one tensor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["nested_input_linear", "nested_output_linear", "split_rows"]
+__all__ = ["GroupLayout", "nested_input_linear", "nested_output_linear"]
 
 
-def split_rows(rows: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
-    """``rows`` [sum sizes, ...] as one view per group; a single group is ``rows`` itself.
+@dataclass(frozen=True)
+class GroupLayout:
+    """Where each expert's tokens lie in the rows [R, D] of a routed batch (empty experts left out).
 
-    The backward of a one-piece ``split`` would copy the whole gradient (a ``cat`` of one tensor).
+    Attributes:
+        widths: feature width ``d_j`` of each group (smallest expert first).
+        counts: tokens per example in each group (all > 0); ``N = sum(counts)``.
+        batch_size: ``B``, the number of examples (or token sequences) in the batch.
+
+    Group ``j`` holds the rows ``[B * sum(counts[:j]), B * sum(counts[:j+1]))``. With several groups the rows are
+    slot-major (row ``p * B + b`` is example ``b``'s ``p``-th token in expert order, so all R rows read as
+    [N, B, D]); with one group they are in input order (row ``b * N + n``: [B, N, D]).
     """
-    return [rows] if len(sizes) == 1 else list(rows.split(list(sizes)))
 
+    widths: tuple[int, ...]
+    counts: tuple[int, ...]
+    batch_size: int
 
-def _weight_grad(
-    weight: torch.Tensor,
-    grads: Sequence[torch.Tensor],
-    inputs: Sequence[torch.Tensor],
-    widths: Sequence[int],
-    slicing: str,
-) -> torch.Tensor:
-    """``sum_j Pad(g_j.T @ x_j)``: each group's [out, d_j] (input slicing) or [d_j, in] (output slicing) block."""
-    full = weight.shape[1] if slicing == "input" else weight.shape[0]
-    widest = max(range(len(widths)), key=lambda j: widths[j])
-    if widths[widest] == full:  # the full-width group writes the whole gradient; no zero fill needed
-        grad = grads[widest].t().mm(inputs[widest])
-    else:
-        grad = torch.zeros_like(weight)
-    for j, (g, x, d) in enumerate(zip(grads, inputs, widths)):
-        if j == widest and d == full:
-            continue
-        block = grad[:, :d] if slicing == "input" else grad[:d]
-        block.addmm_(g.t(), x)
-    return grad
+    @classmethod
+    def dense(cls, batch_size: int, num_tokens: int, width: int) -> GroupLayout:
+        """One full-width group: a plain transformer's rows [B * N, D] in input order."""
+        return cls((width,), (num_tokens,), batch_size)
 
+    @property
+    def num_tokens(self) -> int:
+        """``N``, tokens per example."""
+        return sum(self.counts)
 
-def _bias_grad(bias: torch.Tensor, grads: Sequence[torch.Tensor], widths: Sequence[int]) -> torch.Tensor:
-    grad = torch.zeros_like(bias)
-    for g, d in zip(grads, widths):
-        grad[:d] += g.sum(0)
-    return grad
-
-
-def _to_dtype(tensors: Sequence[torch.Tensor | None], dtype: torch.dtype) -> list[torch.Tensor | None]:
-    """Saved tensors in the gradients' dtype: under autocast the forward ran in a lower precision than they hold."""
-    return [t if t is None else t.to(dtype) for t in tensors]
+    @property
+    def row_ranges(self) -> list[tuple[int, int, int]]:
+        """``(start, stop, width)`` of each group's rows."""
+        ranges, start = [], 0
+        for n, d in zip(self.counts, self.widths):
+            ranges.append((start, start + self.batch_size * n, d))
+            start += self.batch_size * n
+        return ranges
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -72,29 +73,81 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _input_linear(
-    xs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, widths: Sequence[int]
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: GroupLayout
 ) -> torch.Tensor:
-    dtype = _compute_dtype(xs[0])
+    if len(layout.widths) == 1 and layout.widths[0] == weight.shape[1]:
+        return F.linear(x, weight, bias)  # dense: exactly timm's call
+    dtype = _compute_dtype(x)
     weight = weight.to(dtype)
-    out = torch.empty(sum(x.shape[0] for x in xs), weight.shape[0], dtype=dtype, device=weight.device)
-    for x, d, rows in zip(xs, widths, out.split([x.shape[0] for x in xs])):
+    bias = None if bias is None else bias.to(dtype)
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=dtype, device=x.device)
+    for start, stop, d in layout.row_ranges:
+        rows, x_j, w_j = out[start:stop], x[start:stop, :d].to(dtype), weight[:, :d].t()
         if bias is None:
-            torch.mm(x[:, :d].to(dtype), weight[:, :d].t(), out=rows)
+            torch.mm(x_j, w_j, out=rows)
         else:
-            torch.addmm(bias.to(dtype), x[:, :d].to(dtype), weight[:, :d].t(), out=rows)
+            torch.addmm(bias, x_j, w_j, out=rows)
     return out
 
 
-def _input_grad(grad: torch.Tensor, weight: torch.Tensor, width: int) -> torch.Tensor:
-    """Gradient of a full-width input [rows, in] whose first ``width`` features fed ``W[:, :width]``."""
-    grad_x = grad.mm(weight[:, :width])  # [rows, width]
-    return grad_x if width == weight.shape[1] else F.pad(grad_x, (0, weight.shape[1] - width))
-
-
 def _output_linear(
-    hs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, widths: Sequence[int]
-) -> list[torch.Tensor]:
-    return [F.linear(h, weight[:d], None if bias is None else bias[:d]) for h, d in zip(hs, widths)]
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    layout: GroupLayout,
+    residual: torch.Tensor | None,
+    scale: torch.Tensor | None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``residual + Pad(scale * (h_j W[:d_j].T + b[:d_j]))`` [R, out], and the unscaled updates when ``scale``
+    is given (the backward needs them for the scale's gradient)."""
+    dtype = _compute_dtype(h)
+    weight = weight.to(dtype)
+    bias = None if bias is None else bias.to(dtype)
+    fused = scale is None and (residual is None or residual.dtype == dtype)  # the GEMM accumulates into the output
+    if residual is None:
+        out = h.new_zeros(h.shape[0], weight.shape[0], dtype=dtype)
+    elif fused and bias is not None and layout.widths == (weight.shape[0],):
+        out = residual + bias  # dense: the bias joins the copy of the residual
+        bias = None
+    else:
+        out = residual.clone()
+    updates = []
+    for start, stop, d in layout.row_ranges:
+        rows, h_j, w_j = out[start:stop, :d], h[start:stop].to(dtype), weight[:d].t()
+        if fused:
+            torch.addmm(rows, h_j, w_j, out=rows)
+            if bias is not None:
+                rows.add_(bias[:d])
+            continue
+        update = torch.mm(h_j, w_j) if bias is None else torch.addmm(bias[:d], h_j, w_j)  # [rows_j, d_j]
+        if scale is None:
+            rows.add_(update)  # autocast: the update in its compute dtype, added to a wider residual (as x + f(x))
+        else:
+            rows.addcmul_(update, scale[start:stop])
+            updates.append(update)
+    return out, updates
+
+
+def _weight_grad(
+    weight: torch.Tensor, grads: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor], slicing: str
+) -> torch.Tensor:
+    """``sum_j Pad(g_j.T @ x_j)``: each group's [out, d_j] (input slicing) or [d_j, in] (output slicing) block.
+
+    ``grads[j]`` [rows_j, out or d_j] and ``inputs[j]`` [rows_j, d_j or in]; the widths are read off their shapes.
+    """
+    full = weight.shape[1] if slicing == "input" else weight.shape[0]
+    width = [x.shape[1] if slicing == "input" else g.shape[1] for g, x in zip(grads, inputs)]
+    widest = max(range(len(width)), key=width.__getitem__)
+    if width[widest] == full:  # the full-width group writes the whole gradient; no zero fill needed
+        grad = grads[widest].t().mm(inputs[widest])
+    else:
+        grad = torch.zeros_like(weight)
+    for j, (g, x, d) in enumerate(zip(grads, inputs, width)):
+        if j == widest and d == full:
+            continue
+        block = grad[:, :d] if slicing == "input" else grad[:d]
+        torch.addmm(block, g.t(), x, out=block)
+    return grad
 
 
 def _needs_autograd(*tensors: torch.Tensor | None) -> bool:
@@ -103,82 +156,119 @@ def _needs_autograd(*tensors: torch.Tensor | None) -> bool:
 
 class _NestedInputLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, widths, weight, bias, *xs):  # type: ignore[override]
-        ctx.widths = widths
+    def forward(ctx, layout, x, weight, bias):  # type: ignore[override]
+        ctx.layout = layout
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(weight, *xs)
-        return _input_linear(xs, weight, bias, widths)
+        ctx.save_for_backward(x, weight)
+        return _input_linear(x, weight, bias, layout)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        weight, *xs = _to_dtype(ctx.saved_tensors, grad.dtype)
-        widths = ctx.widths
-        grads = grad.split([x.shape[0] for x in xs])
-        grad_weight = grad_bias = None
+        x, weight = (t.to(grad.dtype) for t in ctx.saved_tensors)  # autocast: saved in a lower precision
+        ranges = ctx.layout.row_ranges
+        grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:
-            grad_weight = _weight_grad(weight, grads, [x[:, :d] for x, d in zip(xs, widths)], widths, "input")
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+            if len(ranges) == 1 and ranges[0][2] == weight.shape[1]:
+                grad_x = grad.mm(weight)
+            else:
+                grad_x = torch.empty_like(x)
+                for start, stop, d in ranges:
+                    torch.mm(grad[start:stop], weight[:, :d], out=grad_x[start:stop, :d])
+                    grad_x[start:stop, d:] = 0  # features the group does not read
+        if ctx.needs_input_grad[2]:
+            grad_weight = _weight_grad(
+                weight, [grad[a:b] for a, b, _ in ranges], [x[a:b, :d] for a, b, d in ranges], "input"
+            )
+        if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_bias = grad.sum(0)
-        needs = ctx.needs_input_grad[3:]
-        grad_xs = [_input_grad(g, weight, d) if need else None for g, d, need in zip(grads, widths, needs)]
-        return (None, grad_weight, grad_bias, *grad_xs)
+        return None, grad_x, grad_weight, grad_bias
 
 
 class _NestedOutputLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, widths, weight, bias, *hs):  # type: ignore[override]
-        ctx.widths = widths
+    def forward(ctx, layout, h, weight, bias, residual, scale):  # type: ignore[override]
+        ctx.layout = layout
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(weight, bias, *hs)
-        return tuple(_output_linear(hs, weight, bias, widths))
+        ctx.has_residual = residual is not None
+        ctx.compute_dtype = _compute_dtype(h)
+        out, updates = _output_linear(h, weight, bias, layout, residual, scale)
+        ctx.save_for_backward(h, weight, scale, *updates)
+        return out
 
     @staticmethod
-    def backward(ctx, *grads):  # type: ignore[override]
-        weight, bias, *hs = _to_dtype(ctx.saved_tensors, grads[0].dtype)
-        widths = ctx.widths
-        grad_weight = grad_bias = None
+    def backward(ctx, grad):  # type: ignore[override]
+        h, weight, scale, *updates = ctx.saved_tensors
+        dtype = ctx.compute_dtype  # autocast: the update's gradient in its lower precision, as F.linear's would be
+        h, weight = h.to(dtype), weight.to(dtype)
+        ranges = ctx.layout.row_ranges
+        grads = [grad[a:b, :d] for a, b, d in ranges]  # what reached each group's d_j outputs
+        if scale is not None:
+            grads_scaled = [(g * scale[a:b]).to(dtype) for g, (a, b, _) in zip(grads, ranges)]
+        else:
+            grads_scaled = [g.to(dtype) for g in grads]
+        grad_h = grad_weight = grad_bias = grad_scale = None
         if ctx.needs_input_grad[1]:
-            grad_weight = _weight_grad(weight, grads, hs, widths, "output")
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = _bias_grad(bias, grads, widths)
-        grad_hs = [g.mm(weight[:d]) if need else None for g, d, need in zip(grads, widths, ctx.needs_input_grad[3:])]
-        return (None, grad_weight, grad_bias, *grad_hs)
+            if len(ranges) == 1:
+                grad_h = grads_scaled[0].mm(weight[: ranges[0][2]])
+            else:
+                grad_h = torch.empty_like(h)
+                for g, (a, b, d) in zip(grads_scaled, ranges):
+                    torch.mm(g, weight[:d], out=grad_h[a:b])
+        if ctx.needs_input_grad[2]:
+            grad_weight = _weight_grad(weight, grads_scaled, [h[a:b] for a, b, _ in ranges], "output")
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            grad_bias = torch.zeros_like(weight[:, 0])
+            for g, (_, _, d) in zip(grads_scaled, ranges):
+                grad_bias[:d] += g.sum(0)
+        grad_residual = grad if ctx.has_residual and ctx.needs_input_grad[4] else None
+        if scale is not None and ctx.needs_input_grad[5]:
+            grad_scale = torch.cat([(g * u.to(g.dtype)).sum(-1, keepdim=True) for g, u in zip(grads, updates)])
+            grad_scale = grad_scale.to(scale.dtype)
+        return None, grad_h, grad_weight, grad_bias, grad_residual, grad_scale
 
 
 def nested_input_linear(
-    xs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, widths: Sequence[int]
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: GroupLayout
 ) -> torch.Tensor:
-    """Per group ``x_j[:, :d_j] @ W[:, :d_j].T + b``, the groups' rows one after the other.
+    """Per group ``x_j[:, :d_j] @ W[:, :d_j].T + b``, written into the group's rows of one output.
 
     Args:
-        xs: one group per expert, each [rows_j, in] at full width (views are fine); group ``j`` reads its first
-            ``d_j`` features and gets a zero gradient for the others.
+        x: rows [R, in] at full width; group ``j``'s rows read their first ``d_j`` features (and get a zero
+            gradient for the others).
         weight: the shared weight [out, in].
         bias: [out] or ``None``.
-        widths: ``d_j`` of each group (``<= in``).
+        layout: the groups' row ranges and widths ``d_j <= in``.
 
     Returns:
-        [sum_j rows_j, out]: group 0's rows, then group 1's, ...
+        [R, out], in the rows' order.
     """
-    if not _needs_autograd(weight, bias, *xs):  # inference: no autograd node to build
-        return _input_linear(xs, weight, bias, widths)
-    return _NestedInputLinear.apply(tuple(widths), weight, bias, *xs)
+    if not _needs_autograd(x, weight, bias):  # inference: no autograd node to build
+        return _input_linear(x, weight, bias, layout)
+    return _NestedInputLinear.apply(layout, x, weight, bias)
 
 
 def nested_output_linear(
-    hs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, widths: Sequence[int]
-) -> list[torch.Tensor]:
-    """Per group ``h_j @ W[:d_j].T + b[:d_j]``.
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    layout: GroupLayout,
+    residual: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per group ``residual_j + Pad(s_j * (h_j @ W[:d_j].T + b[:d_j]))``: each group writes its first ``d_j`` features.
 
     Args:
-        hs: one group per expert, each [rows_j, in].
+        h: rows [R, in].
         weight: the shared weight [out, in].
         bias: [out] or ``None``.
-        widths: ``d_j`` of each group (``<= out``).
+        layout: the groups' row ranges and widths ``d_j <= out``.
+        residual: rows [R, out] the update is added to; ``None``: zeros (the padded update alone).
+        scale: per-row factor [R, 1] of the update (the MLP scaling ``alpha * r + 1``); ``None``: 1.
 
     Returns:
-        One output per group, [rows_j, d_j].
+        [R, out]. Under autocast the update is computed in autocast's dtype and added to the residual in the
+        residual's dtype, as ``x + F.linear(h, W, b)`` would be.
     """
-    if not _needs_autograd(weight, bias, *hs):
-        return _output_linear(hs, weight, bias, widths)
-    return list(_NestedOutputLinear.apply(tuple(widths), weight, bias, *hs))
+    if not _needs_autograd(h, weight, bias, residual, scale):
+        return _output_linear(h, weight, bias, layout, residual, scale)[0]
+    return _NestedOutputLinear.apply(layout, h, weight, bias, residual, scale)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn as nn
 
-from .linear import nested_input_linear, nested_output_linear, split_rows
+from .linear import GroupLayout, nested_input_linear, nested_output_linear
 
 
 class NestedMlp(nn.Module):
@@ -23,8 +21,14 @@ class NestedMlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_features, dim)
 
-    def forward(self, xs: Sequence[torch.Tensor], widths: Sequence[int]) -> list[torch.Tensor]:
-        """Groups [rows_j, D] -> updates [rows_j, widths[j]]."""
-        hidden = nested_input_linear(xs, self.fc1.weight, self.fc1.bias, widths)
-        hidden = split_rows(self.act(hidden), [x.shape[0] for x in xs])  # per group [rows_j, hidden]
-        return nested_output_linear(hidden, self.fc2.weight, self.fc2.bias, widths)  # [rows_j, d_j]
+    def forward(
+        self,
+        x: torch.Tensor,
+        layout: GroupLayout,
+        residual: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Normalised rows [R, D] -> ``residual + Pad(scale * update_j)`` [R, D] (``residual`` ``None``: zeros,
+        ``scale`` [R, 1] or ``None``: 1); group ``j`` writes its first ``d_j`` features."""
+        hidden = self.act(nested_input_linear(x, self.fc1.weight, self.fc1.bias, layout))  # [R, hidden]
+        return nested_output_linear(hidden, self.fc2.weight, self.fc2.bias, layout, residual, scale)

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from .._checks import check_int
-from ..layers import NestedBlock, PatchEmbed, dense_blocks_forward, run_block
+from ..layers import GroupLayout, NestedBlock, PatchEmbed, dense_blocks_forward, run_block
 from ._base import ALPHA_MAX, check_images, init_vit_weights, straight_through_clamp, validate_vit_args
 from ._contract import (
     TimmContractMixin,
@@ -263,9 +263,10 @@ class MoDVisionTransformer(TimmContractMixin, nn.Module):
         index = top_k_tokens(scores, k)  # [B, k]
         rows_index = index.unsqueeze(-1).expand(B, k, D)
         rows = x.gather(1, rows_index).reshape(B * k, D)  # selected tokens, rows b * k + s
-        attn_update = block.attn([block.norm1(rows)], (D,), (k,))[0]  # attention among the selected tokens
+        layout = GroupLayout.dense(B, k, D)
+        attn_update = block.attn(block.norm1(rows), layout)  # attention among the selected tokens
         z = rows + attn_update
-        mlp_update = block.mlp([block.norm2(z)], (D,))[0]
+        mlp_update = block.mlp(block.norm2(z), layout)
         weight = scores.gather(1, index).sigmoid().reshape(B * k, 1)
         update = weight * (attn_update + mlp_update)  # [B * k, D]
         return x.scatter_add(1, rows_index, update.view(B, k, D))  # skipped tokens unchanged
@@ -279,14 +280,15 @@ class MoDVisionTransformer(TimmContractMixin, nn.Module):
         probs = self.router(self.blocks[0].norm1(x)).squeeze(-1).sigmoid()  # [B, N]: P(full width) vs skip
         index = top_k_tokens(probs, k)  # [B, k]
         rows_index = index.unsqueeze(-1).expand(B, k, D)
-        rows = [x.gather(1, rows_index).reshape(B * k, D)]  # one full-width group, rows b * k + s
+        rows = x.gather(1, rows_index).reshape(B * k, D)  # one full-width group, rows b * k + s
+        layout = GroupLayout.dense(B, k, D)
         scale = (self.alpha_value * probs.gather(1, index) + 1).reshape(B * k, 1)  # alpha * r + 1
         intermediates = []
         for i, block in enumerate(self.blocks):
-            rows = run_block(block, rows, (D,), (k,), (scale,), grad_checkpointing=self.grad_checkpointing)
+            rows = run_block(block, rows, layout, scale, grad_checkpointing=self.grad_checkpointing)
             if i in take:
-                intermediates.append(x.scatter(1, rows_index, rows[0].view(B, k, D)))
-        return x.scatter(1, rows_index, rows[0].view(B, k, D)), intermediates  # [B, N, D]
+                intermediates.append(x.scatter(1, rows_index, rows.view(B, k, D)))
+        return x.scatter(1, rows_index, rows.view(B, k, D)), intermediates  # [B, N, D]
 
 
 def _create(variant: str, defaults: dict, pretrained: bool = False, **kwargs) -> MoDVisionTransformer:
