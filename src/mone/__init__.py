@@ -9,6 +9,7 @@ from .capacity import (
     realised_capacity,
     uniform_distribution,
 )
+from .export import export_model, export_onnx
 from .flops import count_flops
 from .hub import from_pretrained, save_pretrained
 from .models import (
@@ -37,6 +38,8 @@ __all__ = [
     "effective_capacity",
     "expert_preferred_routing",
     "expert_token_counts",
+    "export_model",
+    "export_onnx",
     "from_pretrained",
     "from_timm",
     "greedy_distribution",
