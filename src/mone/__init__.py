@@ -12,6 +12,7 @@ from .capacity import (
 from .export import export_model, export_onnx
 from .flops import count_flops
 from .hub import from_pretrained, save_pretrained
+from .latency import LatencyCurve, LatencyPoint, calibrate
 from .models import (
     MoDVisionTransformer,
     MoneVisionTransformer,
@@ -27,11 +28,14 @@ from .routing import Router, RoutingPlan, expert_preferred_routing, make_routing
 __version__ = "0.1.0"
 
 __all__ = [
+    "LatencyCurve",
+    "LatencyPoint",
     "MoDVisionTransformer",
     "MoneViViT",
     "MoneVisionTransformer",
     "Router",
     "RoutingPlan",
+    "calibrate",
     "capacity_distribution",
     "count_flops",
     "create_model",
