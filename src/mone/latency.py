@@ -240,8 +240,15 @@ def plot_latency_curve(
     curve: LatencyCurve, path: str | os.PathLike, latency_ms: float | None = None,
     images_per_s: float | None = None,
 ) -> Path:  # fmt: skip
-    """Two panels against capacity: median ms per call, and samples per second; targets as dashed lines."""
+    """Two panels against capacity: median ms per call, and samples per second; targets as dashed lines and the
+    capacity :meth:`LatencyCurve.capacity_for` picks for them as a dotted one."""
     Figure = require("matplotlib.figure", "the latency plot", "viz").Figure
+    chosen = None
+    if latency_ms is not None or images_per_s is not None:
+        try:
+            chosen = curve.capacity_for(latency_ms, images_per_s)
+        except ValueError:  # no capacity meets the targets: the dashed lines show by how much
+            pass
     fig = Figure(figsize=(8, 3.2))
     axes = fig.subplots(1, 2)
     for ax, key, label, target in ((axes[0], "median_ms", f"median ms per batch of {curve.batch_size}", latency_ms),
@@ -249,13 +256,16 @@ def plot_latency_curve(
         ax.plot(curve.capacities, [getattr(p, key) for p in curve.points], marker="o")
         if target is not None:
             ax.axhline(target, linestyle="--", color="grey", label="target")
+        if chosen is not None:
+            ax.axvline(chosen, linestyle=":", color="black", label=f"chosen: {chosen:g}")
+        if target is not None or chosen is not None:
             ax.legend(loc="best", fontsize=8)
         ax.set_xlabel("capacity")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    hardware = curve.environment.get("hardware", curve.device)
-    fig.suptitle(f"{curve.model}: {hardware} ({curve.device}, {curve.dtype}, "
-                 f"{curve.environment.get('threads', '?')} threads)", fontsize=9)
+    env = curve.environment
+    fig.suptitle(f"{curve.model}: {env.get('hardware', curve.device)} ({curve.device}, {curve.dtype}, "
+                 f"threads={env.get('threads', '?')}, median of {curve.repeats})", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -320,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
                       config.warmup, progress=not args.no_progress)
     env = curve.environment
     print(f"{curve.model} on {env['hardware']} ({curve.device}, {curve.dtype}, batch {curve.batch_size}, "
-          f"{env['threads']} threads, torch {env['torch']}, median of {curve.repeats})")
+          f"threads={env['threads']}, torch {env['torch']}, median of {curve.repeats})")
     print(curve.format_table())
     output = prepare_output_dir(args.output)
     atomic_write_text(output / JSON_NAME, json.dumps(curve.to_dict(), indent=2) + "\n")
