@@ -58,6 +58,19 @@ def test_a_terminal_gets_the_tqdm_bar_and_disabled_means_silent():
     assert quiet.disable
 
 
+def test_without_tqdm_a_terminal_gets_plain_lines_and_disabled_is_silent(monkeypatch):
+    monkeypatch.setattr("mone._progress.std_tqdm", None)  # as after a failed `import tqdm`
+    terminal = Terminal()
+    bar = progress(range(4), desc="train", stream=terminal)
+    assert isinstance(bar, PlainProgress) and list(bar) == [0, 1, 2, 3]
+    assert "\r" not in terminal.getvalue() and terminal.getvalue().splitlines()[-1].startswith("train: 4/4 (100%)")
+    quiet = progress(total=3, desc="eval", enabled=False, stream=terminal)
+    before = terminal.getvalue()
+    quiet.update(3)
+    quiet.close()
+    assert quiet.n == 3 and terminal.getvalue() == before
+
+
 def test_train_eval_and_bench_write_plain_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
     model_kwargs = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2)
     config = TrainConfig(model="mone_vit_test", model_kwargs=model_kwargs,

@@ -9,8 +9,10 @@ from .capacity import (
     realised_capacity,
     uniform_distribution,
 )
+from .export import export_model, export_onnx
 from .flops import count_flops
 from .hub import from_pretrained, save_pretrained
+from .latency import LatencyCurve, LatencyPoint, calibrate
 from .models import (
     MoDVisionTransformer,
     MoneVisionTransformer,
@@ -26,17 +28,22 @@ from .routing import Router, RoutingPlan, expert_preferred_routing, make_routing
 __version__ = "0.1.0"
 
 __all__ = [
+    "LatencyCurve",
+    "LatencyPoint",
     "MoDVisionTransformer",
     "MoneViViT",
     "MoneVisionTransformer",
     "Router",
     "RoutingPlan",
+    "calibrate",
     "capacity_distribution",
     "count_flops",
     "create_model",
     "effective_capacity",
     "expert_preferred_routing",
     "expert_token_counts",
+    "export_model",
+    "export_onnx",
     "from_pretrained",
     "from_timm",
     "greedy_distribution",

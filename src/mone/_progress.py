@@ -4,6 +4,8 @@ A tqdm bar redraws itself with carriage returns, several times a second; sent to
 2>&1``, a batch job, CI) those frames become hundreds of lines of noise. :func:`progress` looks at the stream first:
 a terminal (or a notebook, through ``tqdm.auto``) gets the bar, anything else gets one plain line per tenth of the
 work, at most ``every_s`` seconds apart, and a last line at the end.
+
+tqdm is optional (it comes with the ``train`` and ``demo`` extras): without it a terminal gets the plain lines too.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from tqdm.std import tqdm as std_tqdm
+try:
+    from tqdm.std import tqdm as std_tqdm
+except ImportError:  # a light install: plain lines everywhere
+    std_tqdm = None
 
 __all__ = ["PlainProgress", "progress"]
 
@@ -41,7 +46,7 @@ class PlainProgress:
 
     def __init__(
         self, iterable: Iterable[Any] | None = None, total: int | None = None, desc: str = "", initial: int = 0,
-        stream: IO[str] | None = None, every_s: float = 60.0,
+        stream: IO[str] | None = None, every_s: float = 60.0, disable: bool = False,
     ) -> None:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
@@ -53,6 +58,7 @@ class PlainProgress:
         self.start = self.last_time = time.monotonic()
         self.last_n = initial
         self.closed = False
+        self.disable = disable  # silent: counts, writes nothing (tqdm's ``disable``)
 
     def _tenths(self, n: int) -> int:
         return 10 * n // self.total if self.total else 0
@@ -60,6 +66,8 @@ class PlainProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
+        if self.disable:
+            return
         if self._tenths(self.n) > self._tenths(self.last_n) or now - self.last_time >= self.every_s:
             self._write(now)
 
@@ -80,7 +88,7 @@ class PlainProgress:
         self.last_time, self.last_n = now, self.n
 
     def close(self) -> None:
-        if not self.closed and self.n != self.last_n:
+        if not self.closed and self.n != self.last_n and not self.disable:
             self._write(time.monotonic())
         self.closed = True
 
@@ -111,14 +119,14 @@ def progress(
     leave: bool = True,
     stream: IO[str] | None = None,
     every_s: float = 60.0,
-) -> std_tqdm | PlainProgress:
+) -> Any:
     """A progress display over ``iterable`` (or ``total`` steps, advanced with ``update``).
 
     Args:
         iterable: wrapped and iterated, one update per item; None to call ``update`` yourself.
         total: number of steps (default ``len(iterable)`` where it has one).
         desc: what is progressing, the line's prefix.
-        enabled: False returns a disabled tqdm (no output at all).
+        enabled: False returns a disabled tqdm (no output at all; without tqdm a silent :class:`PlainProgress`).
         initial: steps already done (a resumed run).
         leave: keep the terminal bar once closed.
         stream: where to write (default: ``sys.stderr`` at the time of the call).
@@ -126,10 +134,14 @@ def progress(
 
     Returns:
         a tqdm bar when ``stream`` is a terminal, tqdm's notebook widget (``tqdm.auto``) in a Jupyter kernel when no
-        ``stream`` is given, else :class:`PlainProgress`.
+        ``stream`` is given, else (and always without tqdm) :class:`PlainProgress`.
     """
     if not enabled:
+        if std_tqdm is None:
+            return PlainProgress(iterable, total=total, desc=desc, initial=initial, stream=stream, disable=True)
         return std_tqdm(iterable, total=total, disable=True)
+    if std_tqdm is None:
+        return PlainProgress(iterable, total=total, desc=desc, initial=initial, stream=stream, every_s=every_s)
     default_stream = stream is None
     stream = sys.stderr if stream is None else stream
     if default_stream and "ipykernel" in sys.modules:  # a notebook (its stderr is no terminal): tqdm's widget

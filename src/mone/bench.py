@@ -24,16 +24,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import importlib.util
 import io
 import json
 import logging
 import os
-import platform
 import statistics
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,8 +42,8 @@ import torch.nn.functional as F
 from ._checks import check_int
 from ._device import resolve_device
 from ._io import atomic_write_text, check_output_file
-from ._progress import progress as progress_display
 from ._settings import add_setting_arguments, setting, setting_changes
+from ._timing import DTYPES, environment, synchronizer, time_round_robin
 from .capacity import realised_capacity, validate_capacity
 from .flops import count_flops
 from .models import MoneVisionTransformer, MoneViViT, create_model
@@ -68,13 +64,11 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 MODES = ("throughput", "latency", "train")
-MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 CSV_COLUMNS = (
     "model", "mode", "variant", "capacity", "realised_capacity", "batch_size", "device", "dtype", "compiled",
     "threads", "repeats", "median_ms", "min_ms", "images_per_s", "speedup", "ideal_speedup", "efficiency",
     "routing_ms", "routing_fraction", "malloc_mmap_threshold", "malloc_trim_threshold",
 )  # fmt: skip
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -91,7 +85,7 @@ class BenchConfig:
     warmup: int = setting(1, help="untimed calls per variant first (with --compile, the first one compiles)")
     compile: bool = setting(False, help="wrap every model in torch.compile(model, fullgraph=True)")
     device: str = setting("cpu", help="auto, cpu, cuda, cuda:1, ... (stored as the device it resolves to)")
-    dtype: str = setting("float32", choices=sorted(_DTYPES), help="parameter and input dtype")
+    dtype: str = setting("float32", choices=sorted(DTYPES), help="parameter and input dtype")
     threads: int | None = setting(None, help="intra-op CPU threads (default: torch's)")
     timm_baseline: bool = setting(True, flag="--no-timm",
                                   help="skip timm's dense twin (same weights); the baseline is then MoNE at 1.0")
@@ -108,40 +102,9 @@ class BenchConfig:
         unknown = [m for m in self.modes if m not in MODES]
         if unknown or not self.modes:
             raise ValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes!r}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         object.__setattr__(self, "device", str(resolve_device(self.device)))  # "auto" -> what it resolved to
-
-
-def environment(device: str = "cpu") -> dict:
-    """Versions, hardware, thread count and allocator settings that every result must be read with."""
-    if torch.device(device).type == "cuda":
-        hardware = torch.cuda.get_device_name(torch.device(device))
-    else:
-        hardware = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-            hardware = names[0] if names else hardware
-        except OSError:
-            pass
-    try:
-        import timm
-
-        timm_version = timm.__version__
-    except ImportError:
-        timm_version = None
-    return {
-        "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm_version,
-        "hardware": hardware,
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "malloc": {name: os.environ.get(name, "unset") for name in MALLOC_SETTINGS},
-        "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
-    }
 
 
 def build_dense_twin(model: MoneVisionTransformer) -> nn.Module:
@@ -168,43 +131,6 @@ def build_dense_twin(model: MoneVisionTransformer) -> nn.Module:
     state = {k: v for k, v in model.state_dict().items() if not (k.startswith("router.") or k == "alpha")}
     dense.load_state_dict(state, strict=True)
     return dense.to(device=model.pos_embed.device, dtype=model.pos_embed.dtype)
-
-
-def _synchronizer(device: str) -> Callable[[], None]:
-    """Waits for the device's queued work (GPUs run asynchronously); nothing to wait for on a CPU."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    if device.type == "mps":
-        return torch.mps.synchronize
-    return lambda: None
-
-
-def time_round_robin(
-    calls: dict[str, Callable[[], object]], repeats: int, warmup: int, synchronize: Callable[[], None],
-    desc: str | None = None,
-) -> dict[str, list[float]]:
-    """Seconds per call of each entry, timed one call each per round, ``repeats`` rounds after ``warmup``.
-
-    With ``desc``, progress is shown per round (outside the timed calls).
-    """
-    rounds = progress_display(total=warmup + repeats, desc=desc or "", enabled=desc is not None, leave=False)
-    for _ in range(warmup):
-        for call in calls.values():
-            call()
-        rounds.update(1)
-    synchronize()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            synchronize()
-            start = time.perf_counter()
-            call()
-            synchronize()
-            times[name].append(time.perf_counter() - start)
-        rounds.update(1)
-    rounds.close()
-    return times
 
 
 def _inference_call(module: nn.Module, images: torch.Tensor, capacity: float | None) -> Callable[[], object]:
@@ -257,7 +183,7 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dic
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    device, dtype = torch.device(config.device), _DTYPES[config.dtype]
+    device, dtype = torch.device(config.device), DTYPES[config.dtype]
     model = create_model(config.model, **config.model_kwargs)
     if not isinstance(model, (MoneVisionTransformer, MoneViViT)):
         raise ValueError(f"mone bench measures MoNE models; {config.model} is a {type(model).__name__}")
@@ -282,7 +208,7 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dic
     run_dense = None if dense is None else (torch.compile(dense, fullgraph=True) if config.compile else dense)
     baseline = "timm" if dense is not None else f"mone@{1.0:g}"  # the key of the capacity-1.0 entry
     meta["baseline"] = baseline
-    synchronize = _synchronizer(config.device)
+    synchronize = synchronizer(config.device)
     malloc = meta["environment"]["malloc"]
 
     rows = []

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ._extras import require
 from ._io import atomic_write_text, prepare_output_dir, save_figure
 from .configs import demo as demo_config
 from .data import build_dataset
@@ -163,7 +164,7 @@ def routing_shares(model: torch.nn.Module, config: Any, test: Any, num_samples: 
 
 def plot_tradeoff(results: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     """Two panels: top-1 against GFLOPs per image and against measured images/s, one curve or point per model."""
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", "the demo's plot", "demo").Figure
 
     fig = Figure(figsize=(10, 4.2))
     axes = fig.subplots(1, 2)

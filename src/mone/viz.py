@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from ._checks import check_int
+from ._extras import require
 from ._io import atomic_write_text, save_figure
 from .capacity import validate_capacity
 
@@ -42,9 +43,7 @@ Box = tuple[int, int, int, int]  # (top, left, bottom, right) in pixels, bottom/
 
 def expert_colors(num_experts: int) -> np.ndarray:
     """One RGB colour per expert [E, 3] in [0, 1], smallest expert first (dark blue ... yellow)."""
-    import matplotlib
-
-    cmap = matplotlib.colormaps["plasma"]
+    cmap = require("matplotlib", "routing maps", "viz").colormaps["plasma"]
     return np.array([cmap(0.05 + 0.9 * i / max(num_experts - 1, 1))[:3] for i in range(num_experts)])
 
 
@@ -91,7 +90,7 @@ def save_routing_maps(
         boxes: optional object box per image, outlined on the input column.
         titles: optional row titles (e.g. the labels).
     """
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", "routing maps", "viz").Figure
     from matplotlib.patches import Patch, Rectangle
 
     num_experts = getattr(model, "num_experts", 1)
@@ -144,7 +143,7 @@ def save_video_routing_maps(
     Column ``k`` is temporal index ``k`` (the first frame of tubelet ``k``); EPR routes every temporal index on its
     own, so every tile of a routing row holds the same number of tokens per expert.
     """
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", "routing maps", "viz").Figure
     from matplotlib.patches import Patch
 
     num_experts = getattr(model, "num_experts", 1)

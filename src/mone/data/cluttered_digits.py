@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .._extras import require
+
 __all__ = ["ClutteredDigits", "SPLITS", "source_pool"]
 
 SPLITS = ("train", "val", "test")
@@ -36,9 +38,8 @@ def source_pool(split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
     The pools are disjoint across splits and fixed (they never depend on a data seed); moving digits use them too.
     """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    datasets = require("sklearn.datasets", "the digit datasets (cluttered_digits, moving_digits)", "train")
+    digits = datasets.load_digits()
     images = torch.as_tensor(digits.images, dtype=torch.float32) / 16.0  # [1797, 8, 8]
     labels = torch.as_tensor(digits.target, dtype=torch.long)
     order = np.random.default_rng(_SOURCE_PERMUTATION_SEED).permutation(len(labels))

@@ -1,12 +1,19 @@
-"""Users' own images: any ``root/<split>/<class>/<image>`` tree, read with torchvision's ImageFolder."""
+"""Users' own images: any ``root/<split>/<class>/<image>`` tree, read with torchvision's ImageFolder.
+
+torchvision and Pillow come with the ``train`` extra and are imported when a dataset is built, so ``import mone``
+(and ``mone.data``) works without them.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-from torchvision import datasets, transforms
+import torch
+from torch.utils.data import Dataset
+
+from .._extras import require
 
 __all__ = ["ImageFolderDataset", "build_transform", "load_rgb", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -15,11 +22,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _CROP_PCT = 0.875  # eval resize = img_size / crop_pct, then centre crop (the usual ImageNet recipe)
 
 
-def build_transform(img_size: int, train: bool) -> transforms.Compose:
+def build_transform(img_size: int, train: bool) -> Any:
     """The usual recipe: random resized crop and flip for training; resize and centre crop for evaluation.
 
-    Output: float tensors [3, img_size, img_size], normalised with the ImageNet mean and std.
+    Output: a torchvision ``Compose`` giving float tensors [3, img_size, img_size], normalised with the ImageNet mean
+    and std.
     """
+    transforms = require("torchvision.transforms", "image folders", "train")
     if train:
         geometry = [transforms.RandomResizedCrop(img_size, scale=(0.35, 1.0)), transforms.RandomHorizontalFlip()]
     else:
@@ -29,20 +38,22 @@ def build_transform(img_size: int, train: bool) -> transforms.Compose:
     )
 
 
-def load_rgb(path: str) -> Image.Image:
-    """The image at ``path`` in RGB; a file PIL cannot read (truncated, empty, not an image) is a ValueError naming it.
+def load_rgb(path: str) -> Any:
+    """The image at ``path`` as an RGB ``PIL.Image``; a file PIL cannot read (truncated, empty, not an image) is a
+    ValueError naming it.
 
     Files are only decoded when a batch needs them: checking a large tree up front would cost a full pass over it.
     """
+    Image = require("PIL.Image", "image folders", "train")
     try:
         with open(path, "rb") as handle:
             image = Image.open(handle)
             return image.convert("RGB")  # decodes the whole image, so truncation shows here
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:  # SyntaxError: some broken PNGs
+    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:  # SyntaxError: broken PNGs
         raise ValueError(f"cannot read image {path} ({error}); remove or replace the file") from None
 
 
-class ImageFolderDataset(datasets.ImageFolder):
+class ImageFolderDataset(Dataset):
     """``root/<split>/<class>/*.jpg`` (any format PIL reads), images converted to RGB (:func:`load_rgb`).
 
     Args:
@@ -50,7 +61,8 @@ class ImageFolderDataset(datasets.ImageFolder):
         split: sub-folder to read (``"train"``, ``"val"``, ``"test"``); training augmentation only for ``"train"``.
         img_size: output height and width.
 
-    Samples are ``(image [3, img_size, img_size] float32, label int)``.
+    Samples are ``(image [3, img_size, img_size] float32, label int)``. The files are listed by torchvision's
+    ``ImageFolder`` (``self.folder``); ``classes``, ``class_to_idx``, ``samples`` and ``targets`` are its own.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", img_size: int = 224) -> None:
@@ -61,10 +73,20 @@ class ImageFolderDataset(datasets.ImageFolder):
             raise FileNotFoundError(
                 f"image folder {folder} does not exist; expected {root}/<split>/<class>/<image files>"
             )
-        super().__init__(str(folder), transform=build_transform(img_size, train=split == "train"), loader=load_rgb)
+        datasets = require("torchvision.datasets", "image folders", "train")
+        self.folder = datasets.ImageFolder(str(folder), transform=build_transform(img_size, train=split == "train"),
+                                           loader=load_rgb)
+        self.classes, self.class_to_idx = self.folder.classes, self.folder.class_to_idx
+        self.samples, self.targets = self.folder.samples, self.folder.targets
         self.split = split
         self.img_size = img_size
         self.num_classes = len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.folder[index]
 
     @property
     def input_size(self) -> tuple[int, int, int]:

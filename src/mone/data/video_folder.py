@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from .._extras import require
 from .image_folder import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["FRAME_EXTENSIONS", "VIDEO_EXTENSIONS", "VideoFolderDataset", "read_clip", "sample_frame_indices"]
@@ -61,12 +61,13 @@ def _decode_frame_folder(path: Path) -> torch.Tensor:
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS)
     if not files:
         raise ValueError(f"frame folder {path} holds no images ({', '.join(FRAME_EXTENSIONS)})")
+    Image = require("PIL.Image", "frame folders", "video")
     frames = []
     for file in files:
         try:
             with Image.open(file) as image:
                 frames.append(np.asarray(image.convert("RGB")))  # [H, W, 3]
-        except (UnidentifiedImageError, OSError) as error:
+        except (Image.UnidentifiedImageError, OSError) as error:
             raise ValueError(f"cannot decode frame {file}: {error}") from None
     if len({f.shape for f in frames}) > 1:
         raise ValueError(f"frames in {path} differ in size")

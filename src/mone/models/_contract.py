@@ -15,7 +15,8 @@
 * Not torch.fx: the forward computes EPR's token counts, the per-expert groups and its input checks in Python from
   tensor shapes and the capacity, and fx's symbolic tracing makes shapes proxies that Python cannot count or branch
   on. Dynamo (``torch.compile``) specialises on shapes and captures the same code in one graph per capacity
-  (tests/test_compile.py). ``tests/test_timm_contract.py`` pins this reason.
+  (tests/test_compile.py), and so does ``torch.export`` (``mone.export_model``, tests/test_export.py).
+  ``tests/test_timm_contract.py`` pins this reason.
 """
 
 from __future__ import annotations

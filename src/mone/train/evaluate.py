@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._device import resolve_device
 from .._checks import check_int
+from .._extras import require
 from .._io import atomic_write_text, check_output_dir, prepare_output_dir, save_figure
 from .._progress import progress as progress_display
 from ..capacity import feasible_capacity_range, validate_capacity
@@ -171,7 +172,7 @@ def plot_accuracy_vs_flops(
     results: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, title: str = ""
 ) -> Path:
     """Top-1 accuracy against GFLOPs per sample, one curve per model (each point labelled with its capacity)."""
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", "the accuracy plot", "viz").Figure
 
     path = Path(path)
     fig = Figure(figsize=(6, 4.2))

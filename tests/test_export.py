@@ -1,0 +1,104 @@
+"""torch.export and ONNX at a fixed capacity: the exported program computes the eager model's function at the
+capacity it was exported with, for any batch size."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import mone
+from mone._extras import MissingExtraError
+
+SMALL = dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return mone.create_model("mone_vit_test", **SMALL)
+
+
+@pytest.fixture(scope="module")
+def program(model):
+    return mone.export_model(model, torch.randn(2, 3, 32, 32), capacity=0.5)
+
+
+@pytest.mark.slow  # the first export of a process takes ~7 s
+def test_the_program_is_the_eager_model_at_its_capacity_for_any_batch(model, program):
+    model.eval()
+    for batch in (1, 2, 5):  # exported with a batch of 2; the batch dimension is dynamic
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            expected = model(x, capacity=0.5)
+            torch.testing.assert_close(program.module()(x), expected, rtol=0, atol=0)
+        assert not torch.equal(expected, model(x, capacity=0.25))  # the capacity matters here ...
+    torch.testing.assert_close(program.module()(x).detach(), expected, rtol=0, atol=0)  # ... and grad mode does not
+
+
+@pytest.mark.slow
+def test_each_capacity_is_its_own_program_and_the_model_is_left_as_it_was(model):
+    model.train()
+    x = torch.randn(2, 3, 32, 32)
+    distribution = mone.capacity_distribution(0.3)
+    program = mone.export_model(model, x, capacity=distribution, dynamic_batch=False)
+    assert model.training  # traced in eval mode, then put back
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x, capacity=distribution), rtol=0, atol=0)
+    with pytest.raises(Exception, match="size"):  # a fixed batch is a guard of the program
+        program.module()(torch.randn(3, 3, 32, 32))
+    default = mone.export_model(model, x)  # None: the model's default capacity, baked in at export time
+    with torch.no_grad():
+        torch.testing.assert_close(default.module()(x), model(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="capacity must be a finite number in \\[0.125, 1\\]"):
+        mone.export_model(model, x, capacity=2.0)  # the model's own check, at trace time
+
+
+@pytest.mark.parametrize("capacity", [[0.25, 0.5], torch.tensor([0.25, 0.5]), "0.5"])
+def test_per_image_budgets_are_refused_with_the_reason(model, capacity):
+    with pytest.raises(ValueError, match="one capacity for the whole batch.*export once per capacity"):
+        mone.export_model(model, torch.randn(2, 3, 32, 32), capacity=capacity)
+
+
+def test_a_dynamic_batch_needs_an_example_of_two(model):
+    with pytest.raises(ValueError, match="example batch of at least 2 .*dynamic_batch=False"):
+        mone.export_model(model, torch.randn(1, 3, 32, 32), capacity=0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mone_vivit_test", "mod_vit_test"])
+def test_video_and_mixture_of_depths_models_export_too(name):
+    torch.manual_seed(1)
+    net = mone.create_model(name).eval()
+    x = torch.randn(2, *net.default_input_size)
+    program = mone.export_model(net, x, capacity=0.5)
+    x = torch.randn(3, *net.default_input_size)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), net(x, capacity=0.5), rtol=0, atol=0)
+
+
+def test_onnx_export_names_its_extra_when_onnxscript_is_missing(model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(MissingExtraError, match=r"^ONNX export needs onnx: pip install 'mone\[export\]'$"):
+        mone.export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "model.onnx", capacity=0.5)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+@pytest.mark.slow  # about 10 s: the ONNX translation and optimisation passes
+def test_onnx_in_onnxruntime_matches_eager(model, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    model.eval()
+    path = mone.export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "model.onnx", capacity=0.5)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inputs,) = session.get_inputs()
+    for batch in (1, 4):
+        x = torch.randn(batch, 3, 32, 32)
+        (logits,) = session.run(None, {inputs.name: x.numpy()})
+        with torch.no_grad():
+            expected = model(x, capacity=0.5)
+        torch.testing.assert_close(torch.from_numpy(logits), expected, rtol=1e-5, atol=1e-5)
