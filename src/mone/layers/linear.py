@@ -222,8 +222,9 @@ class _NestedOutputLinear(torch.autograd.Function):
                 grad_bias[:d] += g.sum(0)
         grad_residual = grad if ctx.has_residual and ctx.needs_input_grad[4] else None
         if scale is not None and ctx.needs_input_grad[5]:
-            grad_scale = torch.cat([(g * u.to(g.dtype)).sum(-1, keepdim=True) for g, u in zip(grads, updates)])
-            grad_scale = grad_scale.to(scale.dtype)
+            grad_scale = torch.empty_like(scale)
+            for g, u, (a, b, _) in zip(grads, updates, ranges):
+                torch.sum(g * u.to(g.dtype), dim=-1, keepdim=True, out=grad_scale[a:b])
         return None, grad_h, grad_weight, grad_bias, grad_residual, grad_scale
 
 
