@@ -103,7 +103,9 @@ def _output_linear(
     dtype = _compute_dtype(h)
     weight = weight.to(dtype)
     bias = None if bias is None else bias.to(dtype)
-    fused = scale is None and (residual is None or residual.dtype == dtype)  # the GEMM accumulates into the output
+    # The GEMM accumulates into the output's rows itself (beta = 1) where that measures faster: float32 (2.7 vs
+    # 3.0 ms for a [400, 1536] x [1536, 192] update, AMD EPYC); in bfloat16 a separate add is faster (1.14 vs 1.25 ms).
+    fused = scale is None and (residual is None or residual.dtype == dtype) and dtype in (torch.float32, torch.float64)
     if residual is None:
         out = h.new_zeros(h.shape[0], weight.shape[0], dtype=dtype)
     elif fused and bias is not None and layout.widths == (weight.shape[0],):
