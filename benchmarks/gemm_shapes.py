@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="tokens per image routed by MoNE")
     parser.add_argument("--layer", choices=["qkv", "fc1"], default="fc1")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
     return parser
 
 
@@ -34,15 +36,18 @@ def main() -> None:
     args = build_parser().parse_args()
     torch.manual_seed(0)
     out_features = 3 * args.dim if args.layer == "qkv" else 4 * args.dim
-    weight, bias = torch.randn(out_features, args.dim), torch.randn(out_features)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    weight, bias = torch.randn(out_features, args.dim, dtype=dtype), torch.randn(out_features, dtype=dtype)
     rows = args.batch_size * args.tokens
     shapes = [("dense", rows, args.dim)]
     widths = [round(w * args.dim) for w in expert_relative_widths(4)]
     for capacity in (0.5, 0.25):
         counts = expert_token_counts(capacity_distribution(capacity, 4), args.tokens)
         shapes += [(f"{capacity:g}", args.batch_size * n, d) for n, d in zip(counts, widths) if n > 0]
-    inputs = [torch.randn(m, args.dim) for _, m, _ in shapes]
-    outputs = [torch.empty(m, out_features) for _, m, _ in shapes]
+    inputs = [torch.randn(m, args.dim, dtype=dtype) for _, m, _ in shapes]
+    outputs = [torch.empty(m, out_features, dtype=dtype) for _, m, _ in shapes]
     times: list[list[float]] = [[] for _ in shapes]
     with torch.inference_mode():
         for round_ in range(args.rounds + 1):

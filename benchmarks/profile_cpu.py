@@ -1,6 +1,9 @@
 """Where the forward's time goes: torch.profiler op totals per category, timm's dense ViT vs MoNE capacities.
 
     python benchmarks/profile_cpu.py --model mone_vit_base_patch16_224 --batch-size 8 --capacities 0.5 0.25 --ops
+    python benchmarks/profile_cpu.py --model mone_vit_test --model-arg img_size=32 --model-arg patch_size=4 \
+        --model-arg in_chans=1 --model-arg embed_dim=64 --model-arg depth=4 --model-arg num_heads=4 \
+        --batch-size 64 --threads 1 --train        # the demo's model: forward + backward
 
 Prints milliseconds per forward (self CPU time, averaged over --repeats profiled rounds) for GEMMs, attention,
 copies (cat, copy_, index_select), element-wise ops (GELU, LayerNorm, add, mul) and the rest; with --ops also one
@@ -14,14 +17,18 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from mone._settings import key_value
 from mone.bench import build_dense_twin
 from mone.models import create_model
 
 CATEGORIES = {
     "gemm (addmm/mm/bmm)": ("aten::addmm", "aten::mm", "aten::bmm"),
-    "attention (sdpa)": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
+    "attention (sdpa)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                         "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
     "copies (cat/copy_/index_select)": ("aten::cat", "aten::copy_", "aten::index_select"),
-    "elementwise (gelu/layer_norm/add/mul)": ("aten::gelu", "aten::native_layer_norm", "aten::add", "aten::mul"),
+    "elementwise (gelu/layer_norm/add/mul)": ("aten::gelu", "aten::native_layer_norm", "aten::add", "aten::mul",
+                                              "aten::add_", "aten::addcmul_", "aten::gelu_backward",
+                                              "aten::native_layer_norm_backward"),
 }
 
 
@@ -46,15 +53,27 @@ def main() -> None:
     parser.add_argument("--capacities", type=float, nargs="+", default=[0.5, 0.25])
     parser.add_argument("--repeats", type=int, default=3, help="profiled rounds (one forward of every variant each)")
     parser.add_argument("--ops", action="store_true", help="also print every op above 0.5 ms per forward")
+    parser.add_argument("--model-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="model keyword argument, e.g. embed_dim=64 (repeatable)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
+    parser.add_argument("--train", action="store_true", help="profile forward + backward of the summed logits")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = create_model(args.model).eval()
-    dense = build_dense_twin(model).eval()
+    model = create_model(args.model, **dict(args.model_arg)).train(args.train)
+    dense = build_dense_twin(model).train(args.train)
     images = torch.randn(args.batch_size, *model.default_input_size)
-    calls = {"timm dense": lambda: dense(images)}
-    calls.update({f"MoNE {c:g}": (lambda c=c: model(images, capacity=c)) for c in args.capacities})
+
+    def step(forward):
+        out = forward()
+        if args.train:
+            out.sum().backward()
+
+    calls = {"timm dense": lambda: step(lambda: dense(images))}
+    calls.update({f"MoNE {c:g}": (lambda c=c: step(lambda: model(images, capacity=c))) for c in args.capacities})
     per_op: dict[str, dict[str, float]] = {name: defaultdict(float) for name in calls}
-    with torch.inference_mode():
+    with torch.inference_mode(not args.train):
         for call in calls.values():  # warm-up
             call()
         for _ in range(args.repeats):
@@ -67,7 +86,8 @@ def main() -> None:
     for name, ops in per_op.items():
         for op, ms in ops.items():
             per_category[name][category_of(op)] += ms
-    header = f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads: ms per forward (profiled)"
+    what = "forward + backward" if args.train else "forward"
+    header = f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads: ms per {what} (profiled)"
     print_table(header, "category", [*CATEGORIES, "other"], per_category)
     if args.ops:
         ops = sorted({op for table in per_op.values() for op, ms in table.items() if ms >= 0.5},
