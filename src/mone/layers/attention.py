@@ -48,7 +48,7 @@ class NestedAttention(nn.Module):
         B, N = layout.batch_size, layout.num_tokens
         H, hd = self.num_heads, self.head_dim
         qkv = nested_input_linear(x, self.qkv.weight, self.qkv.bias, layout)  # [R, 3D]
-        if len(layout.widths) == 1:
+        if layout.input_order:
             qkv = qkv.view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
         elif qkv.requires_grad:  # rows p * B + b, made example-major: the attention backward is 4-5% faster so
             qkv = qkv.view(N, B, 3 * D).transpose(0, 1).contiguous()  # [B, N, 3D] (D=64 training step, measured)
@@ -61,7 +61,7 @@ class NestedAttention(nn.Module):
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, H, N, hd] x [B, H, hd, N] -> [B, H, N, N]
             o = attn.softmax(dim=-1) @ v  # [B, H, N, N] x [B, H, N, hd] -> [B, H, N, hd]
-        if len(layout.widths) == 1:
+        if layout.input_order:
             o = o.transpose(1, 2).reshape(B * N, D)  # [B, N, H, hd] -> rows b * N + n
         else:
             o = o.permute(2, 0, 1, 3).reshape(N * B, D)  # [N, B, H, hd] -> rows p * B + b

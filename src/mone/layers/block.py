@@ -74,7 +74,7 @@ class SortedTokens:
     def mean(self) -> torch.Tensor:
         """Mean over the L tokens of each example [B, D], taken straight from the sorted rows."""
         B, L = self.layout.batch_size, self.layout.num_tokens
-        if len(self.layout.widths) == 1:  # input order
+        if self.layout.input_order:
             return self.rows.view(B, L, -1).mean(dim=1)
         return self.rows.view(L, B, -1).mean(dim=0)  # slot-major
 

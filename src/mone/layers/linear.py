@@ -52,6 +52,11 @@ class GroupLayout:
         return cls((width,), (num_tokens,), batch_size)
 
     @property
+    def input_order(self) -> bool:
+        """One group: the rows are in input order, [B, N, D]; otherwise slot-major, [N, B, D]."""
+        return len(self.counts) == 1
+
+    @property
     def num_tokens(self) -> int:
         """``N``, tokens per example."""
         return sum(self.counts)
@@ -75,7 +80,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 def _input_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: GroupLayout
 ) -> torch.Tensor:
-    if len(layout.widths) == 1 and layout.widths[0] == weight.shape[1]:
+    if layout.widths == (weight.shape[1],):
         return F.linear(x, weight, bias)  # dense: exactly timm's call
     dtype = _compute_dtype(x)
     weight = weight.to(dtype)
