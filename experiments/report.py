@@ -155,10 +155,47 @@ def section(title: str, folder: Path, docs: Path) -> list[str]:
     return lines
 
 
+WIDTH_RECIPES = ("MoNE fixed 0.5", "MatViT -> MoNE adaptive")
+
+
+def width_section(folder: Path, docs: Path) -> list[str]:
+    """The width study (same arms at a larger D): the two accuracy claims, with the same rules, per recipe."""
+    summary = json.loads((folder / "summary.json").read_text())["rows"]
+    test = [s for s in summary if s["split"] == "test"]
+    config = json.loads((folder / "runs" / "dense_ViT" / "seed0" / "stage0" / "config.json").read_text())
+    D = config["model_kwargs"]["embed_dim"]
+    dense, matched = lookup(summary, "dense ViT", "1"), lookup(summary, "dense ViT, depth 2", "1")
+    recipes = [arm for arm in WIDTH_RECIPES if any(s["arm"] == arm for s in summary)]
+    best = max(recipes, key=lambda arm: lookup(summary, arm, "0.5", "val")["top1_mean"])
+    rel = Path(os.path.relpath(folder, docs.parent))
+    title = f"## Width: every model at D={D} (smallest expert {D // 8} features)"
+    lines = [title, "", f"Best MoNE recipe on the validation split at capacity 0.5: **{best}**. Dense ViT "
+             f"{dense['top1_mean']:.2f} ± {dense['top1_std']:.2f}% at {1e3 * dense['gflops']:.2f} MFLOPs; dense ViT "
+             f"of depth 2 (matched FLOPs) {matched['top1_mean']:.2f} ± {matched['top1_std']:.2f}% at "
+             f"{1e3 * matched['gflops']:.2f} MFLOPs ({dense['seeds']} seeds).", "",
+             "| MoNE recipe at capacity 0.5 | top-1 % | per seed | vs dense ViT | vs dense, depth 2 (same FLOPs) "
+             "| dense accuracy at half the FLOPs | better than the same-FLOPs dense ViT |",
+             "|---|---|---|---|---|---|---|"]
+    for arm in recipes:
+        r = lookup(summary, arm, "0.5")
+        gap, se = difference(r, dense)
+        gap_m, se_m = difference(r, matched)
+        half = "holds" if gap >= -MATCH else "holds partly" if gap >= -CLOSE else "does not hold"
+        better = "holds" if gap_m > 2 * se_m else "holds partly" if gap_m >= -MATCH else "does not hold"
+        per_seed = " / ".join(f"{v:.1f}" for v in r["top1_per_seed"])
+        lines.append(f"| {arm} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {per_seed} | {_fmt(gap, se)} | "
+                     f"{_fmt(gap_m, se_m)} | {half} | {better} |")
+    lines += ["", f"![accuracy against GFLOPs]({rel}/accuracy_vs_gflops.png)", "",
+              "### Test split", "", markdown_table(test), ""]
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=Path, required=True, help="image study folder")
     p.add_argument("--output", type=Path, required=True, help="markdown file to write")
+    p.add_argument("--width", type=Path, nargs="*", default=[], help="width study folders (study_images.py with "
+                   "--embed-dim and the arms dense ViT, dense ViT depth 2 and MoNE recipes)")
     p.add_argument("--preamble", type=Path, default=Path(__file__).with_name("results_preamble.md"))
     args = p.parse_args()
     lines = [args.preamble.read_text().rstrip(), ""] if args.preamble.exists() else []
@@ -166,6 +203,8 @@ def main() -> None:
               f"exceeds two standard errors over seeds; \"holds\" for accuracy claims means MoNE is at most "
               f"{MATCH:g} point below the reference, \"holds partly\" at most {CLOSE:g} points below.", ""]
     lines += section("Images: cluttered digits", args.images, args.output)
+    for folder in args.width:
+        lines += width_section(folder, args.output)
     atomic_write_text(args.output, "\n".join(lines) + "\n")
 
 
