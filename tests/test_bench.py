@@ -116,3 +116,27 @@ def test_gemm_shapes_benchmark_uses_the_token_count_mone_routes():
     with torch.inference_mode():
         tokens, plan = model.forward_features(torch.randn(1, 3, 224, 224), return_plan=True)
     assert gemm_shapes.build_parser().parse_args([]).tokens == tokens.shape[1] == plan.expert.shape[1] == 196
+
+
+def test_autocast_times_every_call_under_autocast(monkeypatch):
+    """``--autocast bfloat16``: every timed call runs under CPU autocast; rows say so; only with float32 weights."""
+    import mone.bench as bench
+
+    seen = []
+    real = bench.time_round_robin
+
+    def spy(calls, *args, **kwargs):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return real(calls, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "time_round_robin", spy)
+    config = BenchConfig(model="mone_vit_test", batch_size=2, capacities=(0.5,), modes=("throughput", "train"),
+                         repeats=1, warmup=0, timm_baseline=False, autocast="bfloat16")
+    rows, meta = run_benchmark(config)
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert {r["autocast"] for r in rows} == {"bfloat16"} and meta["config"]["autocast"] == "bfloat16"
+    run_benchmark(BenchConfig(model="mone_vit_test", batch_size=2, capacities=(), modes=("latency",), repeats=1,
+                              warmup=0, timm_baseline=False))
+    assert seen[-1] is None  # without --autocast: plain float32
+    with pytest.raises(ValueError, match="autocast must be bfloat16 or float16 with dtype float32"):
+        BenchConfig(autocast="bfloat16", dtype="bfloat16")

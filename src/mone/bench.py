@@ -23,6 +23,7 @@ dense baseline by 10% or more (docs/performance.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib.util
 import io
@@ -65,7 +66,8 @@ _logger = logging.getLogger(__name__)
 
 MODES = ("throughput", "latency", "train")
 CSV_COLUMNS = (
-    "model", "mode", "variant", "capacity", "realised_capacity", "batch_size", "device", "dtype", "compiled",
+    "model", "mode", "variant", "capacity", "realised_capacity", "batch_size", "device", "dtype", "autocast",
+    "compiled",
     "threads", "repeats", "median_ms", "min_ms", "images_per_s", "speedup", "ideal_speedup", "efficiency",
     "routing_ms", "routing_fraction", "malloc_mmap_threshold", "malloc_trim_threshold",
 )  # fmt: skip
@@ -86,6 +88,8 @@ class BenchConfig:
     compile: bool = setting(False, help="wrap every model in torch.compile(model, fullgraph=True)")
     device: str = setting("cpu", help="auto, cpu, cuda, cuda:1, ... (stored as the device it resolves to)")
     dtype: str = setting("float32", choices=sorted(DTYPES), help="parameter and input dtype")
+    autocast: str | None = setting(None, choices=("bfloat16", "float16"),
+                                   help="time every call under torch.autocast to this dtype (with --dtype float32)")
     threads: int | None = setting(None, help="intra-op CPU threads (default: torch's)")
     timm_baseline: bool = setting(True, flag="--no-timm",
                                   help="skip timm's dense twin (same weights); the baseline is then MoNE at 1.0")
@@ -104,6 +108,9 @@ class BenchConfig:
             raise ValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.autocast is not None and (self.autocast not in ("bfloat16", "float16") or self.dtype != "float32"):
+            raise ValueError(f"autocast must be bfloat16 or float16 with dtype float32, got autocast={self.autocast!r} "
+                             f"and dtype={self.dtype!r}")
         object.__setattr__(self, "device", str(resolve_device(self.device)))  # "auto" -> what it resolved to
 
 
@@ -211,6 +218,11 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dic
     synchronize = synchronizer(config.device)
     malloc = meta["environment"]["malloc"]
 
+    def amp() -> contextlib.AbstractContextManager:
+        if config.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=DTYPES[config.autocast])
+
     rows = []
     for mode in config.modes:
         batch = 1 if mode == "latency" else config.batch_size
@@ -228,7 +240,8 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dic
             for c in capacities:
                 calls[f"mone@{c:g}"] = _train_call(run_model, mone_opt, images, labels, c, model.project_alpha_)
             _logger.info("%s: %d variants x %d repeats", mode, len(calls), config.repeats)
-            times = time_round_robin(calls, config.repeats, config.warmup, synchronize, desc)
+            with amp():
+                times = time_round_robin(calls, config.repeats, config.warmup, synchronize, desc)
         else:
             model.eval()
             if dense is not None:
@@ -239,7 +252,7 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dic
                 if mode == "throughput" and c != 1.0:
                     calls[f"routing@{c:g}"] = _routing_call(model, images, c)
             _logger.info("%s: %d timed entries x %d repeats", mode, len(calls), config.repeats)
-            with torch.inference_mode():
+            with torch.inference_mode(), amp():
                 times = time_round_robin(calls, config.repeats, config.warmup, synchronize, desc)
 
         medians = {name: statistics.median(t) for name, t in times.items()}
@@ -255,7 +268,8 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dic
                 "model": config.model, "mode": mode, "variant": "timm-dense" if capacity is None else "mone",
                 "capacity": "" if capacity is None else capacity,
                 "realised_capacity": 1.0 if capacity is None else realised[capacity],
-                "batch_size": batch, "device": config.device, "dtype": config.dtype, "compiled": config.compile,
+                "batch_size": batch, "device": config.device, "dtype": config.dtype,
+                "autocast": config.autocast or "", "compiled": config.compile,
                 "threads": torch.get_num_threads(), "repeats": config.repeats,
                 "median_ms": seconds * 1e3, "min_ms": min(times[name]) * 1e3, "images_per_s": batch / seconds,
                 "speedup": speedup, "ideal_speedup": ideal_speedup, "efficiency": speedup / ideal_speedup,
@@ -316,7 +330,8 @@ def run(args: argparse.Namespace) -> int:
             check_output_file(path)
     rows, meta = run_benchmark(config, progress=True)
     env = meta["environment"]
-    print(f"{config.model} on {env['hardware']} ({config.device}, {config.dtype}, {env['threads']} threads, "
+    precision = config.dtype + (f", autocast {config.autocast}" if config.autocast else "")
+    print(f"{config.model} on {env['hardware']} ({config.device}, {precision}, {env['threads']} threads, "
           f"torch {env['torch']}, compiled={config.compile}); baseline: {meta['baseline']}")  # fmt: skip
     print("malloc: " + ", ".join(f"{k}={v}" for k, v in env["malloc"].items()))
     print(format_table(rows))
