@@ -26,3 +26,5 @@ bench s16_b16_train_float32 --model mone_vit_small_patch16_224 --batch-size 16 -
 bench b16_b8_float32 --model mone_vit_base_patch16_224 --batch-size 8 --modes throughput --repeats 7 --warmup 1
 bench b16_b8_bfloat16 --model mone_vit_base_patch16_224 --batch-size 8 --modes throughput --repeats 7 --warmup 1 \
   --dtype bfloat16
+bench s16_b16_train_autocast_bf16 --model mone_vit_small_patch16_224 --batch-size 16 --modes train \
+  --capacities 0.5 0.25 --repeats 7 --warmup 2 --autocast bfloat16
