@@ -158,15 +158,13 @@ def _train_call(
 def _routing_call(
     model: MoneVisionTransformer | MoneViViT, images: torch.Tensor, capacity: float
 ) -> Callable[[], object]:
-    """Router, EPR and sort of one forward, on precomputed patch tokens [G, N, D] (G = B * T' for clips).
+    """Router, EPR and sort of one forward, on the model's own embedding of ``images`` computed once: tokens
+    [G, L, D] as they enter the encoder (G = B * T' for clips; prefix tokens included).
 
     ``forward`` pools the sorted tokens and never unsorts them (only ``forward_features`` does).
     """
     with torch.inference_mode():
-        if isinstance(model, MoneViViT):
-            tokens = (model.patch_embed(images) + model.pos_embed.unsqueeze(1)).flatten(0, 1)  # [B * T', N, D]
-        else:
-            tokens = model.patch_embed(images) + model.pos_embed  # [B, N, D]
+        tokens = model._embed(images)  # [G, L, D], what model.encode receives
 
     def route() -> None:
         plan = model.route(tokens, capacity)
