@@ -39,11 +39,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._checks import check_int
 from ._device import resolve_device
 from ._io import atomic_write_text, check_output_file
 from ._settings import add_setting_arguments, setting, setting_changes
-from ._timing import DTYPES, environment, synchronizer, time_round_robin
+from ._timing import DTYPES, check_timing_settings, environment, synchronizer, time_round_robin
 from .capacity import realised_capacity, validate_capacity
 from .flops import count_flops
 from .models import MoneVisionTransformer, MoneViViT, create_model
@@ -94,11 +93,7 @@ class BenchConfig:
                                            help="model keyword argument, e.g. img_size=64")
 
     def __post_init__(self) -> None:
-        check_int("batch_size", self.batch_size, 1)
-        check_int("repeats", self.repeats, 1)
-        check_int("warmup", self.warmup, 0)
-        if self.threads is not None:
-            check_int("threads", self.threads, 1)
+        check_timing_settings(self.batch_size, self.repeats, self.warmup, self.threads)
         unknown = [m for m in self.modes if m not in MODES]
         if unknown or not self.modes:
             raise ValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes!r}")
