@@ -5,6 +5,7 @@ import torch
 
 import mone
 from mone import MoneVisionTransformer, create_model, list_models
+from mone.bench import build_dense_twin
 
 from reference import reference_features
 
@@ -69,17 +70,6 @@ def test_forward_matches_masked_reference_float64(num_experts, kwargs, capacity)
         torch.testing.assert_close(got, want, **F64, msg=lambda m, name=name: f"{name}: {m}")
 
 
-def timm_twin(timm, model):
-    dense = timm.models.VisionTransformer(
-        img_size=model.img_size, patch_size=model.patch_embed.patch_size[0], in_chans=model.in_chans,
-        num_classes=model.num_classes, embed_dim=model.embed_dim, depth=len(model.blocks),
-        num_heads=model.blocks[0].attn.num_heads, global_pool="avg", class_token=False,
-    )
-    missing, unexpected = dense.load_state_dict(model.state_dict(), strict=False)
-    assert missing == [] and sorted(unexpected) == ["alpha", "router.bias", "router.weight"]
-    return dense.eval()
-
-
 @pytest.mark.parametrize("name", ["mone_vit_test", "mone_vit_tiny_patch16_224"])
 def test_capacity_one_alpha_zero_is_timm_vit(timm, name):
     torch.manual_seed(0)
@@ -87,7 +77,7 @@ def test_capacity_one_alpha_zero_is_timm_vit(timm, name):
     model = create_model(name, **kwargs).eval()
     with torch.no_grad():
         model.router.weight.normal_()  # the router must not matter at capacity 1 with alpha 0
-    dense = timm_twin(timm, model)
+    dense = build_dense_twin(model).eval()  # loads every weight but router.* and alpha, strictly
     # timm's state_dict loads into ours with only the MoNE additions missing
     missing, unexpected = create_model(name, **kwargs).load_state_dict(dense.state_dict(), strict=False)
     assert sorted(missing) == ["alpha", "router.bias", "router.weight"] and unexpected == []

@@ -16,12 +16,23 @@ from collections.abc import Callable
 
 import torch
 
+from ._checks import check_int
 from ._progress import progress as progress_display
 
-__all__ = ["DTYPES", "MALLOC_SETTINGS", "environment", "synchronizer", "time_round_robin"]
+__all__ = ["DTYPES", "MALLOC_SETTINGS", "check_timing_settings", "environment", "synchronizer", "time_round_robin"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def check_timing_settings(batch_size: int, repeats: int, warmup: int, threads: int | None = None) -> None:
+    """ValueError unless the counts of a timing run are in range: ``batch_size`` and ``repeats`` >= 1, ``warmup``
+    >= 0, ``threads`` None or >= 1 (``mone bench`` and ``mone calibrate`` take the same four)."""
+    check_int("batch_size", batch_size, 1)
+    check_int("repeats", repeats, 1)
+    check_int("warmup", warmup, 0)
+    if threads is not None:
+        check_int("threads", threads, 1)
 
 
 def environment(device: str = "cpu") -> dict:

@@ -40,11 +40,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._checks import check_int
 from ._device import resolve_device
 from ._io import atomic_write_text, check_output_file
 from ._settings import add_setting_arguments, setting, setting_changes
-from ._timing import DTYPES, environment, synchronizer, time_round_robin
+from ._timing import DTYPES, check_timing_settings, environment, synchronizer, time_round_robin
 from .capacity import realised_capacity, validate_capacity
 from .flops import count_flops
 from .models import MoneVisionTransformer, MoneViViT, create_model
@@ -98,11 +97,7 @@ class BenchConfig:
                                            help="model keyword argument, e.g. img_size=64")
 
     def __post_init__(self) -> None:
-        check_int("batch_size", self.batch_size, 1)
-        check_int("repeats", self.repeats, 1)
-        check_int("warmup", self.warmup, 0)
-        if self.threads is not None:
-            check_int("threads", self.threads, 1)
+        check_timing_settings(self.batch_size, self.repeats, self.warmup, self.threads)
         unknown = [m for m in self.modes if m not in MODES]
         if unknown or not self.modes:
             raise ValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes!r}")
@@ -165,15 +160,13 @@ def _train_call(
 def _routing_call(
     model: MoneVisionTransformer | MoneViViT, images: torch.Tensor, capacity: float
 ) -> Callable[[], object]:
-    """Router, EPR and sort of one forward, on precomputed patch tokens [G, N, D] (G = B * T' for clips).
+    """Router, EPR and sort of one forward, on the model's own embedding of ``images`` computed once: tokens
+    [G, L, D] as they enter the encoder (G = B * T' for clips; prefix tokens included).
 
     ``forward`` pools the sorted tokens and never unsorts them (only ``forward_features`` does).
     """
     with torch.inference_mode():
-        if isinstance(model, MoneViViT):
-            tokens = (model.patch_embed(images) + model.pos_embed.unsqueeze(1)).flatten(0, 1)  # [B * T', N, D]
-        else:
-            tokens = model.patch_embed(images) + model.pos_embed  # [B, N, D]
+        tokens = model._embed(images)  # [G, L, D], what model.encode receives
 
     def route() -> None:
         plan = model.route(tokens, capacity)

@@ -36,7 +36,7 @@ from ._device import resolve_device
 from ._extras import require
 from ._io import atomic_write_text, check_output_dir, prepare_output_dir, save_figure
 from ._settings import add_setting_arguments, setting, setting_changes
-from ._timing import DTYPES, environment, synchronizer, time_round_robin
+from ._timing import DTYPES, check_timing_settings, environment, synchronizer, time_round_robin
 from .capacity import feasible_capacity_range, validate_capacity
 from .models import MoneVisionTransformer, MoneViViT, create_model
 
@@ -202,9 +202,7 @@ def calibrate(
         model = create_model(model)
     if not isinstance(model, (MoneVisionTransformer, MoneViViT)):
         raise ValueError(f"calibrate measures MoNE models (capacity is their argument); got {type(model).__name__}")
-    check_int("batch_size", batch_size, 1)
-    check_int("repeats", repeats, 1)
-    check_int("warmup", warmup, 0)
+    check_timing_settings(batch_size, repeats, warmup)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dtype_name = dtype if isinstance(dtype, str) else next((k for k, v in DTYPES.items() if v == dtype), str(dtype))
     if dtype_name not in DTYPES:
@@ -290,11 +288,7 @@ class CalibrateConfig:
                                            help="model keyword argument, e.g. img_size=64")
 
     def __post_init__(self) -> None:
-        check_int("batch_size", self.batch_size, 1)
-        check_int("repeats", self.repeats, 1)
-        check_int("warmup", self.warmup, 0)
-        if self.threads is not None:
-            check_int("threads", self.threads, 1)
+        check_timing_settings(self.batch_size, self.repeats, self.warmup, self.threads)
         _check_target("--latency-ms", self.latency_ms)
         _check_target("--images-per-s", self.images_per_s)
 

@@ -72,6 +72,19 @@ def tint_image(image: torch.Tensor, experts: torch.Tensor, colors: np.ndarray, s
     return (1 - strength) * rgb + strength * tint
 
 
+def _finish_grid(fig: Any, axes: np.ndarray, model: nn.Module, colors: np.ndarray, legend_columns: int) -> None:
+    """No ticks on any panel; a legend of the experts (colour, index and width) at the bottom of ``fig``."""
+    from matplotlib.patches import Patch
+
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    num_experts = len(colors)
+    widths = getattr(model, "expert_widths", tuple(range(num_experts)))
+    handles = [Patch(color=colors[i], label=f"expert {i} (width {widths[i]})") for i in range(num_experts)]
+    fig.legend(handles=handles, loc="lower center", ncol=legend_columns, fontsize=7, frameon=False)
+
+
 def save_routing_maps(
     model: nn.Module,
     images: torch.Tensor,
@@ -91,7 +104,7 @@ def save_routing_maps(
         titles: optional row titles (e.g. the labels).
     """
     Figure = require("matplotlib.figure", "routing maps", "viz").Figure
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.patches import Rectangle
 
     num_experts = getattr(model, "num_experts", 1)
     values = [validate_capacity(c, num_experts) for c in capacities]
@@ -113,12 +126,7 @@ def save_routing_maps(
             if b == 0:
                 axes[b, k + 1].set_title(f"capacity {capacity:g}", fontsize=8)
     axes[0, 0].set_title("input", fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    widths = getattr(model, "expert_widths", tuple(range(num_experts)))
-    handles = [Patch(color=colors[i], label=f"expert {i} (width {widths[i]})") for i in range(num_experts)]
-    fig.legend(handles=handles, loc="lower center", ncol=num_experts, fontsize=7, frameon=False)
+    _finish_grid(fig, axes, model, colors, legend_columns=num_experts)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return save_figure(fig, path, dpi=110)
 
@@ -144,8 +152,6 @@ def save_video_routing_maps(
     own, so every tile of a routing row holds the same number of tokens per expert.
     """
     Figure = require("matplotlib.figure", "routing maps", "viz").Figure
-    from matplotlib.patches import Patch
-
     num_experts = getattr(model, "num_experts", 1)
     values = [validate_capacity(c, num_experts) for c in capacities]
     colors = expert_colors(num_experts)
@@ -169,12 +175,7 @@ def save_video_routing_maps(
             axes[b * per_clip + k + 1, 0].set_ylabel(f"capacity {capacity:g}", fontsize=7)
     for t in range(num_temporal):
         axes[0, t].set_title(f"t' = {t}", fontsize=7)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    widths = getattr(model, "expert_widths", tuple(range(num_experts)))
-    handles = [Patch(color=colors[i], label=f"expert {i} (width {widths[i]})") for i in range(num_experts)]
-    fig.legend(handles=handles, loc="lower center", ncol=-(-num_experts // legend_rows), fontsize=7, frameon=False)
+    _finish_grid(fig, axes, model, colors, legend_columns=-(-num_experts // legend_rows))
     fig.tight_layout(rect=(0, 0.25 * legend_rows / height, 1, 1))
     return save_figure(fig, path, dpi=110)
 

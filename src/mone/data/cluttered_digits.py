@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from .._extras import require
 
-__all__ = ["ClutteredDigits", "SPLITS", "source_pool"]
+__all__ = ["ClutteredDigits", "SPLITS", "check_split", "sample_rng", "source_pool", "upscaled_pool"]
 
 SPLITS = ("train", "val", "test")
 _SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
@@ -48,6 +48,25 @@ def source_pool(split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     pools = {"test": order[:num_test], "val": order[num_test:num_test + num_val], "train": order[num_test + num_val:]}
     index = torch.as_tensor(np.sort(pools[split]))
     return index, images[index], labels[index]
+
+
+def upscaled_pool(split: str, digit_size: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    """:func:`source_pool` with the digits upscaled (bilinear) to ``digit_size`` pixels: indices [M], images
+    [M, digit_size, digit_size] in [0, 1] as a NumPy array (what samples are drawn from), labels [M]."""
+    index, images, labels = source_pool(split)
+    upscaled = F.interpolate(images.unsqueeze(1), size=(digit_size, digit_size), mode="bilinear", align_corners=False)
+    return index, upscaled.squeeze(1).clamp_(0.0, 1.0).numpy(), labels
+
+
+def check_split(split: str) -> None:
+    """ValueError unless ``split`` is one of :data:`SPLITS`."""
+    if split not in _SPLIT_IDS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+
+
+def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator of sample ``index`` of ``split``: what makes a sample a pure function of (seed, split, index)."""
+    return np.random.default_rng([seed, _SPLIT_IDS[split], index])
 
 
 def draw_two_integers(rng: np.random.Generator, high: int) -> tuple[int, int]:
@@ -93,8 +112,7 @@ class ClutteredDigits(Dataset):
         seed: int = 0,
         normalize: bool = False,
     ) -> None:
-        if split not in _SPLIT_IDS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        check_split(split)
         num_samples = _DEFAULT_NUM_SAMPLES[split] if num_samples is None else num_samples
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
@@ -113,10 +131,7 @@ class ClutteredDigits(Dataset):
         self.noise_std = float(noise_std)
         self.seed = int(seed)
         self.normalize = bool(normalize)
-        self.source_indices, sources, self.source_labels = source_pool(split)
-        self.sources = F.interpolate(  # [M, digit_size, digit_size]
-            sources.unsqueeze(1), size=(digit_size, digit_size), mode="bilinear", align_corners=False
-        ).squeeze(1).clamp_(0.0, 1.0).numpy()
+        self.source_indices, self.sources, self.source_labels = upscaled_pool(split, digit_size)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -127,7 +142,7 @@ class ClutteredDigits(Dataset):
         return self.num_samples
 
     def _rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, _SPLIT_IDS[self.split], index])
+        return sample_rng(self.seed, self.split, index)
 
     def _layout(self, rng: np.random.Generator) -> tuple[int, Box]:
         """Draw the source digit and its box (the first draws of a sample's generator)."""

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .cluttered_digits import SPLITS, draw_two_integers, source_pool
+from .cluttered_digits import SPLITS, check_split, draw_two_integers, sample_rng, upscaled_pool
 
 __all__ = ["DIRECTIONS", "SPLITS", "MovingDigits"]
 
 DIRECTIONS = ("right", "left", "down", "up")  # the first ``num_directions`` are used
 _STEPS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # (row, column) per unit of travel
-_SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 _DEFAULT_NUM_SAMPLES = {"train": 20_000, "val": 1_000, "test": 1_000}
 
 
@@ -62,8 +60,7 @@ class MovingDigits(Dataset):
         in_chans: int = 1,
         seed: int = 0,
     ) -> None:
-        if split not in _SPLIT_IDS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        check_split(split)
         num_samples = _DEFAULT_NUM_SAMPLES[split] if num_samples is None else num_samples
         for name, value in (("num_samples", num_samples), ("num_frames", num_frames)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -80,10 +77,7 @@ class MovingDigits(Dataset):
             raise ValueError(f"num_fragments and noise_std must be >= 0, got {num_fragments}, {noise_std}")
         if in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3, got {in_chans!r}")
-        self.source_indices, sources, source_labels = source_pool(split)  # sources [M, 8, 8]
-        self.sources = F.interpolate(  # [M, digit_size, digit_size]
-            sources.unsqueeze(1), size=(digit_size, digit_size), mode="bilinear", align_corners=False
-        ).squeeze(1).clamp_(0.0, 1.0).numpy()
+        self.source_indices, self.sources, source_labels = upscaled_pool(split, digit_size)
         self.source_labels = source_labels.numpy()
         self.split = split
         self.num_samples = num_samples
@@ -112,7 +106,7 @@ class MovingDigits(Dataset):
         return index % self.num_samples
 
     def _rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, _SPLIT_IDS[self.split], index])
+        return sample_rng(self.seed, self.split, index)
 
     def _layout(self, rng: np.random.Generator) -> tuple[int, int, np.ndarray]:
         """Draw the source digit, the direction and the per-frame (top, left) positions [T, 2] (first draws)."""

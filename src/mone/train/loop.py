@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .._device import resolve_device
-from .._io import atomic_write_text, prepare_output_dir  # prepare_output_dir: re-exported for viz and demo
+from .._io import atomic_write_text
 from .._progress import progress as progress_display
 from ..capacity import validate_capacity
 from ..data import build_dataset
@@ -68,7 +68,6 @@ __all__ = [
     "epoch_permutation",
     "model_kwargs_for_dataset",
     "planned_steps",
-    "prepare_output_dir",
     "train",
 ]
 
@@ -203,17 +202,36 @@ def _init_distributed(device_name: str) -> _Dist:
     return _Dist(rank, world_size, local_rank, owns)
 
 
-# -- the loop -----------------------------------------------------------------------------------------------------
+# -- building the run ---------------------------------------------------------------------------------------------
 
-@dataclass
-class TrainResult:
-    """What :func:`train` returns: the trained model (on its device, unwrapped) and where things were written."""
+def _build(config: TrainConfig, ddp: _Dist) -> tuple[torch.device, Dataset, nn.Module, dict[str, Any]]:
+    """The device, the train split, the model seeded by ``config.seed`` and its keyword arguments, all checked:
+    the capacities against the model, the model's input shape against the dataset's samples."""
+    device = resolve_device(config.device, ddp.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dataset = build_dataset(config.dataset, "train", config.data_dir, **config.dataset_kwargs)
+    model_kwargs = model_kwargs_for_dataset(dataset, config.model_kwargs)
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, **model_kwargs)
+    _validate_capacities(config, model)
+    input_size = tuple(model.default_input_size)
+    if input_size != tuple(dataset.input_size):  # e.g. a video model on images, or an img_size override
+        raise ValueError(f"model {config.model} takes samples of shape {input_size} but dataset {config.dataset} "
+                         f"yields {tuple(dataset.input_size)}")
+    return device, dataset, model, model_kwargs
 
-    model: nn.Module
-    output_dir: Path
-    checkpoint: Path
-    total_steps: int
-    last_metrics: dict[str, Any]
+
+def _load_initial_weights(model: nn.Module, path: str) -> None:
+    """``init_from``: ``model`` takes the weights of the checkpoint at ``path``; a dense run's are upcycled (its
+    weights, with a fresh router and alpha)."""
+    init = load_checkpoint(path)
+    check_finite_weights(init.model_state, f"checkpoint {init.path}")
+    if needs_upcycling(model, init.model_state):
+        load_dense_weights(model, init.model_state, str(init.path))
+    else:
+        check_same_architecture(model, init.model_state, str(init.path))
+        model.load_state_dict(init.model_state)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -224,10 +242,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
             continue
         (decay if param.ndim >= 2 and "pos_embed" not in name else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; the message says after which step and which checkpoint is kept."""
 
 
 # -- resuming -----------------------------------------------------------------------------------------------------
@@ -280,6 +294,7 @@ def _resume_checkpoint(output_dir: Path, config: TrainConfig, model: nn.Module) 
 
 
 def _restore(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The model, optimiser and RNG states of ``checkpoint``, restored in place."""
     model.load_state_dict(checkpoint.model_state)
     try:
         optimizer.load_state_dict(optimizer_state_from_tensors(checkpoint.section("optimizer"),
@@ -300,7 +315,7 @@ def _loader_generator(seed: int, start_step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start_step, 2]).generate_state(1)[0]))
 
 
-# -- the loop -----------------------------------------------------------------------------------------------------
+# -- reading the data ---------------------------------------------------------------------------------------------
 
 def _one_line(error: BaseException) -> str:
     """The message of ``error`` on one line. An error raised in a DataLoader worker comes back as ``Caught
@@ -312,6 +327,19 @@ def _one_line(error: BaseException) -> str:
     prefix = f"{type(error).__name__}: "
     return last[len(prefix):] if last.startswith(prefix) else last
 
+
+def _batches(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of ``loader``, the first one read now: a sample that cannot be read fails before anything is
+    written, as a one-line ValueError even from a DataLoader worker."""
+    batches = iter(loader)
+    try:
+        first = next(batches, None)
+    except ValueError as error:
+        raise ValueError(_one_line(error)) from None
+    return itertools.chain([] if first is None else [first], batches)
+
+
+# -- one step, the metric window, checkpoints ---------------------------------------------------------------------
 
 _NEVER = 2 ** 62  # "no non-finite loss yet"
 
@@ -353,12 +381,13 @@ class _StepMetrics:
 @dataclass
 class _Run:
     """A run once everything is checked and its folder claimed: what one optimiser step, a log line and a
-    checkpoint need, and which checkpoint is on disk."""
+    checkpoint need, and which checkpoint is on disk. Built inside the claimed folder: with data parallelism,
+    wrapping the model in DistributedDataParallel (``train_model``) is a collective of all processes."""
 
     config: TrainConfig
     ddp: _Dist
+    device: torch.device
     model: nn.Module
-    train_model: nn.Module  # the model, DDP-wrapped when data parallel
     optimizer: torch.optim.Optimizer
     model_kwargs: dict[str, Any]
     total_steps: int
@@ -366,10 +395,13 @@ class _Run:
     saved_step: int | None  # the step of the checkpoint on disk, None when there is none
 
     def __post_init__(self) -> None:
-        device = next(self.model.parameters()).device
+        self.train_model = self.model  # the model, DDP-wrapped when data parallel
+        if self.ddp.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.num_experts = getattr(self.model, "num_experts", 1)
-        self.metrics = _StepMetrics(device)
-        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if self.config.precision == "bf16"
+        self.metrics = _StepMetrics(next(self.model.parameters()).device)
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config.precision == "bf16"
                          else contextlib.nullcontext())
 
     @property
@@ -449,11 +481,31 @@ class _Run:
         self.saved_step = step
 
 
+# -- the loop -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained model (on its device, unwrapped) and where things were written."""
+
+    model: nn.Module
+    output_dir: Path
+    checkpoint: Path
+    total_steps: int
+    last_metrics: dict[str, Any]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says after which step and which checkpoint is kept."""
+
+
+StepCallback = Callable[[int, dict[str, Any]], None]
+
+
 def train(
     config: TrainConfig,
     resume: bool = False,
     progress: bool = True,
-    step_callback: Callable[[int, dict[str, Any]], None] | None = None,
+    step_callback: StepCallback | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on ``config.dataset``'s train split; checkpoints and metrics go to ``config.output_dir``.
 
@@ -482,93 +534,76 @@ def train(
 
 
 def _train(
-    config: TrainConfig,
-    resume: bool,
-    progress: bool,
-    step_callback: Callable[[int, dict[str, Any]], None] | None,
-    ddp: _Dist,
+    config: TrainConfig, resume: bool, progress: bool, step_callback: StepCallback | None, ddp: _Dist
 ) -> TrainResult:
     # Build and check everything, reading the first batch, before anything is written.
-    device = resolve_device(config.device, ddp.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dataset = build_dataset(config.dataset, "train", config.data_dir, **config.dataset_kwargs)
-    model_kwargs = model_kwargs_for_dataset(dataset, config.model_kwargs)
-    torch.manual_seed(config.seed)
-    model = create_model(config.model, **model_kwargs)
-    _validate_capacities(config, model)
-    input_size = tuple(model.default_input_size)
-    if input_size != tuple(dataset.input_size):  # e.g. a video model on images, or an img_size override
-        raise ValueError(f"model {config.model} takes samples of shape {input_size} but dataset {config.dataset} "
-                         f"yields {tuple(dataset.input_size)}")
-    total_steps = planned_steps(config, model, input_size)
-
+    device, dataset, model, model_kwargs = _build(config, ddp)
+    total_steps = planned_steps(config, model, tuple(model.default_input_size))
     output_dir = Path(config.output_dir)
     checkpoint = _resume_checkpoint(output_dir, config, model) if resume else None
     if checkpoint is None and config.init_from is not None:
-        init = load_checkpoint(config.init_from)
-        check_finite_weights(init.model_state, f"checkpoint {init.path}")
-        if needs_upcycling(model, init.model_state):  # e.g. a dense run: its weights, fresh router and alpha
-            load_dense_weights(model, init.model_state, str(init.path))
-        else:
-            check_same_architecture(model, init.model_state, str(init.path))
-            model.load_state_dict(init.model_state)
+        _load_initial_weights(model, config.init_from)
     start_step = start_step_of(checkpoint)
     sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, start_step, total_steps,
                                ddp.rank, ddp.world_size)
     model.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     if checkpoint is not None:
-        _restore(checkpoint, model, optimizer)
+        _restore(checkpoint, model, optimizer)  # from here on the global RNG continues the checkpointed run's
         _logger.info("resuming %s at step %d of %d", checkpoint.path, start_step, total_steps)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
-                        pin_memory=device.type == "cuda", generator=_loader_generator(config.seed, start_step))
-    batches = iter(loader)
-    try:
-        first = next(batches, None)
-    except ValueError as error:  # e.g. an unreadable sample; one line even from a DataLoader worker
-        raise ValueError(_one_line(error)) from None
-    batches = itertools.chain([] if first is None else [first], batches)
+    batches = _batches(DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
+                                  pin_memory=device.type == "cuda",
+                                  generator=_loader_generator(config.seed, start_step)))
 
     with claim_run_folder(output_dir, resume) if ddp.main else contextlib.nullcontext():
         if ddp.main:
             atomic_write_text(output_dir / CONFIG_NAME, config.to_json() + "\n")
             truncate_metrics(output_dir / METRICS_NAME, start_step)
-        train_model = model
-        if ddp.world_size > 1:
-            train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-        run = _Run(config, ddp, model, train_model, optimizer, model_kwargs, total_steps, sampler.steps_per_epoch,
+        run = _Run(config, ddp, device, model, optimizer, model_kwargs, total_steps, sampler.steps_per_epoch,
                    saved_step=None if checkpoint is None else start_step)
-        bar = progress_display(total=total_steps, initial=start_step, enabled=progress and ddp.main,
-                               desc=f"train {config.model}")
-        last_metrics: dict[str, Any] = {}
-        step = start_step
-        model.train()
-        try:
-            for images, labels in batches:
-                step_info = run.optimizer_step(step, images.to(device, non_blocking=True),
-                                               labels.to(device, non_blocking=True))
-                step += 1
-                log = step % config.log_every == 0 or step == total_steps
-                save = step % config.checkpoint_every == 0 or step == total_steps
-                if log or save:
-                    run.check_finite()
-                if log:
-                    last_metrics = run.log(step, step_info)
-                    bar.set_postfix(loss=f"{last_metrics['loss']:.3f}", acc=f"{last_metrics['acc']:.3f}",
-                                    img_s=f"{last_metrics['img_per_s']:.0f}")
-                bar.update(1)
-                if save:
-                    run.save(step)
-                if step_callback is not None and ddp.main:
-                    step_callback(step, last_metrics)
-        except KeyboardInterrupt:
-            raise TrainingInterrupted(f"interrupted after step {step} of {total_steps}; {run.kept()}; continue "
-                                      f"with --resume") from None
-        except ValueError as error:  # e.g. a sample that cannot be read, met mid-run
-            raise ValueError(f"{_one_line(error)} (after step {step} of {total_steps}; {run.kept()}; once fixed, "
-                             f"continue with --resume)") from None
-        finally:
-            bar.close()
+        last_metrics = _run_steps(run, batches, start_step, progress, step_callback)
     return TrainResult(model, output_dir, output_dir / CHECKPOINT_NAME, total_steps, last_metrics)
+
+
+def _run_steps(
+    run: _Run, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], start_step: int, progress: bool,
+    step_callback: StepCallback | None,
+) -> dict[str, Any]:
+    """Steps ``start_step .. total_steps - 1`` with their log lines and checkpoints; returns the last metrics line.
+
+    A non-finite loss (seen at a log line or checkpoint) or non-finite weights (at a checkpoint) stop the run with a
+    FloatingPointError; Ctrl-C and a sample that cannot be read say after which step and which checkpoint is kept.
+    """
+    config, total_steps = run.config, run.total_steps
+    bar = progress_display(total=total_steps, initial=start_step, enabled=progress and run.ddp.main,
+                           desc=f"train {config.model}")
+    last_metrics: dict[str, Any] = {}
+    step = start_step
+    run.model.train()
+    try:
+        for images, labels in batches:
+            step_info = run.optimizer_step(step, images.to(run.device, non_blocking=True),
+                                           labels.to(run.device, non_blocking=True))
+            step += 1
+            log = step % config.log_every == 0 or step == total_steps
+            save = step % config.checkpoint_every == 0 or step == total_steps
+            if log or save:
+                run.check_finite()
+            if log:
+                last_metrics = run.log(step, step_info)
+                bar.set_postfix(loss=f"{last_metrics['loss']:.3f}", acc=f"{last_metrics['acc']:.3f}",
+                                img_s=f"{last_metrics['img_per_s']:.0f}")
+            bar.update(1)
+            if save:
+                run.save(step)
+            if step_callback is not None and run.ddp.main:
+                step_callback(step, last_metrics)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"interrupted after step {step} of {total_steps}; {run.kept()}; continue "
+                                  f"with --resume") from None
+    except ValueError as error:  # e.g. a sample that cannot be read, met mid-run
+        raise ValueError(f"{_one_line(error)} (after step {step} of {total_steps}; {run.kept()}; once fixed, "
+                         f"continue with --resume)") from None
+    finally:
+        bar.close()
+    return last_metrics
