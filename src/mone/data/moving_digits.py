@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._checks import check_int
 from .cluttered_digits import SPLITS, check_split, draw_two_integers, sample_rng, upscaled_pool
 
 __all__ = ["DIRECTIONS", "SPLITS", "MovingDigits"]
@@ -63,8 +64,7 @@ class MovingDigits(Dataset):
         check_split(split)
         num_samples = _DEFAULT_NUM_SAMPLES[split] if num_samples is None else num_samples
         for name, value in (("num_samples", num_samples), ("num_frames", num_frames)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_int(name, value, 1)
         if num_frames < 2:
             raise ValueError(f"num_frames must be >= 2 so that motion is visible, got {num_frames}")
         if not 8 <= digit_size < img_size:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .._checks import check_int
 from .._extras import require
 from .image_folder import IMAGENET_MEAN, IMAGENET_STD
 
@@ -110,8 +111,7 @@ class VideoFolderDataset(Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", num_frames: int = 16, img_size: int = 224):
         for name, value in (("num_frames", num_frames), ("img_size", img_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_int(name, value, 1)
         folder = Path(root) / split
         if not folder.is_dir():
             raise FileNotFoundError(f"video folder {folder} does not exist; expected {root}/<split>/<class>/<clips>")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .._checks import check_input_tensor
+from .._checks import check_input_tensor, check_int
 from ..layers import NestedBlock, dense_blocks_forward
 from ..routing import Router, RoutingPlan
 from ._base import CapacityLike, MoneModelMixin, validate_vit_args
@@ -104,8 +104,7 @@ class MoneViViT(MoneModelMixin, nn.Module):
                           mlp_ratio)
         for name, value in (("num_frames", num_frames), ("tubelet_size", tubelet_size),
                             ("temporal_depth", temporal_depth)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_int(name, value, 1)
         if num_frames % tubelet_size != 0:
             raise ValueError(f"num_frames ({num_frames}) must be divisible by tubelet_size ({tubelet_size})")
         self.img_size = img_size
