@@ -200,6 +200,7 @@ def test_every_bench_setting_is_one_field_with_its_flag_and_help():
              "warmup": (["--warmup", "0"], 0), "compile": (["--compile"], True),
              "device": (["--device", "auto"], "cuda:0" if torch.cuda.is_available() else "cpu"),
              "dtype": (["--dtype", "bfloat16"], "bfloat16"), "threads": (["--threads", "1"], 1),
+             "autocast": (["--autocast", "bfloat16"], "bfloat16"),
              "timm_baseline": (["--no-timm"], False), "seed": (["--seed", "4"], 4),
              "model_kwargs": (["--model-arg", "img_size=64"], {"img_size": 64})}
     assert set(flags) == {f.name for f in dataclasses.fields(BenchConfig)}
