@@ -77,6 +77,24 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
 
 
+def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool = False) -> None:
+    """``out = a @ b`` (``accumulate``: ``out += a @ b``) written straight into ``out``, a strided view.
+
+    Eager: one ``out=`` GEMM (with ``accumulate``, beta = 1 on the view itself, so FlopCounterMode counts it as an
+    ``addmm``). Dynamo refuses ``out=`` tensors that are not contiguous, so under ``torch.compile`` the same values are
+    written with an in-place method instead.
+    """
+    if torch.compiler.is_compiling():
+        if accumulate:
+            out.addmm_(a, b)
+        else:
+            out.copy_(a.mm(b))
+    elif accumulate:
+        torch.addmm(out, a, b, out=out)
+    else:
+        torch.mm(a, b, out=out)
+
+
 def _input_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: GroupLayout
 ) -> torch.Tensor:
@@ -122,7 +140,7 @@ def _output_linear(
     for start, stop, d in layout.row_ranges:
         rows, h_j, w_j = out[start:stop, :d], h[start:stop].to(dtype), weight[:d].t()
         if fused:
-            torch.addmm(rows, h_j, w_j, out=rows)
+            _mm_into(rows, h_j, w_j, accumulate=True)
             if bias is not None:
                 rows.add_(bias[:d])
             continue
@@ -153,7 +171,7 @@ def _weight_grad(
         if j == widest and d == full:
             continue
         block = grad[:, :d] if slicing == "input" else grad[:d]
-        torch.addmm(block, g.t(), x, out=block)
+        block.addmm_(g.t(), x)
     return grad
 
 
@@ -180,7 +198,7 @@ class _NestedInputLinear(torch.autograd.Function):
             else:
                 grad_x = torch.empty_like(x)
                 for start, stop, d in ranges:
-                    torch.mm(grad[start:stop], weight[:, :d], out=grad_x[start:stop, :d])
+                    _mm_into(grad_x[start:stop, :d], grad[start:stop], weight[:, :d])
                     grad_x[start:stop, d:] = 0  # features the group does not read
         if ctx.needs_input_grad[2]:
             grad_weight = _weight_grad(
