@@ -36,8 +36,16 @@ def test_the_extras_table_is_pyprojects():
     assert _names(extras["test"]) >= everything | {"pytest", "hypothesis", "scipy", "ruff"}
 
 
+def block(monkeypatch, name):
+    """Make ``import name`` (and of any of its submodules) raise ImportError for one test, as if it were not
+    installed, even when an earlier test imported it (``sys.modules`` would otherwise hand out the cached module)."""
+    for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        monkeypatch.setitem(sys.modules, loaded, None)
+    monkeypatch.setitem(sys.modules, name, None)
+
+
 def test_require_names_the_package_and_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "sklearn", None)
+    block(monkeypatch, "sklearn")
     with pytest.raises(MissingExtraError) as error:
         require("sklearn.datasets", "the digit datasets", "train")
     assert str(error.value) == "the digit datasets needs scikit-learn: pip install 'mone[train]'"
@@ -63,7 +71,7 @@ def test_require_lets_a_broken_installed_module_raise_its_own_error(tmp_path, mo
 ])  # fmt: skip
 def test_a_command_without_its_extra_fails_first_with_one_line(tmp_path, capsys, monkeypatch, blocked, argv,
                                                                message):
-    monkeypatch.setitem(sys.modules, blocked, None)
+    block(monkeypatch, blocked)
     out = tmp_path / "out"
     assert main([*argv, "--output", str(out)]) == 2
     assert capsys.readouterr().err.strip() == message
@@ -71,7 +79,7 @@ def test_a_command_without_its_extra_fails_first_with_one_line(tmp_path, capsys,
 
 
 def test_train_on_the_digits_without_scikit_learn_names_the_train_extra(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "sklearn", None)
+    block(monkeypatch, "sklearn")
     out = tmp_path / "run"
     assert main(["train", "--model", "mone_vit_test", "--steps", "1", "--no-progress", "--output", str(out)]) == 2
     assert capsys.readouterr().err.strip() == "mone train needs scikit-learn: pip install 'mone[train]'"
