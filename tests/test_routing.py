@@ -128,3 +128,27 @@ def test_router_is_a_softmax_over_experts():
     assert probs.shape == (2, 5, 4)
     assert torch.allclose(probs.sum(-1), torch.ones(2, 5))
     assert sorted(name for name, _ in router.named_parameters()) == ["bias", "weight"]
+
+
+def test_a_forward_checks_its_budget_once(monkeypatch):
+    """The distribution is validated where it enters the model, not again by every routing helper it passes."""
+    import mone.capacity
+    import mone.models._base
+    import mone.routing
+    from mone.models import create_model
+
+    calls = []
+    real = mone.capacity.validate_distribution
+
+    def counting(distribution):
+        calls.append(distribution)
+        return real(distribution)
+
+    for module in (mone.capacity, mone.routing, mone.models._base):
+        monkeypatch.setattr(module, "validate_distribution", counting)
+    model = create_model("mone_vit_test")
+    images = torch.randn(2, 3, 32, 32)
+    model(images, capacity=0.5)  # a budget: the solver's output needs no check
+    assert calls == []
+    model(images, capacity=(0.25, 0.25, 0.25, 0.25))
+    assert len(calls) == 1

@@ -230,8 +230,11 @@ def expert_token_counts(distribution: Sequence[float], num_tokens: int) -> tuple
     Every expert but the smallest gets ``floor(c_j * num_tokens)``; the smallest gets the rest. The counts
     depend only on ``(distribution, num_tokens)``, so every shape downstream is static.
     """
-    values = validate_distribution(distribution)
-    check_int("num_tokens", num_tokens, 1)
+    return token_counts(validate_distribution(distribution), check_int("num_tokens", num_tokens, 1))
+
+
+def token_counts(values: tuple[float, ...], num_tokens: int) -> tuple[int, ...]:
+    """:func:`expert_token_counts` for a distribution already validated (a tuple of floats; no checks here)."""
     larger = [math.floor(c * num_tokens) for c in values[1:]]
     taken = sum(larger)
     if taken > num_tokens:  # only reachable through round-off in a distribution summing to just over 1

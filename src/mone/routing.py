@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .capacity import expert_token_counts, validate_distribution
+from .capacity import token_counts, validate_distribution
 
 __all__ = ["Router", "RoutingPlan", "expert_preferred_routing", "make_routing_plan"]
 
@@ -57,11 +57,15 @@ def expert_preferred_routing(probs: torch.Tensor, distribution: Sequence[float])
     """
     if probs.dim() != 3:
         raise ValueError(f"probs must have shape [B, N, E], got {tuple(probs.shape)}")
-    B, N, E = probs.shape
     values = validate_distribution(distribution)
-    if len(values) != E:
-        raise ValueError(f"distribution has {len(values)} experts but probs has E={E}")
-    counts = expert_token_counts(values, N)
+    if len(values) != probs.shape[-1]:
+        raise ValueError(f"distribution has {len(values)} experts but probs has E={probs.shape[-1]}")
+    return _expert_preferred_routing(probs, token_counts(values, probs.shape[1]))
+
+
+def _expert_preferred_routing(probs: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """EPR of probabilities [B, N, E] with ``counts[j]`` tokens per example for expert ``j`` (checked by the caller)."""
+    B, N, E = probs.shape
     expert = torch.zeros(B, N, dtype=torch.long, device=probs.device)
     taken = torch.zeros(B, N, dtype=torch.bool, device=probs.device)
     for j in range(E - 1, 0, -1):
@@ -147,8 +151,18 @@ def make_routing_plan(
     Returns:
         The :class:`RoutingPlan` of the ``P + N`` tokens. When one expert takes every token no permutation is built.
     """
+    values = validate_distribution(distribution)
+    if probs.dim() != 3 or len(values) != probs.shape[-1]:
+        raise ValueError(f"probs must have shape [B, N, E] with E = {len(values)} (the distribution's experts), "
+                         f"got {tuple(probs.shape)}")
+    return routing_plan(probs, values, num_prefix_tokens)
+
+
+def routing_plan(probs: torch.Tensor, values: tuple[float, ...], num_prefix_tokens: int = 0) -> RoutingPlan:
+    """:func:`make_routing_plan` for a distribution already validated (what a model's forward passes: its budget is
+    checked once, where it enters the model)."""
     B, N, E = probs.shape
-    counts = expert_token_counts(validate_distribution(distribution), N)
+    counts = token_counts(values, N)
     P = num_prefix_tokens
     if P:
         probs = torch.cat([probs.new_zeros(B, P, E), probs], dim=1)  # [B, P + N, E]: prefix tokens are not routed
@@ -158,7 +172,7 @@ def make_routing_plan(
         j = counts.index(L)
         expert = torch.full((B, L), j, dtype=torch.long, device=probs.device)
         return RoutingPlan(expert, probs, counts, None, None, probs[..., j].reshape(-1), P)
-    expert = expert_preferred_routing(probs[:, P:], distribution)  # [B, N]
+    expert = _expert_preferred_routing(probs[:, P:], token_counts(values, N))  # [B, N]
     if P:
         expert = torch.cat([expert.new_full((B, P), E - 1), expert], dim=1)  # [B, L]
     # Each example's tokens sorted by (expert, token index): position p = start_j + s holds its s-th token of

@@ -26,7 +26,7 @@ from ..capacity import (
     validate_distribution,
 )
 from ..layers import dense_blocks_forward, nested_blocks_forward
-from ..routing import Router, RoutingPlan, make_routing_plan
+from ..routing import Router, RoutingPlan, routing_plan
 from ._contract import TimmContractMixin, check_global_pool
 from ._per_sample import group_by_capacity
 
@@ -239,7 +239,7 @@ class MoneModelMixin(TimmContractMixin):
         """
         P = self.num_prefix_tokens
         probs = self.router_probs(tokens[:, P:] if P else tokens)  # [G, N, E]
-        return make_routing_plan(probs, self.resolve_distribution(capacity), P)
+        return routing_plan(probs, self.resolve_distribution(capacity), P)
 
     def encode(
         self, x: torch.Tensor, capacity: CapacityLike | None = None, pool: bool = False
