@@ -162,17 +162,17 @@ def routing_plan(probs: torch.Tensor, values: tuple[float, ...], num_prefix_toke
     """:func:`make_routing_plan` for a distribution already validated (what a model's forward passes: its budget is
     checked once, where it enters the model)."""
     B, N, E = probs.shape
-    counts = token_counts(values, N)
+    routed_counts = token_counts(values, N)  # EPR's quotas over the N routed tokens
     P = num_prefix_tokens
+    counts = (*routed_counts[:-1], routed_counts[-1] + P)  # the P prefix tokens join the largest expert
     if P:
         probs = torch.cat([probs.new_zeros(B, P, E), probs], dim=1)  # [B, P + N, E]: prefix tokens are not routed
-        counts = (*counts[:-1], counts[-1] + P)
     L = N + P
     if max(counts) == L:  # a single group: no EPR and no sort needed
         j = counts.index(L)
         expert = torch.full((B, L), j, dtype=torch.long, device=probs.device)
         return RoutingPlan(expert, probs, counts, None, None, probs[..., j].reshape(-1), P)
-    expert = _expert_preferred_routing(probs[:, P:], token_counts(values, N))  # [B, N]
+    expert = _expert_preferred_routing(probs[:, P:], routed_counts)  # [B, N]
     if P:
         expert = torch.cat([expert.new_full((B, P), E - 1), expert], dim=1)  # [B, L]
     # Each example's tokens sorted by (expert, token index): position p = start_j + s holds its s-th token of
