@@ -30,6 +30,7 @@ WIDTHS = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0
 WIDTH_LABELS = ("width 1/8", "width 1/4", "width 1/2", "width 1")
 ALLOCATIONS = (proportionate_distribution(), uniform_distribution(), greedy_distribution(0.5))
 ALLOCATION_LABELS = ("proportionate (0.267)", "uniform (0.469)", "greedy (0.5)")
+LOWER_LRS = (1e-3, 5e-4)
 
 
 def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
@@ -40,10 +41,10 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
             return config
         return config.replace(model_kwargs=dict(config.model_kwargs, embed_dim=embed_dim))
 
-    def preset(variant: str, **model_changes) -> Stage:
+    def preset(variant: str, lr: float | None = None, **model_changes) -> Stage:
         def stage(seed: int, previous: str | None) -> TrainConfig:
             config = base(variant)
-            return config.replace(seed=seed, init_from=previous,
+            return config.replace(seed=seed, init_from=previous, lr=lr or config.lr,
                                   model_kwargs=dict(config.model_kwargs, **model_changes))
         return stage
 
@@ -76,6 +77,9 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
         Arm("MoNE adaptive, random router", (preset("adaptive", router="random"),), CAPACITIES,
             family="random"),
         Arm("MatViT -> MoNE fixed 0.5", (fixed_fine_tune,), CAPACITIES, init="MatViT (nested)"),
+        # the dense recipe at lower learning rates (lr 2e-3 is unstable at D=128; chosen on validation)
+        *(Arm(f"dense ViT, lr {lr:g}", (preset("dense", lr=lr),), family="dense") for lr in LOWER_LRS),
+        *(Arm(f"dense ViT, depth 2, lr {lr:g}", (preset("dense_half", lr=lr),), family="dense") for lr in LOWER_LRS),
     ]
 
 
