@@ -31,6 +31,7 @@ WIDTH_LABELS = ("width 1/8", "width 1/4", "width 1/2", "width 1")
 ALLOCATIONS = (proportionate_distribution(), uniform_distribution(), greedy_distribution(0.5))
 ALLOCATION_LABELS = ("proportionate (0.267)", "uniform (0.469)", "greedy (0.5)")
 LOWER_LRS = (1e-3, 5e-4)
+FINE_TUNE_LRS = (2e-4, 1e-4)
 
 
 def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
@@ -80,6 +81,9 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
         # the dense recipe at lower learning rates (lr 2e-3 is unstable at D=128; chosen on validation)
         *(Arm(f"dense ViT, lr {lr:g}", (preset("dense", lr=lr),), family="dense") for lr in LOWER_LRS),
         *(Arm(f"dense ViT, depth 2, lr {lr:g}", (preset("dense_half", lr=lr),), family="dense") for lr in LOWER_LRS),
+        # the fine-tuning stage at lower learning rates (lr 5e-4 loses 5.6 points at capacity 1.0 at D=128)
+        *(Arm(f"{matvit_mone}, lr {lr:g}", (preset("finetune", lr=lr),), CAPACITIES, init="MatViT (nested)")
+          for lr in FINE_TUNE_LRS),
     ]
 
 
