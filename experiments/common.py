@@ -34,7 +34,7 @@ from mone.train.config import TrainConfig
 from mone.train.evaluate import evaluate
 from mone.train.loop import train
 
-__all__ = ["Arm", "aggregate", "parser", "run_dir", "run_study", "setup"]
+__all__ = ["Arm", "aggregate", "parser", "run_dir", "run_study", "select_arms", "setup"]
 
 _logger = logging.getLogger("experiments")
 
@@ -103,7 +103,7 @@ def train_arm(arm: Arm, seed: int, root: Path, progress: bool, arms: dict[str, A
     return Path(previous), seconds
 
 
-def evaluate_arm(arm: Arm, checkpoint: Path, split: str, num_samples: int) -> list[dict[str, Any]]:
+def evaluate_arm(arm: Arm, checkpoint: Path, split: str, num_samples: int | None) -> list[dict[str, Any]]:
     """Test-split rows of one trained model at the arm's capacities and router."""
     model, ckpt = load_model(checkpoint)
     config = ckpt.meta["config"]
@@ -120,11 +120,14 @@ def evaluate_arm(arm: Arm, checkpoint: Path, split: str, num_samples: int) -> li
 
 
 def run_study(
-    name: str, arms: Sequence[Arm], seeds: Sequence[int], root: Path, num_samples: int = 2000, progress: bool = False,
+    name: str, arms: Sequence[Arm], seeds: Sequence[int], root: Path, num_samples: int | None = 2000,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Train every arm for every seed, evaluate on the val and test splits; write results and summary under ``root``.
 
-    Recipes are compared on ``val`` (that is where a choice may be made); ``test`` gives the reported numbers.
+    ``num_samples`` samples of each split are evaluated (``None``: the data set's default, for Fashion-MNIST the
+    whole split). Recipes are compared on ``val`` (that is where a choice may be made); ``test`` gives the reported
+    numbers.
     """
     root.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -239,6 +242,23 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--progress", action="store_true")
     return p
+
+
+def select_arms(arms: Sequence[Arm], names: Sequence[str] | None) -> list[Arm]:
+    """The arms named in ``names`` (all when ``None``) and the arms they start from or evaluate, in study order.
+
+    Raises SystemExit naming the available arms when a name is unknown.
+    """
+    if names is None:
+        return list(arms)
+    unknown = sorted(set(names) - {arm.name for arm in arms})
+    if unknown:
+        raise SystemExit(f"unknown arms: {', '.join(unknown)}; available: {', '.join(a.name for a in arms)}")
+    chosen = set(names)
+    for arm in reversed(arms):  # the arms a chosen arm starts from or evaluates come along
+        if arm.name in chosen:
+            chosen |= {name for name in (arm.init, arm.reuse) if name}
+    return [arm for arm in arms if arm.name in chosen]
 
 
 def setup(args: argparse.Namespace) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import sys
 
@@ -18,6 +19,9 @@ from sklearn.datasets import load_digits
 from mone.cli import main
 from mone.data import ClutteredDigits, FashionMNIST, VideoFolderDataset, build_dataset, list_datasets
 from mone.data.cluttered_digits import draw_two_integers
+from mone.data.fashion_mnist import DEFAULT_DATA_DIR as FASHION_DIR
+from mone.data.fashion_mnist import MEAN as FASHION_MEAN
+from mone.data.fashion_mnist import STD as FASHION_STD
 from mone.data.fashion_mnist import read_idx
 
 # -- cluttered digits ---------------------------------------------------------------------------------------------
@@ -149,6 +153,46 @@ def test_fashion_mnist_pads_to_larger_images(tmp_path):
     assert image.shape == (1, 32, 32)
     np.testing.assert_allclose(image[0, 2:30, 2:30].numpy(), arrays["t10k-images-idx3-ubyte"][2] / 255.0, atol=1e-7)
     assert image[0, :2].abs().sum() == 0 and image[0, :, 30:].abs().sum() == 0
+
+
+def test_fashion_mnist_normalize_pads_with_black_then_standardises(tmp_path):
+    arrays = _fake_fashion_mnist(tmp_path)
+    plain, _ = FashionMNIST("test", tmp_path, img_size=32)[3]
+    image, label = build_dataset("fashion_mnist", "test", str(tmp_path), img_size=32, normalize=True)[3]
+    assert image.shape == (1, 32, 32) and label == arrays["t10k-labels-idx1-ubyte"][3]
+    expected = (arrays["t10k-images-idx3-ubyte"][3] / 255.0 - FASHION_MEAN) / FASHION_STD
+    np.testing.assert_allclose(image[0, 2:30, 2:30].numpy(), expected, rtol=0, atol=1e-5)
+    # The padding is the standardised black background, like a zero pixel inside the image.
+    border = torch.cat([image[0, :2].flatten(), image[0, 30:].flatten(), image[0, :, :2].flatten()])
+    assert torch.allclose(border, torch.tensor(-FASHION_MEAN / FASHION_STD))
+    torch.testing.assert_close(image, (plain - FASHION_MEAN) / FASHION_STD)
+    with pytest.raises(ValueError, match="normalize must be True or False"):
+        FashionMNIST("test", tmp_path, normalize="false")
+
+
+def test_fashion_mnist_num_samples_keeps_the_first_images(tmp_path):
+    arrays = _fake_fashion_mnist(tmp_path)
+    val = FashionMNIST("val", tmp_path, val_size=4, num_samples=3)
+    assert len(val) == 3 and val[2][1] == arrays["train-labels-idx1-ubyte"][10]
+    for bad in (0, 5, 2.0, True):
+        with pytest.raises(ValueError, match=r"num_samples must be an integer in \[1, 4\]"):
+            FashionMNIST("val", tmp_path, val_size=4, num_samples=bad)
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason=f"Fashion-MNIST not installed in {FASHION_DIR}")
+def test_fashion_mnist_standardised_train_pixels_have_mean_0_and_std_1():
+    # Independent of the loader: parse the IDX file with NumPy (16-byte header), take the train split (all but the
+    # last 5,000 images) and standardise with the documented constants.
+    with gzip.open(f"{FASHION_DIR}/train-images-idx3-ubyte.gz", "rb") as handle:
+        raw = np.frombuffer(handle.read(), dtype=np.uint8, offset=16).reshape(60_000, 28, 28)
+    train = (raw[:55_000].astype(np.float64) / 255.0 - FASHION_MEAN) / FASHION_STD
+    assert abs(train.mean()) < 1e-3 and abs(train.std() - 1.0) < 1e-3
+    # The loader gives exactly those pixels (28 px), and at 32 px the same pixels inside a standardised-black frame.
+    data, padded = FashionMNIST("train", normalize=True), FashionMNIST("train", img_size=32, normalize=True)
+    assert len(data) == 55_000
+    for index in (0, 1234, 54_999):
+        np.testing.assert_allclose(data[index][0][0].numpy(), train[index], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(padded[index][0][0, 2:30, 2:30].numpy(), train[index], rtol=0, atol=1e-5)
 
 
 def test_fashion_mnist_missing_files_say_how_to_get_them(tmp_path):

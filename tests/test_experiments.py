@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from mone.data.fashion_mnist import DEFAULT_DATA_DIR as FASHION_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,3 +42,47 @@ def test_image_study_quick_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
     again = [r for r in json.loads((tmp_path / "summary.json").read_text())["rows"] if r["split"] == "test"]
     assert [r["top1_per_seed"] for r in again] == [r["top1_per_seed"] for r in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(FASHION_DIR), reason=f"Fashion-MNIST not installed in {FASHION_DIR}")
+def test_fashion_study_quick_runs_end_to_end_and_report_renders_its_section(tmp_path):
+    study = tmp_path / "fashion"
+    command = [sys.executable, str(ROOT / "experiments" / "study_fashion.py"), "--output", str(study), "--quick",
+               "--seeds", "0", "1", "--threads", "1"]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=900)
+    config = json.loads((study / "runs" / "dense_ViT" / "seed0" / "stage0" / "config.json").read_text())
+    assert config["dataset"] == "fashion_mnist"
+    assert config["dataset_kwargs"] == {"img_size": 32, "normalize": True, "num_samples": 512}
+    rows = [row for row in json.loads((study / "summary.json").read_text())["rows"] if row["split"] == "test"]
+    assert {row["arm"] for row in rows} == {
+        "dense ViT", "dense ViT, depth 2", "MatViT (nested)", "MatViT -> MoNE adaptive",
+        "MatViT -> MoNE, random router at eval", "MoNE fixed 0.5"}
+    for row in rows:
+        assert row["seeds"] == 2 and len(row["top1_per_seed"]) == 2 and 0 <= row["top1_mean"] <= 100
+    capacities = {row["capacity"]: row["gflops"] for row in rows if row["arm"] == "MatViT -> MoNE adaptive"}
+    assert capacities["0.25"] < capacities["0.5"] < capacities["0.75"] < capacities["1"]
+    results = json.loads((study / "results.json").read_text())
+    assert {row["num_samples"] for row in results} == {256}
+    assert (study / "accuracy_vs_gflops.png").stat().st_size > 0
+
+    # The report: the image section from the committed image study (copied: the report redraws its plots), then
+    # the Fashion-MNIST section with every claim its arms can test; the image section is the same with or without.
+    images = tmp_path / "images"
+    shutil.copytree(ROOT / "experiments" / "results" / "images", images)
+    report = [sys.executable, str(ROOT / "experiments" / "report.py"), "--images", str(images)]
+    subprocess.run([*report, "--output", str(tmp_path / "without.md")], check=True, capture_output=True, text=True)
+    subprocess.run([*report, "--output", str(tmp_path / "with.md"), "--fashion", str(study)], check=True,
+                   capture_output=True, text=True)
+    without, text = (tmp_path / "without.md").read_text(), (tmp_path / "with.md").read_text()
+    assert text.startswith(without)
+    fashion = text[len(without):]
+    assert fashion.startswith("## Fashion-MNIST (real data)")
+    assert "Best MoNE recipe on the validation split at capacity 0.5: **" in fashion
+    for claim in ("Dense accuracy at about half the FLOPs", "Better than a dense ViT of the same inference FLOPs",
+                  "Beats MatViT's nested models at equal FLOPs",
+                  "One adaptively trained model stays close to a model trained for the budget",
+                  "The learned router beats a random one"):
+        assert f"| {claim}" in fashion
+    assert "Mixture-of-Depths" not in fashion and "D=32" not in fashion  # arms this study does not run
+    assert "(fashion/accuracy_vs_gflops.png)" in fashion and "| MoNE fixed 0.5 | 0.5 |" in fashion
