@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Arm, Stage, parser, run_study, setup  # noqa: E402
+from common import Arm, Stage, parser, run_study, select_arms, setup  # noqa: E402
 
 from mone.capacity import greedy_distribution, proportionate_distribution, uniform_distribution  # noqa: E402
 from mone.configs import demo  # noqa: E402
@@ -89,15 +89,6 @@ if __name__ == "__main__":
     p.add_argument("--arms", nargs="+", default=None, help="run only these arms (and the arms they start from)")
     args = p.parse_args()
     setup(args)
-    chosen = arms(args.quick, args.embed_dim)
-    if args.arms is not None:
-        unknown = sorted(set(args.arms) - {arm.name for arm in chosen})
-        if unknown:
-            raise SystemExit(f"unknown arms: {', '.join(unknown)}; available: {', '.join(a.name for a in chosen)}")
-        names = set(args.arms)
-        for arm in reversed(chosen):  # the arms a chosen arm starts from or evaluates come along
-            if arm.name in names:
-                names |= {name for name in (arm.init, arm.reuse) if name}
-        chosen = [arm for arm in chosen if arm.name in names]
+    chosen = select_arms(arms(args.quick, args.embed_dim), args.arms)
     run_study("cluttered digits, images", chosen, args.seeds, args.output, progress=args.progress,
               num_samples=256 if args.quick else 2000)
