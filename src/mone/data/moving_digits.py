@@ -46,7 +46,7 @@ class MovingDigits(Dataset):
         seed: generation seed; the same seed gives the same clips.
         normalize: standardise pixels, ``(x - mean) / std``, with the pixel statistics of the first 256 train clips
             (seed 0) generated with the same settings (:func:`pixel_stats`): the same constants for every split and
-            seed, computed, not downloaded. As for cluttered digits, a ViT from scratch learns much faster on them.
+            seed, computed, not downloaded), as :class:`~mone.data.cluttered_digits.ClutteredDigits`' ``normalize``.
 
     Samples are ``(clip [in_chans, T, img_size, img_size] float32 in [0, 1], label int)`` (standardised with
     ``normalize``) with
@@ -181,7 +181,8 @@ def pixel_stats(
     noise_std: float,
 ) -> tuple[float, float]:
     """Pixel mean and standard deviation of the first 256 train clips (seed 0) with these settings, in [0, 1]."""
-    clips = MovingDigits("train", _STATS_CLIPS, num_frames, img_size, digit_size, num_directions, num_fragments,
-                         fragment_size, noise_std)
+    clips = MovingDigits("train", _STATS_CLIPS, num_frames=num_frames, img_size=img_size, digit_size=digit_size,
+                         num_directions=num_directions, num_fragments=num_fragments, fragment_size=fragment_size,
+                         noise_std=noise_std)
     pixels = torch.stack([clips[i][0] for i in range(_STATS_CLIPS)])  # [256, 1, T, H, W]
     return float(pixels.mean()), float(pixels.std())
