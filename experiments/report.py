@@ -6,7 +6,8 @@ The verdict rules are fixed here, before any number is read, and printed in the 
 * "matches" means the MoNE mean is at most 1 point below the reference; "close" at most 3 points below.
 
     python experiments/report.py --images experiments/results/images --output docs/results.md \
-        [--width experiments/results/images_d128] [--fashion experiments/results/fashion]
+        [--width experiments/results/images_d128] [--fashion experiments/results/fashion] \
+        [--video experiments/results/video]
 
 A study may run a subset of the image study's arms (the Fashion-MNIST study does): a claim is judged when the arms
 it needs exist, and the evidence names only the arms that exist.
@@ -233,6 +234,57 @@ def width_section(folder: Path, docs: Path) -> list[str]:
     return lines
 
 
+
+VIDEO_DENSE, VIDEO_HALF = "dense ViViT", "dense ViViT, 2 spatial blocks"
+VIDEO_MONE, VIDEO_RANDOM = "MatViT -> MoNE ViViT adaptive", "MatViT -> MoNE ViViT, random router at eval"
+
+
+def video_verdicts(summary: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(claim, verdict, evidence) for the paper's video claim, MoNE at capacities 0.5 and 0.25, with the image
+    section's rules: against the dense ViViT as "dense accuracy at fewer FLOPs", against the dense ViViT of about
+    half the FLOPs as "better than the dense model a user would otherwise pick"."""
+    dense, half = lookup(summary, VIDEO_DENSE, "1"), lookup(summary, VIDEO_HALF, "1")
+    out = []
+    for reference, ref in ((VIDEO_DENSE, dense), (VIDEO_HALF, half)):
+        for capacity in ("0.5", "0.25"):
+            mone = lookup(summary, VIDEO_MONE, capacity)
+            gap, se = difference(mone, ref)
+            fewer = dense["gflops"] / mone["gflops"]
+            if ref is dense:
+                claim = f"Dense ViViT accuracy at {fewer:.1f}x fewer FLOPs (MoNE at {capacity})"
+                word = "holds" if gap >= -MATCH else "holds partly" if gap >= -CLOSE else "does not hold"
+            else:
+                claim = f"Better than the dense ViViT of {dense['gflops'] / half['gflops']:.1f}x fewer FLOPs " \
+                        f"(MoNE at {capacity}, {fewer:.1f}x fewer)"
+                word = "holds" if gap > 2 * se else "holds partly" if gap >= -MATCH else "does not hold"
+            out.append((claim, word,
+                        f"{VIDEO_MONE} at {capacity}: {mone['top1_mean']:.2f} ± {mone['top1_std']:.2f}% at "
+                        f"{1e3 * mone['gflops']:.2f} MFLOPs; {reference} {ref['top1_mean']:.2f} ± "
+                        f"{ref['top1_std']:.2f}% at {1e3 * ref['gflops']:.2f} MFLOPs; difference {_fmt(gap, se)} "
+                        "points."))
+    return out
+
+
+def video_section(folder: Path, docs: Path) -> list[str]:
+    """The video study: verdicts for "MoNE fine-tuned from a nested model matches dense at 2-3x fewer FLOPs",
+    the router against a random one, the plot and the tables."""
+    summary = json.loads((folder / "summary.json").read_text())["rows"]
+    test = [s for s in summary if s["split"] == "test"]
+    val = [s for s in summary if s["split"] == "val"]
+    rel = Path(os.path.relpath(folder, docs.parent))
+    leads = ", ".join(f"{c}: {_fmt(*difference(lookup(summary, VIDEO_MONE, c), lookup(summary, VIDEO_RANDOM, c)))}"
+                      for c in ("0.25", "0.5", "0.75"))
+    lines = ["## Video: moving digits", "",
+             "The paper's video claim: MoNE fine-tuned from a nested (MatViT) model matches a dense ViViT at 2-3x "
+             "fewer FLOPs.", "",
+             "| claim | verdict | evidence (test split, mean ± standard error over seeds) |", "|---|---|---|"]
+    lines += [f"| {claim} | **{word}** | {evidence} |" for claim, word, evidence in video_verdicts(summary)]
+    lines += ["", f"Learned minus random router on the same weights ({VIDEO_MONE}): {leads} points.", "",
+              f"![accuracy against GFLOPs]({rel}/accuracy_vs_gflops.png)", "",
+              "### Test split", "", markdown_table(test), "", "### Validation split", "", markdown_table(val), ""]
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=Path, required=True, help="image study folder")
@@ -240,6 +292,7 @@ def main() -> None:
     p.add_argument("--width", type=Path, nargs="*", default=[], help="width study folders (study_images.py with "
                    "--embed-dim and the arms dense ViT, dense ViT depth 2 and MoNE recipes)")
     p.add_argument("--fashion", type=Path, default=None, help="Fashion-MNIST study folder (study_fashion.py)")
+    p.add_argument("--video", type=Path, default=None, help="video study folder (study_video.py)")
     p.add_argument("--preamble", type=Path, default=Path(__file__).with_name("results_preamble.md"))
     args = p.parse_args()
     lines = [args.preamble.read_text().rstrip(), ""] if args.preamble.exists() else []
@@ -251,6 +304,8 @@ def main() -> None:
         lines += width_section(folder, args.output)
     if args.fashion is not None:
         lines += section("Fashion-MNIST (real data)", args.fashion, args.output, FASHION_INTRO)
+    if args.video is not None:
+        lines += video_section(args.video, args.output)
     atomic_write_text(args.output, "\n".join(lines) + "\n")
 
 

@@ -13,7 +13,7 @@ from mone import count_flops, create_model, realised_capacity
 from mone._settings import add_setting_arguments, setting, setting_changes
 from mone.bench import BenchConfig
 from mone.cli import build_parser, main
-from mone.configs import get_config, list_configs
+from mone.configs import VIDEO_VARIANTS, get_config, list_configs, video
 from mone.train.checkpoint import load_model
 from mone.train.cli import config_from_args
 from mone.train.config import TrainConfig
@@ -92,6 +92,22 @@ def test_local_presets_are_smaller():
         full, local = get_config(name), get_config(name, local=True)
         assert local.steps < full.steps and local.batch_size <= full.batch_size, name
 
+
+
+def test_video_presets_compare_what_the_study_says():
+    dense, half, nested, finetune = (video(v) for v in VIDEO_VARIANTS)
+    assert dense.model == "mone_vivit_test" and dense.dataset == "moving_digits"
+    assert dense.dataset_kwargs["normalize"] and dense.model_kwargs["num_classes"] == 20
+    flops = {name: count_flops(create_model(c.model, **c.model_kwargs), (1, 8, 24, 24))
+             for name, c in (("dense", dense), ("half", half), ("nested", nested))}
+    assert 0.45 < flops["half"] / flops["dense"] < 0.55  # "about half the FLOPs"
+    assert flops["nested"] == pytest.approx(flops["dense"], rel=0.01)  # same ViViT, plus the router
+    assert (dense.model_kwargs["num_experts"], nested.model_kwargs["num_experts"]) == (1, 4)
+    assert (nested.capacity_mode, finetune.capacity_mode, finetune.model_kwargs) == (
+        "nested", "adaptive", nested.model_kwargs)  # the fine-tune loads the nested model's weights
+    assert finetune.steps < nested.steps <= dense.steps
+    with pytest.raises(ValueError, match="video variant must be one of dense, dense_half, nested, finetune"):
+        video("mone")
 
 def test_a_local_preset_trains_end_to_end(tmp_path, capsys):
     run = tmp_path / "run"

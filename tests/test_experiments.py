@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,3 +87,44 @@ def test_fashion_study_quick_runs_end_to_end_and_report_renders_its_section(tmp_
         assert f"| {claim}" in fashion
     assert "Mixture-of-Depths" not in fashion and "D=32" not in fashion  # arms this study does not run
     assert "(fashion/accuracy_vs_gflops.png)" in fashion and "| MoNE fixed 0.5 | 0.5 |" in fashion
+
+
+@pytest.mark.slow
+def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
+    study = tmp_path / "video"
+    command = [sys.executable, str(ROOT / "experiments" / "study_video.py"), "--output", str(study), "--quick",
+               "--seeds", "0", "1", "--threads", "1"]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+    summary = json.loads((study / "summary.json").read_text())
+    assert summary["study"] == "moving digits, video"
+    rows = {(r["arm"], r["capacity"]): r for r in summary["rows"] if r["split"] == "test"}
+    mone = "MatViT -> MoNE ViViT adaptive"
+    assert set(rows) == {
+        ("dense ViViT", "1"), ("dense ViViT, 2 spatial blocks", "1"),
+        *(("MatViT (nested) ViViT", f"width {w}") for w in ("1/8", "1/4", "1/2", "1")),
+        *((arm, c) for arm in (mone, "MatViT -> MoNE ViViT, random router at eval")
+          for c in ("0.25", "0.5", "0.75", "1")),
+    }
+    for row in rows.values():
+        assert row["seeds"] == 2 and len(row["top1_per_seed"]) == 2 and 0 <= row["top1_mean"] <= 100
+    # FLOPs: MoNE grows with capacity and reaches the dense model's at 1; the smaller dense model costs less.
+    assert rows[(mone, "0.25")]["gflops"] < rows[(mone, "0.5")]["gflops"] < rows[(mone, "1")]["gflops"]
+    assert rows[(mone, "1")]["gflops"] == pytest.approx(rows[("dense ViViT", "1")]["gflops"], rel=0.01)
+    assert rows[("dense ViViT, 2 spatial blocks", "1")]["gflops"] < rows[("dense ViViT", "1")]["gflops"]
+    # The random router evaluates the fine-tuned model (no training of its own) and the fine-tune starts from MatViT.
+    assert not (study / "runs" / "MatViT_->_MoNE_ViViT,_random_router_at_eval").exists()
+    config = json.loads((study / "runs" / "MatViT_->_MoNE_ViViT_adaptive" / "seed1" / "stage0" / "config.json")
+                        .read_text())
+    assert config["init_from"].endswith("MatViT_(nested)_ViViT/seed1/stage0/checkpoint.safetensors")
+    assert config["capacity_mode"] == "adaptive" and config["dataset"] == "moving_digits"
+    assert (study / "accuracy_vs_gflops.png").stat().st_size > 0
+
+    report = tmp_path / "results.md"
+    images = shutil.copytree(ROOT / "experiments" / "results" / "images", tmp_path / "images")  # re-plotted there
+    subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), "--images", str(images), "--video",
+                    str(study), "--output", str(report)], check=True, capture_output=True, text=True, timeout=300)
+    video = report.read_text().split("## Video: moving digits", 1)[1]
+    claims = re.findall(r"^\| (Dense ViViT accuracy at|Better than the dense ViViT of) .*? \| \*\*(.+?)\*\* \|", video,
+                        flags=re.MULTILINE)
+    assert len(claims) == 4 and {word for _, word in claims} <= {"holds", "holds partly", "does not hold"}
+    assert "| MatViT (nested) ViViT | width 1/2 |" in video and "video/accuracy_vs_gflops.png" in video

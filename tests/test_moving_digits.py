@@ -71,6 +71,28 @@ def test_every_class_occurs():
     assert set(labels) == set(range(ds.num_classes)) and ds.num_classes == 20
 
 
+
+def test_normalize_standardises_with_train_statistics_of_the_same_settings():
+    settings = dict(num_frames=4, img_size=24, digit_size=14, num_directions=2, num_fragments=1)
+    raw = MovingDigits("val", num_samples=6, seed=3, **settings)
+    standard = MovingDigits("val", num_samples=6, seed=3, normalize=True, **settings)
+    mean, std = standard.pixel_mean, standard.pixel_std
+    assert 0.05 < mean < 0.5 and 0.1 < std < 0.5
+    for i in range(6):
+        (x, y), (z, w) = raw[i], standard[i]
+        assert y == w and z.dtype == torch.float32
+        torch.testing.assert_close(z, (x - mean) / std, rtol=0, atol=1e-5)
+    # The constants come from the train split whatever the split and seed asked for ...
+    assert (MovingDigits("test", num_samples=1, seed=9, normalize=True, **settings).pixel_mean,
+            MovingDigits("test", num_samples=1, seed=9, normalize=True, **settings).pixel_std) == (mean, std)
+    # ... and follow the settings: a larger digit on the same canvas brightens the clips.
+    bigger = MovingDigits("val", num_samples=1, normalize=True, **dict(settings, digit_size=20))
+    assert bigger.pixel_mean > mean + 0.05
+    # Clips the statistics were not computed from (another seed) come out standardised on average.
+    pixels = torch.stack([MovingDigits("train", num_samples=200, seed=5, normalize=True, **settings)[i][0]
+                          for i in range(200)])
+    assert abs(pixels.mean().item()) < 0.05 and abs(pixels.std().item() - 1) < 0.05
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

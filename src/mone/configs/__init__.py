@@ -13,8 +13,9 @@ from typing import Any
 from ..train.config import TrainConfig
 from .demo import DEMO_MODEL_KWARGS, demo
 from .presets import fashion_mnist_adaptive, imagenet_vit_s16_adaptive
+from .video import VIDEO_VARIANTS, video
 
-__all__ = ["DEMO_MODEL_KWARGS", "PRESETS", "demo", "get_config", "list_configs"]
+__all__ = ["DEMO_MODEL_KWARGS", "PRESETS", "VIDEO_VARIANTS", "demo", "get_config", "list_configs", "video"]
 
 PRESETS: dict[str, Callable[[bool], TrainConfig]] = {
     "demo_dense": lambda local=False: demo("dense", local),
@@ -23,6 +24,10 @@ PRESETS: dict[str, Callable[[bool], TrainConfig]] = {
     "demo_dense_half": lambda local=False: demo("dense_half", local),
     "demo_nested": lambda local=False: demo("nested", local),
     "demo_finetune": lambda local=False: demo("finetune", local),
+    "video_dense": lambda local=False: video("dense", local),
+    "video_dense_half": lambda local=False: video("dense_half", local),
+    "video_nested": lambda local=False: video("nested", local),
+    "video_finetune": lambda local=False: video("finetune", local),
     "fashion_mnist_adaptive": fashion_mnist_adaptive,
     "imagenet_vit_s16_adaptive": imagenet_vit_s16_adaptive,
 }

@@ -12,6 +12,8 @@ into disjoint train / val / test pools, so no source digit of the test split (cl
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -19,11 +21,12 @@ from torch.utils.data import Dataset
 from .._checks import check_int
 from .cluttered_digits import SPLITS, check_split, draw_two_integers, sample_rng, upscaled_pool
 
-__all__ = ["DIRECTIONS", "SPLITS", "MovingDigits"]
+__all__ = ["DIRECTIONS", "SPLITS", "MovingDigits", "pixel_stats"]
 
 DIRECTIONS = ("right", "left", "down", "up")  # the first ``num_directions`` are used
 _STEPS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # (row, column) per unit of travel
 _DEFAULT_NUM_SAMPLES = {"train": 20_000, "val": 1_000, "test": 1_000}
+_STATS_CLIPS = 256  # train clips (seed 0) whose pixels give the standardisation of ``normalize``
 
 
 class MovingDigits(Dataset):
@@ -41,8 +44,12 @@ class MovingDigits(Dataset):
         noise_std: standard deviation of the Gaussian pixel noise, drawn anew for every frame (clipped to [0, 1]).
         in_chans: 1, or 3 to repeat the grey frames over three channels (for RGB models).
         seed: generation seed; the same seed gives the same clips.
+        normalize: standardise pixels, ``(x - mean) / std``, with the pixel statistics of the first 256 train clips
+            (seed 0) generated with the same settings (:func:`pixel_stats`): the same constants for every split and
+            seed, computed, not downloaded), as :class:`~mone.data.cluttered_digits.ClutteredDigits`' ``normalize``.
 
-    Samples are ``(clip [in_chans, T, img_size, img_size] float32 in [0, 1], label int)`` with
+    Samples are ``(clip [in_chans, T, img_size, img_size] float32 in [0, 1], label int)`` (standardised with
+    ``normalize``) with
     ``label = digit * num_directions + direction`` (:data:`DIRECTIONS` order); :meth:`trajectory` gives the digit's
     box in every frame.
     """
@@ -60,6 +67,7 @@ class MovingDigits(Dataset):
         noise_std: float = 0.05,
         in_chans: int = 1,
         seed: int = 0,
+        normalize: bool = False,
     ) -> None:
         check_split(split)
         num_samples = _DEFAULT_NUM_SAMPLES[split] if num_samples is None else num_samples
@@ -90,7 +98,12 @@ class MovingDigits(Dataset):
         self.noise_std = float(noise_std)
         self.in_chans = in_chans
         self.seed = int(seed)
+        self.normalize = bool(normalize)
         self.num_classes = 10 * num_directions
+        self.pixel_mean, self.pixel_std = (
+            pixel_stats(num_frames, img_size, digit_size, num_directions, num_fragments, fragment_size, self.noise_std)
+            if self.normalize else (0.0, 1.0)
+        )
 
     @property
     def input_size(self) -> tuple[int, int, int, int]:
@@ -147,6 +160,8 @@ class MovingDigits(Dataset):
         if self.noise_std > 0:
             clip += self.noise_std * rng.standard_normal(clip.shape, dtype=np.float32)
         np.clip(clip, 0.0, 1.0, out=clip)
+        if self.normalize:
+            clip = (clip - np.float32(self.pixel_mean)) / np.float32(self.pixel_std)
         frames = torch.from_numpy(clip).unsqueeze(0)  # [1, T, H, W]
         if self.in_chans == 3:
             frames = frames.expand(3, -1, -1, -1).contiguous()  # [3, T, H, W]
@@ -155,5 +170,19 @@ class MovingDigits(Dataset):
     def __repr__(self) -> str:
         return (
             f"MovingDigits(split={self.split!r}, num_samples={self.num_samples}, num_frames={self.num_frames}, "
-            f"img_size={self.img_size}, num_directions={self.num_directions}, seed={self.seed})"
+            f"img_size={self.img_size}, num_directions={self.num_directions}, seed={self.seed}, "
+            f"normalize={self.normalize})"
         )
+
+
+@functools.cache
+def pixel_stats(
+    num_frames: int, img_size: int, digit_size: int, num_directions: int, num_fragments: int, fragment_size: int,
+    noise_std: float,
+) -> tuple[float, float]:
+    """Pixel mean and standard deviation of the first 256 train clips (seed 0) with these settings, in [0, 1]."""
+    clips = MovingDigits("train", _STATS_CLIPS, num_frames=num_frames, img_size=img_size, digit_size=digit_size,
+                         num_directions=num_directions, num_fragments=num_fragments, fragment_size=fragment_size,
+                         noise_std=noise_std)
+    pixels = torch.stack([clips[i][0] for i in range(_STATS_CLIPS)])  # [256, 1, T, H, W]
+    return float(pixels.mean()), float(pixels.std())
