@@ -64,8 +64,25 @@ class Arm:
     router: str = "learned"
     family: str = "mone"
     init: str | None = None  # the arm whose trained model (same seed) starts this arm's first stage
+    init_seed: int | None = None  # start from the ``init`` arm's run of this seed instead (every seed the same model)
     reuse: str | None = None  # evaluate another arm's trained model instead of training (e.g. with a random router)
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+STUDY_EMBED_DIM = 64  # the image studies' recipe, pinned: the demo's presets have since moved on (D=128, tuned lr)
+STUDY_LR = 2e-3
+STUDY_FINE_TUNE_LR = 5e-4
+
+
+def study_preset(variant: str, quick: bool, embed_dim: int | None = None) -> TrainConfig:
+    """The ``demo`` preset ``variant`` with the image studies' recipe: width ``embed_dim`` (default 64; ``quick``
+    keeps the presets' tiny model), lr 2e-3, fine-tuning lr 5e-4 (the values every study run so far used)."""
+    from mone.configs import demo
+
+    config = demo(variant, quick)
+    width = embed_dim or (config.model_kwargs["embed_dim"] if quick else STUDY_EMBED_DIM)
+    return config.replace(lr=STUDY_FINE_TUNE_LR if variant == "finetune" else STUDY_LR,
+                          model_kwargs=dict(config.model_kwargs, embed_dim=width))
 
 
 def run_dir(root: Path, arm: str, seed: int, stage: int) -> Path:
@@ -88,7 +105,8 @@ def train_arm(arm: Arm, seed: int, root: Path, progress: bool, arms: dict[str, A
     previous: str | None = None
     seconds = 0.0
     if arm.init is not None:
-        checkpoint, seconds = train_arm(arms[arm.init], seed, root, progress, arms)
+        init_seed = seed if arm.init_seed is None else arm.init_seed
+        checkpoint, seconds = train_arm(arms[arm.init], init_seed, root, progress, arms)
         previous = str(checkpoint)
     for index, stage in enumerate(arm.stages):
         folder = run_dir(root, arm.name, seed, index)

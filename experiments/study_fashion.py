@@ -25,10 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Arm, Stage, parser, run_study, select_arms, setup  # noqa: E402
+from common import Arm, Stage, parser, run_study, select_arms, setup, study_preset  # noqa: E402
 from study_images import CAPACITIES, WIDTH_LABELS, WIDTHS  # noqa: E402
 
-from mone.configs import demo  # noqa: E402
 from mone.data.fashion_mnist import DEFAULT_DATA_DIR  # noqa: E402
 from mone.train.config import TrainConfig  # noqa: E402
 
@@ -41,12 +40,11 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
 
     def preset(variant: str) -> Stage:
         def stage(seed: int, previous: str | None) -> TrainConfig:
-            config = demo(variant, quick)
-            model_kwargs = dict(config.model_kwargs, **({} if embed_dim is None else {"embed_dim": embed_dim}))
+            config = study_preset(variant, quick, embed_dim)
             dataset_kwargs = dict(img_size=IMG_SIZE, normalize=True)
             if quick:
                 dataset_kwargs["num_samples"] = QUICK_SAMPLES
-            return config.replace(seed=seed, init_from=previous, model_kwargs=model_kwargs, dataset="fashion_mnist",
+            return config.replace(seed=seed, init_from=previous, dataset="fashion_mnist",
                                   data_dir=data_dir, dataset_kwargs=dataset_kwargs)
         return stage
 

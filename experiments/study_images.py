@@ -18,10 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Arm, Stage, parser, run_study, select_arms, setup  # noqa: E402
+from common import Arm, Stage, parser, run_study, select_arms, setup, study_preset  # noqa: E402
 
 from mone.capacity import greedy_distribution, proportionate_distribution, uniform_distribution  # noqa: E402
-from mone.configs import demo  # noqa: E402
 from mone.train.config import TrainConfig  # noqa: E402
 
 CAPACITIES = (0.25, 0.5, 0.75, 1.0)
@@ -37,10 +36,7 @@ FINE_TUNE_LRS = (2e-4, 1e-4)
 def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
     """The study's arms; ``embed_dim`` widens every model (the D=32 arm keeps half of it)."""
     def base(variant: str) -> TrainConfig:
-        config = demo(variant, quick)
-        if embed_dim is None:
-            return config
-        return config.replace(model_kwargs=dict(config.model_kwargs, embed_dim=embed_dim))
+        return study_preset(variant, quick, embed_dim)
 
     def preset(variant: str, lr: float | None = None, **model_changes) -> Stage:
         def stage(seed: int, previous: str | None) -> TrainConfig:
@@ -58,7 +54,7 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
         config = base("finetune")
         return config.replace(seed=seed, init_from=previous, capacity_mode="fixed", capacity=0.5)
 
-    narrow = (embed_dim or demo("dense").model_kwargs["embed_dim"]) // 2
+    narrow = base("dense").model_kwargs["embed_dim"] // 2
 
     matvit_mone = "MatViT -> MoNE adaptive"
     return [
@@ -84,6 +80,8 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
         # the fine-tuning stage at lower learning rates (lr 5e-4 loses 5.6 points at capacity 1.0 at D=128)
         *(Arm(f"{matvit_mone}, lr {lr:g}", (preset("finetune", lr=lr),), CAPACITIES, init="MatViT (nested)")
           for lr in FINE_TUNE_LRS),
+        # what `mone demo` runs: seed 0's nested model (shipped) fine-tuned with each seed
+        Arm("MatViT seed 0 -> MoNE adaptive", (preset("finetune"),), CAPACITIES, init="MatViT (nested)", init_seed=0),
     ]
 
 

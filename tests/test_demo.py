@@ -53,3 +53,20 @@ def test_more_test_images_narrow_the_margin():
     margins = [_verdict(0.7, 0.68, n)[1] for n in (100, 400, 1600, 6400)]
     assert margins == pytest.approx([margins[0] / 2**k for k in range(4)], rel=1e-12)  # 1 / sqrt(n)
     assert [_verdict(0.7, 0.68, n)[0] for n in (100, 6400)] == ["matches", "does not match"]
+
+
+@pytest.mark.parametrize("variant", ["dense", "nested"])
+def test_shipped_checkpoints_are_the_demo_presets_runs(variant):
+    """The demo loads these instead of training: they must hold a full run of exactly today's preset (a preset
+    changed without re-exporting the checkpoint would make the demo compare models trained differently)."""
+    from mone.configs import demo
+    from mone.demo import PRETRAINED
+    from mone.train.checkpoint import load_model
+
+    model, checkpoint = load_model(PRETRAINED[variant])
+    config, preset = checkpoint.meta["config"], demo(variant).to_dict()
+    assert {k: config[k] for k in preset if k not in ("output_dir", "init_from")} == \
+        {k: v for k, v in preset.items() if k not in ("output_dir", "init_from")}
+    assert int(checkpoint.meta["step"]) == preset["steps"]
+    assert model.num_experts == (1 if variant == "dense" else 4)
+    assert sum(p.numel() for p in model.parameters()) > 500_000  # the D=128 model, not the --local one

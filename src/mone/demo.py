@@ -1,15 +1,16 @@
 """``mone demo``: at half the compute, should you pick MoNE or a smaller dense ViT? Measured on cluttered digits.
 
-Trains, with the same data and optimiser, a dense ViT (4 layers), a dense ViT of half its FLOPs (2 layers) and a MoNE
-model by the image study's steadiest recipe that serves every budget: MatViT-style nested pre-training, then 300
-steps of adaptive MoNE fine-tuning (``mone.configs.demo``; 59.1 ± 2.7% at capacity 0.5 over 3 seeds, against
-67.5 ± 10.2% for MoNE trained at a fixed 0.5, which collapses at every other budget, see docs/results.md). The nested pre-training (1,200 steps, about 5 minutes on 2 cores) ships with
-the package as a weights-only checkpoint made by ``experiments/study_images.py`` (seed 0); ``--pretrain`` runs it
-here instead. Every model is evaluated on the test split (source digits never seen in training): top-1 against
-GFLOPs and against measured images/s, MoNE at capacities {0.25, 0.5, 0.75, 1.0} from one model; then the verdict in
-plain words, routing maps and the share of digit tokens the router sends to the large experts, beside a random
-router and the router at initialisation. Nothing is tuned on the test split; docs/results.md has 3 seeds of every
-comparison.
+Compares, with the same data and optimiser (``mone.configs.demo``: D=128, 4 layers, 64 tokens), a dense ViT, a dense
+ViT of half its FLOPs (2 layers), the half-width ViT that nested (MatViT) training leaves inside the MoNE model, and
+MoNE by the image study's best recipe (docs/results.md, chosen on validation): MatViT-style nested pre-training,
+then 300 steps of adaptive MoNE fine-tuning, one model for every budget. The two long runs, the dense ViT and the
+nested pre-training (about 9 and 25 minutes on one core), ship with the package as weights-only checkpoints made by
+``experiments/study_images.py`` (seed 0) and ``experiments/export_demo_checkpoint.py``; ``--pretrain`` retrains them
+here. The 2-layer dense ViT and the MoNE fine-tuning train here. Every model is evaluated on the test split (source
+digits never seen in training): top-1 against GFLOPs and against measured images/s, MoNE at capacities
+{0.25, 0.5, 0.75, 1.0} from one model; then the verdict in plain words, routing maps and the share of digit tokens the
+router sends to the large experts, beside a random router and the router at initialisation. Nothing is tuned on the
+test split; docs/results.md has 3 seeds of every comparison.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ._io import atomic_write_text, prepare_output_dir, save_figure
 from .configs import demo as demo_config
 from .data import build_dataset
 from .models import create_model
+from .train.checkpoint import load_model
 from .train.evaluate import evaluate, format_table, write_results
 from .train.loop import train
 from .viz import object_routing_share, save_routing_maps
@@ -38,13 +40,15 @@ __all__ = ["PRETRAINED", "add_arguments", "run", "run_demo"]
 
 _logger = logging.getLogger(__name__)
 
-PRETRAINED = files("mone") / "assets" / "demo_nested_seed0.safetensors"
+PRETRAINED = {variant: files("mone") / "assets" / f"demo_{variant}_seed0.safetensors" for variant in ("dense", "nested")}
 EVAL_CAPACITIES = (0.25, 0.5, 0.75, 1.0)
 SHARE_CAPACITIES = (0.25, 0.5, 0.75)
 TEST_SAMPLES = 5000
+HALF_WIDTH = (0.0, 0.0, 1.0, 0.0)  # every token on the third nested expert: the D/2-wide ViT inside the model
 LABELS = {
     "dense": "dense ViT (4 layers)",
     "dense_half": "dense ViT, 2 layers (half the FLOPs)",
+    "matvit_half": "MatViT half-width ViT (nested pre-training alone)",
     "finetune": "MoNE (nested pre-training + adaptive)",
 }
 
@@ -62,15 +66,16 @@ def _verdict(dense: float, mone: float, num_samples: int) -> tuple[str, float]:
     return word, margin
 
 
-def _nested_checkpoint(config: Any, pretrain: bool, progress: bool) -> tuple[Path, float | None]:
-    """The nested pre-training's checkpoint: trained here with ``pretrain``, else the one shipped with mone."""
+def _shipped_or_trained(variant: str, config: Any, pretrain: bool, progress: bool) -> tuple[Path, float | None]:
+    """The checkpoint of ``variant`` (``dense`` or ``nested``) and its training seconds: trained here with
+    ``pretrain``, else the one shipped with mone (seconds ``None``)."""
     if pretrain:
         tic = time.perf_counter()
         result = train(config, resume=True, progress=progress)
         return result.checkpoint, time.perf_counter() - tic
-    if not PRETRAINED.is_file():
-        raise FileNotFoundError(f"the shipped nested checkpoint {PRETRAINED} is missing; run with --pretrain")
-    return Path(str(PRETRAINED)), None
+    if not PRETRAINED[variant].is_file():
+        raise FileNotFoundError(f"the shipped checkpoint {PRETRAINED[variant]} is missing; run with --pretrain")
+    return Path(str(PRETRAINED[variant])), None
 
 
 def run_demo(
@@ -88,10 +93,10 @@ def run_demo(
             there is reused (an interrupted one continues), a run with other settings is refused.
         steps: override the training steps of every model (default: the presets').
         local: the presets' tiny versions and a small test set (smoke tests; numbers meaningless). Implies
-            ``pretrain`` (the shipped checkpoint is for the full-size model).
+            ``pretrain`` (the shipped checkpoints are for the full-size models).
         device: where to train and evaluate.
         progress: progress bars.
-        pretrain: run the nested pre-training here instead of loading the shipped checkpoint.
+        pretrain: train the dense ViT and the nested pre-training here instead of loading the shipped checkpoints.
     """
     start = time.perf_counter()
     output_dir = prepare_output_dir(output_dir)
@@ -102,15 +107,21 @@ def run_demo(
     test = build_dataset("cluttered_digits", "test", **dict(configs["dense"].dataset_kwargs,
                                                             num_samples=256 if local else TEST_SAMPLES))
 
-    nested, nested_seconds = _nested_checkpoint(configs["nested"], pretrain or local, progress)
-    configs["finetune"] = configs["finetune"].replace(init_from=str(nested))
-    models, train_seconds, results = {}, {}, {}
-    for variant in ("dense", "dense_half", "finetune"):
+    checkpoints, train_seconds = {}, {}
+    for variant in ("dense", "nested"):
+        checkpoints[variant], train_seconds[variant] = _shipped_or_trained(variant, configs[variant], pretrain or local,
+                                                                           progress)
+    configs["finetune"] = configs["finetune"].replace(init_from=str(checkpoints["nested"]))
+    models = {variant: load_model(checkpoints[variant])[0].eval() for variant in ("dense", "nested")}
+    for variant in ("dense_half", "finetune"):
         tic = time.perf_counter()
         models[variant] = train(configs[variant], resume=True, progress=progress).model.cpu().eval()
         train_seconds[variant] = time.perf_counter() - tic
-        capacities = EVAL_CAPACITIES if models[variant].num_experts > 1 else (1.0,)
-        results[LABELS[variant]] = evaluate(models[variant], test, capacities, batch_size=500)
+    results = {LABELS[variant]: evaluate(models[variant], test, (1.0,), batch_size=500)
+               for variant in ("dense", "dense_half")}
+    results[LABELS["matvit_half"]] = evaluate(models["nested"], test, (HALF_WIDTH,), batch_size=500)
+    results[LABELS["matvit_half"]][0]["capacity"] = 1.0  # a model of its own: all of its (half-width) layers
+    results[LABELS["finetune"]] = evaluate(models["finetune"], test, EVAL_CAPACITIES, batch_size=500)
     mone = models["finetune"]
 
     write_results(results, output_dir)
@@ -123,21 +134,23 @@ def run_demo(
     atomic_write_text(output_dir / "routing_share.json", json.dumps(shares, indent=2) + "\n")
 
     dense, half = results[LABELS["dense"]][0], results[LABELS["dense_half"]][0]
+    matvit_half = results[LABELS["matvit_half"]][0]
     mone_half = next(r for r in results[LABELS["finetune"]] if r["capacity"] == 0.5)
     verdict_dense, margin = _verdict(dense["top1"], mone_half["top1"], dense["num_samples"])
     summary = {
         "dense_top1": dense["top1"],
         "dense_half_top1": half["top1"],
+        "matvit_half_top1": matvit_half["top1"],
         "mone_at_0.5_top1": mone_half["top1"],
         "verdict_vs_dense": verdict_dense,
         "verdict_vs_dense_half": _verdict(half["top1"], mone_half["top1"], half["num_samples"])[0],
+        "verdict_vs_matvit_half": _verdict(matvit_half["top1"], mone_half["top1"], matvit_half["num_samples"])[0],
         "margin": margin,
         "flops_ratio": dense["gflops"] / mone_half["gflops"],
         "speedup_vs_dense": mone_half["images_per_s"] / dense["images_per_s"],
         "speedup_vs_dense_half": mone_half["images_per_s"] / half["images_per_s"],
         "train_seconds": train_seconds,
-        "nested_pretraining_seconds": nested_seconds,
-        "nested_checkpoint": str(nested),
+        "checkpoints": {variant: str(path) for variant, path in checkpoints.items()},
         "alpha": float(mone.alpha_value.detach()),
         "total_seconds": time.perf_counter() - start,
     }
@@ -190,29 +203,44 @@ def _report(
     summary: dict[str, Any], results: dict[str, list[dict[str, float]]], shares: dict[str, list[dict[str, Any]]],
     configs: dict[str, Any], local: bool, pretrain: bool,
 ) -> str:
-    pct = {k: 100 * summary[k] for k in ("dense_top1", "dense_half_top1", "mone_at_0.5_top1")}
+    pct = {k: 100 * summary[k] for k in ("dense_top1", "dense_half_top1", "matvit_half_top1", "mone_at_0.5_top1")}
     mone_rows = {r["capacity"]: r for r in results[LABELS["finetune"]]}
     dense_row = results[LABELS["dense"]][0]
     speed = summary["speedup_vs_dense"]
     budgets = ", ".join(f"{c:g}: {100 * r['top1']:.2f}%" for c, r in mone_rows.items())
+    width = configs["nested"].model_kwargs["embed_dim"]
+    same_flops = {LABELS["dense_half"]: pct["dense_half_top1"], LABELS["matvit_half"]: pct["matvit_half_top1"]}
+    beaten = [name for name, key in (("dense_half", "verdict_vs_dense_half"), ("matvit_half", "verdict_vs_matvit_half"))
+              if summary[key] == "does not match"]
+    answer = ("MoNE at half the compute is the model to pick here." if not beaten else
+              f"At this scale MoNE does not beat a dense ViT of the same FLOPs: for half the compute, pick the "
+              f"{max(same_flops, key=same_flops.get)} ({max(same_flops.values()):.2f}%).")
     verdict = [
         f"**At capacity 0.5, MoNE {summary['verdict_vs_dense']} the full dense ViT** ({pct['mone_at_0.5_top1']:.2f}% "
         f"against {pct['dense_top1']:.2f}% top-1, {summary['flops_ratio']:.2f}x fewer FLOPs; two standard errors of "
-        f"the difference from test-set sampling: {100 * summary['margin']:.2f} points) **and "
-        f"{summary['verdict_vs_dense_half']} the dense ViT of half the FLOPs** ({pct['dense_half_top1']:.2f}%).",
+        f"the difference from test-set sampling: {100 * summary['margin']:.2f} points), **"
+        f"{summary['verdict_vs_dense_half']} the dense ViT of half the FLOPs** ({pct['dense_half_top1']:.2f}%) **and "
+        f"{summary['verdict_vs_matvit_half']} the half-width ViT of its own nested pre-training** "
+        f"({pct['matvit_half_top1']:.2f}%, the same FLOPs). {answer}",
         "",
         f"On the clock (this machine, forward passes of batch 500): MoNE at 0.5 runs at {speed:.2f}x the full dense "
         f"ViT's images/s and {summary['speedup_vs_dense_half']:.2f}x the half-FLOPs dense ViT's. "
-        + ("At this tiny width (D=64, smallest expert 8 features) the per-expert kernels and the routing cost more "
-           "than the multiply-adds they save: FLOPs saved are not time saved here." if speed < 1.2 else
+        + (f"At this small width (D={width}, smallest expert {width // 8} features) the per-expert kernels and the "
+           "routing cost much of what the multiply-adds save." if speed < 1.2 else
            "The FLOP savings show on the clock."),
         "",
         f"One MoNE model serves every budget: {budgets} (dense ViT: {100 * dense_row['top1']:.2f}%).",
     ]
     nested = configs["nested"]
-    source = ("trained here (`--pretrain`)" if pretrain or local else
-              f"loaded from the checkpoint shipped with mone (`{Path(summary['nested_checkpoint']).name}`, made by "
-              "`python experiments/study_images.py --seeds 0`; `--pretrain` retrains it here)")
+
+    def made(variant: str) -> str:
+        seconds = summary["train_seconds"][variant]
+        if seconds is not None:
+            return f"trained here, {seconds:.0f} s"
+        return (f"loaded from the checkpoint shipped with mone (`{Path(summary['checkpoints'][variant]).name}`, made "
+                "by `experiments/study_images.py` and `experiments/export_demo_checkpoint.py`, seed 0; `--pretrain` "
+                "retrains it here)")
+
     lines = [
         "# MoNE demo: cluttered digits",
         "",
@@ -221,20 +249,22 @@ def _report(
         "",
         "## What was trained",
         "",
-        f"Every model: ViT with D={nested.model_kwargs['embed_dim']}, {nested.model_kwargs['num_heads']} heads, patch "
+        f"Every model: ViT with D={width}, {nested.model_kwargs['num_heads']} heads, patch "
         f"{nested.model_kwargs['patch_size']} on a {nested.model_kwargs['img_size']} px canvas; AdamW, batch "
         f"{nested.batch_size}, label smoothing {nested.label_smoothing}, seed {nested.seed}; data: cluttered digits "
         f"{json.dumps(nested.dataset_kwargs)}; test split of {dense_row['num_samples']} images whose source digits "
         "never appear in training.",
         "",
-        f"- {LABELS['dense']}: {configs['dense'].steps} steps, lr {configs['dense'].lr}; "
-        f"{summary['train_seconds']['dense']:.0f} s here.",
-        f"- {LABELS['dense_half']}: {configs['dense_half'].steps} steps; {summary['train_seconds']['dense_half']:.0f} s.",
+        f"- {LABELS['dense']}: {configs['dense'].steps} steps, lr {configs['dense'].lr}; {made('dense')}.",
+        f"- {LABELS['dense_half']}: {configs['dense_half'].steps} steps, lr {configs['dense_half'].lr}; "
+        f"{made('dense_half')}.",
         f"- {LABELS['finetune']}: nested (MatViT-style) pre-training, {nested.steps} steps averaging the loss over "
-        f"the four widths, {source}; then {configs['finetune'].steps} steps of adaptive MoNE fine-tuning (capacity "
-        f"drawn per step, lr {configs['finetune'].lr}), {summary['train_seconds']['finetune']:.0f} s here. Its "
-        "training compute is larger than the dense ViT's (a nested step costs the four widths' forward and backward "
-        f"passes). Learned alpha: {summary['alpha']:.3f}.",
+        f"the four widths, lr {nested.lr}, {made('nested')}; then {configs['finetune'].steps} steps of adaptive MoNE "
+        f"fine-tuning (capacity drawn per step, lr {configs['finetune'].lr}), {made('finetune')}. Its training "
+        "compute is larger than the dense ViT's (a nested step costs the four widths' forward and backward passes). "
+        f"Learned alpha: {summary['alpha']:.3f}.",
+        f"- {LABELS['matvit_half']}: the nested pre-training's model with every token on the D/2-wide expert, no "
+        "training of its own.",
         "",
         f"Whole demo: {summary['total_seconds']:.0f} s. The 3-seed study behind this recipe, with every baseline "
         "(MatViT, Mixture-of-Depths, random routers, upcycling, dense ViTs of matched FLOPs), is docs/results.md.",
@@ -274,8 +304,8 @@ def _report(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="runs/demo", help="report folder")
     parser.add_argument("--pretrain", action="store_true",
-                        help="run MoNE's nested pre-training here (about 5 more minutes) instead of loading the "
-                             "shipped checkpoint")
+                        help="train the dense ViT and MoNE's nested pre-training here (about 20 more minutes on 2 "
+                             "cores) instead of loading the shipped checkpoints")
     parser.add_argument("--steps", type=int, default=None, help="training steps per model (default: the presets')")
     parser.add_argument("--local", action="store_true", help="tiny smoke-test version (seconds, meaningless numbers)")
     parser.add_argument("--device", default="cpu")
@@ -290,7 +320,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(rows, title=label))
     s = report["summary"]
     print(f"MoNE at 0.5 {s['verdict_vs_dense']} the dense ViT ({100 * s['mone_at_0.5_top1']:.2f}% vs "
-          f"{100 * s['dense_top1']:.2f}%, {s['flops_ratio']:.2f}x fewer FLOPs) and {s['verdict_vs_dense_half']} the "
-          f"half-FLOPs dense ViT ({100 * s['dense_half_top1']:.2f}%); {s['speedup_vs_dense']:.2f}x the dense ViT's "
+          f"{100 * s['dense_top1']:.2f}%, {s['flops_ratio']:.2f}x fewer FLOPs), {s['verdict_vs_dense_half']} the "
+          f"half-FLOPs dense ViT ({100 * s['dense_half_top1']:.2f}%) and {s['verdict_vs_matvit_half']} MatViT's "
+          f"half-width ViT ({100 * s['matvit_half_top1']:.2f}%); {s['speedup_vs_dense']:.2f}x the dense ViT's "
           f"images/s ({s['total_seconds']:.0f} s). Report: {Path(args.output) / 'README.md'}")
     return 0
