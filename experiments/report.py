@@ -190,8 +190,9 @@ def section(title: str, folder: Path, docs: Path, intro: str = "") -> list[str]:
     return lines
 
 
+DEMO_ARM = "MatViT seed 0 -> MoNE adaptive"  # the demo's situation: one shipped nested model, fine-tuning seeds vary
 WIDTH_RECIPES = ("MoNE fixed 0.5", "MatViT -> MoNE adaptive", "MatViT -> MoNE adaptive, lr 0.0002",
-                 "MatViT -> MoNE adaptive, lr 0.0001", "MatViT seed 0 -> MoNE adaptive")
+                 "MatViT -> MoNE adaptive, lr 0.0001", DEMO_ARM)
 WIDTH_DENSE = ("dense ViT", "dense ViT, lr 0.001", "dense ViT, lr 0.0005")  # learning rates tried for the dense ViT
 WIDTH_MATCHED = ("dense ViT, depth 2", "dense ViT, depth 2, lr 0.001", "dense ViT, depth 2, lr 0.0005")
 
@@ -222,7 +223,8 @@ def width_section(folder: Path, docs: Path) -> list[str]:
     dense_arm, matched_arm = best_on_val(summary, WIDTH_DENSE, "1"), best_on_val(summary, WIDTH_MATCHED, "1")
     dense, matched = lookup(summary, dense_arm, "1"), lookup(summary, matched_arm, "1")
     recipes = [arm for arm in WIDTH_RECIPES if _has(summary, arm)]
-    best = max(recipes, key=lambda arm: lookup(summary, arm, "0.5", "val")["top1_mean"])
+    best = max((arm for arm in recipes if arm != DEMO_ARM),  # not a recipe of its own: one pre-training seed
+               key=lambda arm: lookup(summary, arm, "0.5", "val")["top1_mean"])
     rel = Path(os.path.relpath(folder, docs.parent))
     title = f"## Width: every model at D={D} (smallest expert {D // 8} features)"
     tried = "; ".join(f"{arm}: {lookup(summary, arm, '1', 'val')['top1_mean']:.2f}% "

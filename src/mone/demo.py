@@ -213,8 +213,8 @@ def _report(
     beaten = [name for name, key in (("dense_half", "verdict_vs_dense_half"), ("matvit_half", "verdict_vs_matvit_half"))
               if summary[key] == "does not match"]
     answer = ("MoNE at half the compute is the model to pick here." if not beaten else
-              f"At this scale MoNE does not beat a dense ViT of the same FLOPs: for half the compute, pick the "
-              f"{max(same_flops, key=same_flops.get)} ({max(same_flops.values()):.2f}%).")
+              "At this scale MoNE does not beat a dense ViT of the same FLOPs; for half the compute, the most accurate "
+              f"model here is: {max(same_flops, key=same_flops.get)}, {max(same_flops.values()):.2f}%.")
     verdict = [
         f"**At capacity 0.5, MoNE {summary['verdict_vs_dense']} the full dense ViT** ({pct['mone_at_0.5_top1']:.2f}% "
         f"against {pct['dense_top1']:.2f}% top-1, {summary['flops_ratio']:.2f}x fewer FLOPs; two standard errors of "
