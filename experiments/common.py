@@ -91,12 +91,12 @@ def run_dir(root: Path, arm: str, seed: int, stage: int) -> Path:
 
 
 def _finished(folder: Path) -> bool:
-    """A run whose checkpoint holds its last step."""
+    """A run whose checkpoint holds the last step of its configuration (an interrupted run's does not)."""
     path = folder / CHECKPOINT_NAME
     if not path.exists():
         return False
-    meta = load_checkpoint(path).meta
-    return int(meta["step"]) == int(meta.get("extra", {}).get("total_steps", meta["step"]))
+    steps = json.loads((folder / "config.json").read_text())["steps"]
+    return int(load_checkpoint(path).meta["step"]) == int(steps)
 
 
 def train_arm(arm: Arm, seed: int, root: Path, progress: bool, arms: dict[str, Arm]) -> tuple[Path, float]:

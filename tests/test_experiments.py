@@ -128,3 +128,21 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
                         flags=re.MULTILINE)
     assert len(claims) == 4 and {word for _, word in claims} <= {"holds", "holds partly", "does not hold"}
     assert "| MatViT (nested) ViViT | width 1/2 |" in video and "video/accuracy_vs_gflops.png" in video
+
+
+def test_an_interrupted_run_is_not_taken_for_a_finished_one(tmp_path):
+    """A study reuses a finished run; a run stopped between checkpoints (its checkpoint short of the configured
+    steps) must be resumed, not evaluated half-trained."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from common import _finished
+
+    from mone.configs import demo
+    from mone.train.loop import train
+
+    folder = tmp_path / "run"
+    train(demo("dense", local=True).replace(steps=2, checkpoint_every=1, output_dir=str(folder)), progress=False)
+    assert _finished(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(config, steps=3)))  # the same checkpoint, a longer run
+    assert not _finished(folder)
+    assert not _finished(tmp_path / "never_started")
