@@ -253,20 +253,6 @@ def difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
 
 
 
-def select_arms(arms: Sequence[Arm], names: Sequence[str] | None) -> list[Arm]:
-    """The arms called ``names`` (all when ``None``) and the arms they start from or evaluate, in study order;
-    SystemExit naming the available arms for an unknown name."""
-    if names is None:
-        return list(arms)
-    unknown = sorted(set(names) - {arm.name for arm in arms})
-    if unknown:
-        raise SystemExit(f"unknown arms: {', '.join(unknown)}; available: {', '.join(a.name for a in arms)}")
-    chosen = set(names)
-    for arm in reversed(arms):  # the arms a chosen arm starts from or evaluates come along
-        if arm.name in chosen:
-            chosen |= {name for name in (arm.init, arm.reuse) if name}
-    return [arm for arm in arms if arm.name in chosen]
-
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--output", type=Path, required=True, help="study folder (runs, results, plots)")
