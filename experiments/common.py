@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from mone._io import atomic_write_text, save_figure
+from mone.configs import demo
 from mone.data import build_dataset
 from mone.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
 from mone.train.config import TrainConfig
@@ -77,8 +78,6 @@ STUDY_FINE_TUNE_LR = 5e-4
 def study_preset(variant: str, quick: bool, embed_dim: int | None = None) -> TrainConfig:
     """The ``demo`` preset ``variant`` with the image studies' recipe: width ``embed_dim`` (default 64; ``quick``
     keeps the presets' tiny model), lr 2e-3, fine-tuning lr 5e-4 (the values every study run so far used)."""
-    from mone.configs import demo
-
     config = demo(variant, quick)
     width = embed_dim or (config.model_kwargs["embed_dim"] if quick else STUDY_EMBED_DIM)
     return config.replace(lr=STUDY_FINE_TUNE_LR if variant == "finetune" else STUDY_LR,
@@ -250,7 +249,6 @@ def difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
     """Mean difference a - b in points and its standard error (independent seeds)."""
     se = math.sqrt(a["top1_std"] ** 2 / a["seeds"] + b["top1_std"] ** 2 / b["seeds"])
     return a["top1_mean"] - b["top1_mean"], se
-
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -210,8 +210,7 @@ def _report(
     budgets = ", ".join(f"{c:g}: {100 * r['top1']:.2f}%" for c, r in mone_rows.items())
     width = configs["nested"].model_kwargs["embed_dim"]
     same_flops = {LABELS["dense_half"]: pct["dense_half_top1"], LABELS["matvit_half"]: pct["matvit_half_top1"]}
-    beaten = [name for name, key in (("dense_half", "verdict_vs_dense_half"), ("matvit_half", "verdict_vs_matvit_half"))
-              if summary[key] == "does not match"]
+    beaten = any(summary[key] == "does not match" for key in ("verdict_vs_dense_half", "verdict_vs_matvit_half"))
     answer = ("MoNE at half the compute is the model to pick here." if not beaten else
               "At this scale MoNE does not beat a dense ViT of the same FLOPs; for half the compute, the most accurate "
               f"model here is: {max(same_flops, key=same_flops.get)}, {max(same_flops.values()):.2f}%.")
