@@ -22,12 +22,12 @@ from mone.bench import build_dense_twin
 from mone.models import create_model
 
 CATEGORIES = {
-    "gemm (addmm/mm/bmm)": ("aten::addmm", "aten::mm", "aten::bmm"),
+    "gemm (addmm/mm/bmm)": ("aten::addmm", "aten::addmm_", "aten::mm", "aten::bmm"),  # addmm_: weight gradients
     "attention (sdpa)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
                          "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
     "copies (cat/copy_/index_select)": ("aten::cat", "aten::copy_", "aten::index_select"),
     "elementwise (gelu/layer_norm/add/mul)": ("aten::gelu", "aten::native_layer_norm", "aten::add", "aten::mul",
-                                              "aten::add_", "aten::addcmul_", "aten::gelu_backward",
+                                              "aten::add_", "aten::addcmul_", "aten::gelu_", "aten::gelu_backward",
                                               "aten::native_layer_norm_backward"),
 }
 

@@ -140,7 +140,8 @@ def run_study(
     name: str, arms: Sequence[Arm], seeds: Sequence[int], root: Path, num_samples: int | None = 2000,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train every arm for every seed, evaluate on the val and test splits; write results and summary under ``root``.
+    """Train every arm for every seed, evaluate on the val and test splits; write results and summary under ``root``
+    (rows of other arms already in its results.json are kept).
 
     ``num_samples`` samples of each split are evaluated (``None``: the data set's default, for Fashion-MNIST the
     whole split). Recipes are compared on ``val`` (that is where a choice may be made); ``test`` gives the reported
@@ -158,9 +159,24 @@ def run_study(
                     rows.append({"arm": arm.name, "family": arm.family, "split": split, "seed": seed,
                                  "train_seconds": seconds, **row})
             _logger.info("%s seed %d done", arm.name, seed)
+    rows = _earlier_rows(root, {arm.name for arm in arms}) + rows
     summary = aggregate(rows)
-    write_outputs(name, rows, summary, root)
+    first = next(arm for arm in arms if arm.stages)
+    write_outputs(name, rows, summary, root, first.stages[0](seeds[0], None).model_kwargs)
     return summary
+
+
+def _earlier_rows(root: Path, rerun: set[str]) -> list[dict[str, Any]]:
+    """Rows of ``root``'s results.json for arms not in ``rerun``: a study run with ``--arms`` adds to the results,
+    it does not drop the other arms' rows (their run folders may be gone)."""
+    path = root / "results.json"
+    if not path.exists():
+        return []
+    kept = [row for row in json.loads(path.read_text()) if row["arm"] not in rerun]
+    if kept:
+        _logger.info("keeping %d result rows of %d earlier arms from %s", len(kept),
+                     len({row["arm"] for row in kept}), path)
+    return kept
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -197,7 +213,12 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(name: str, rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], root: Path) -> None:
+def write_outputs(
+    name: str, rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], root: Path,
+    model_kwargs: dict[str, Any],
+) -> None:
+    """results.csv/json (one row per seed), summary.json (with the first arm's ``model_kwargs``: the study's model
+    size, for the report) and the two plots under ``root``."""
     buffer = io.StringIO()
     columns = ["split", "arm", "family", "seed", "capacity", "realised_capacity", "gflops", "top1", "images_per_s",
                "num_samples", "train_seconds"]
@@ -206,7 +227,8 @@ def write_outputs(name: str, rows: Sequence[dict[str, Any]], summary: Sequence[d
     writer.writerows(rows)
     atomic_write_text(root / "results.csv", buffer.getvalue())
     atomic_write_text(root / "results.json", json.dumps(list(rows), indent=2) + "\n")
-    atomic_write_text(root / "summary.json", json.dumps({"study": name, "rows": list(summary)}, indent=2) + "\n")
+    document = {"study": name, "model_kwargs": model_kwargs, "rows": list(summary)}
+    atomic_write_text(root / "summary.json", json.dumps(document, indent=2) + "\n")
     test = [s for s in summary if s["split"] == "test"]
     plot(test, root / "accuracy_vs_gflops.png", "gflops", "GFLOPs per image (multiply-accumulates)", name)
     plot(test, root / "accuracy_vs_images_per_s.png", "images_per_s", "images/s (forward, this machine)", name)

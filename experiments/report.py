@@ -217,10 +217,10 @@ FASHION_INTRO = (
 
 def width_section(folder: Path, docs: Path) -> list[str]:
     """The width study (same arms at a larger D): the two accuracy claims, with the same rules, per recipe."""
-    summary = json.loads((folder / "summary.json").read_text())["rows"]
+    document = json.loads((folder / "summary.json").read_text())
+    summary = document["rows"]
     test = [s for s in summary if s["split"] == "test"]
-    config = json.loads((folder / "runs" / "dense_ViT" / "seed0" / "stage0" / "config.json").read_text())
-    D = config["model_kwargs"]["embed_dim"]
+    D = document["model_kwargs"]["embed_dim"]
     dense_arm, matched_arm = best_on_val(summary, WIDTH_DENSE, "1"), best_on_val(summary, WIDTH_MATCHED, "1")
     dense, matched = lookup(summary, dense_arm, "1"), lookup(summary, matched_arm, "1")
     recipes = [arm for arm in WIDTH_RECIPES if _has(summary, arm)]
@@ -250,8 +250,45 @@ def width_section(folder: Path, docs: Path) -> list[str]:
         per_seed = " / ".join(f"{v:.1f}" for v in r["top1_per_seed"])
         lines.append(f"| {arm} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {per_seed} | {_fmt(gap, se)} | "
                      f"{_fmt(gap_m, se_m)} | {_fmt(*difference(r, matvit))} | {half} | {better} |")
+    lines += more_recipes(summary, dense)
     lines += ["", f"![accuracy against GFLOPs]({rel}/accuracy_vs_gflops.png)", "",
               "### Test split", "", markdown_table(test), ""]
+    return lines
+
+
+BASE_RECIPE = "MatViT -> MoNE adaptive"
+# (arm, how its capacity label starts at about the base recipe's FLOPs at 0.5, the paper's claim about it)
+ALTERNATIVES = (
+    (f"{BASE_RECIPE}, router at block 1", "0.333 (",
+     "a router at a later block, after one dense block (spec: we choose block 0), does better at equal FLOPs"),
+    (f"{BASE_RECIPE}, isoFLOPs", "0.5", "isoFLOPs training (as many fine-tuning FLOPs as dense steps) does better"),
+    ("MoD-greedy, lr 0.001", "0.5", "MoNE beats MoD-greedy (every token runs the full block or skips it) at "
+     "equal FLOPs"),
+)
+
+
+def more_recipes(summary: Sequence[dict[str, Any]], dense: dict[str, Any]) -> list[str]:
+    """The recipes and baselines added to the width study, each against the base recipe at about its FLOPs."""
+    present = [(arm, label, claim) for arm, label, claim in ALTERNATIVES if _has(summary, arm, BASE_RECIPE)]
+    if not present:
+        return []
+    base = lookup(summary, BASE_RECIPE, "0.5")
+    lines = ["", f"More recipes and baselines, each against **{BASE_RECIPE}** at capacity 0.5 "
+             f"({base['top1_mean']:.2f} ± {base['top1_std']:.2f}%, {1e3 * base['gflops']:.2f} MFLOPs) at about the "
+             "same FLOPs (test split; verdict: *holds* when the claimed side is ahead by more than two standard "
+             "errors, *does not hold* when it is behind by more than two, else *not resolved*):", "",
+             "| arm | capacity | MFLOPs | top-1 % | per seed | vs the base recipe | vs the dense ViT | claim "
+             "| verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for arm, start, claim in present:
+        label = next(s["capacity"] for s in summary if s["arm"] == arm and s["capacity"].startswith(start))
+        r = lookup(summary, arm, label)
+        gap, se = difference(r, base)
+        lead = -gap if arm.startswith("MoD") else gap  # the claim's side: MoNE for the MoD baseline, else the arm
+        word = "holds" if lead > 2 * se else "does not hold" if lead < -2 * se else "not resolved"
+        per_seed = " / ".join(f"{v:.1f}" for v in r["top1_per_seed"])
+        lines.append(f"| {arm} | {label} | {1e3 * r['gflops']:.2f} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | "
+                     f"{per_seed} | {_fmt(gap, se)} | {_fmt(*difference(r, dense))} | {claim} | **{word}** |")
     return lines
 
 

@@ -5,7 +5,8 @@ Arms (same architecture as the demo: D=64, 4 blocks, 4 heads, 64 tokens; same da
     MoNE at a fixed capacity 0.5; MoNE adaptive; MatViT (nested, each width alone); MatViT -> MoNE adaptive
     fine-tuning; a trained MoNE evaluated with a random router; MoNE trained with a random router;
     Mixture-of-Depths (12.5% of tokens in every other block); dense ViT upcycled into MoNE; MatViT -> MoNE
-    fine-tuned at a fixed 0.5.
+    fine-tuned at a fixed 0.5; and (run at D=128) MatViT -> MoNE with the router at block 1, with isoFLOPs
+    fine-tuning, and MoD-greedy (the paper's allocation baseline: tokens run the full block or skip it).
 
     python experiments/study_images.py --output experiments/results/images          # about 2 h on 2 CPU cores
     python experiments/study_images.py --output /tmp/quick --quick --seeds 0 1      # a minute, end to end
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Arm, Stage, parser, run_study, select_arms, setup, study_preset  # noqa: E402
 
+from mone import create_model  # noqa: E402
 from mone.capacity import greedy_distribution, proportionate_distribution, uniform_distribution  # noqa: E402
 from mone.train.config import TrainConfig  # noqa: E402
 
@@ -30,6 +32,9 @@ WIDTH_LABELS = ("width 1/8", "width 1/4", "width 1/2", "width 1")
 ALLOCATIONS = (proportionate_distribution(), uniform_distribution(), greedy_distribution(0.5))
 ALLOCATION_LABELS = ("proportionate (0.267)", "uniform (0.469)", "greedy (0.5)")
 LOWER_LRS = (1e-3, 5e-4)
+LATE_ROUTER_CAPACITIES = (0.125, 1 / 3, 0.5, 0.75, 1.0)  # of the routed blocks 1-3 (block 0 dense): 1/3 costs
+# about what 0.5 costs with the router at block 0 (realised 0.49 at D=128, 4 blocks)
+GREEDY_CAPACITIES = (0.25, 0.5, 0.75)  # MoD-greedy: fraction of tokens on the full-width path (trained at 0.5)
 FINE_TUNE_LRS = (2e-4, 1e-4)
 
 
@@ -54,6 +59,15 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
         config = base("finetune")
         return config.replace(seed=seed, init_from=previous, capacity_mode="fixed", capacity=0.5)
 
+    def iso_flops_fine_tune(seed: int, previous: str | None) -> TrainConfig:
+        return base("finetune").replace(seed=seed, init_from=previous, iso_flops=True)
+
+    def mod_greedy(seed: int, previous: str | None) -> TrainConfig:
+        config = mod(seed, previous)  # at the dense recipe's lr chosen on val at D=128 (2e-3 is unstable there)
+        return config.replace(capacity=0.5, lr=1e-3, model_kwargs=dict(config.model_kwargs, greedy=True))
+
+    late = create_model(base("finetune").model, **dict(base("finetune").model_kwargs, router_block=1))
+    late_labels = tuple(f"{c:.3g} ({late.realised_capacity(c):.2f} realised)" for c in LATE_ROUTER_CAPACITIES)
     narrow = base("dense").model_kwargs["embed_dim"] // 2
 
     matvit_mone = "MatViT -> MoNE adaptive"
@@ -82,6 +96,12 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
           for lr in FINE_TUNE_LRS),
         # what `mone demo` runs: seed 0's nested model (shipped) fine-tuned with each seed
         Arm("MatViT seed 0 -> MoNE adaptive", (preset("finetune"),), CAPACITIES, init="MatViT (nested)", init_seed=0),
+        # block 0 dense, the router on block 1's input; routed capacity 1/3 costs what 0.5 costs with the router at 0
+        Arm(f"{matvit_mone}, router at block 1", (preset("finetune", router_block=1),), LATE_ROUTER_CAPACITIES,
+            late_labels, init="MatViT (nested)"),
+        # isoFLOPs: as many fine-tuning FLOPs as dense fine-tuning steps would cost (more steps at lower capacity)
+        Arm(f"{matvit_mone}, isoFLOPs", (iso_flops_fine_tune,), CAPACITIES, init="MatViT (nested)"),
+        Arm("MoD-greedy, lr 0.001", (mod_greedy,), GREEDY_CAPACITIES, family="mod"),
     ]
 
 

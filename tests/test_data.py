@@ -308,3 +308,11 @@ def test_cluttered_digits_normalize_standardises_the_same_samples():
         torch.testing.assert_close(z, (x - MEAN) / STD, rtol=0, atol=1e-6)
     pixels = torch.stack([ClutteredDigits("train", num_samples=256, normalize=True)[i][0] for i in range(256)])
     assert abs(pixels.mean().item()) < 0.05 and abs(pixels.std().item() - 1) < 0.05  # standardised on average
+
+
+@pytest.mark.parametrize("name", ["cluttered_digits", "moving_digits"])
+def test_normalize_refuses_what_is_not_a_bool(name):
+    # bool("false") is True: a string from --dataset-arg must not silently switch standardisation on
+    with pytest.raises(ValueError, match="normalize must be True or False, got 'false'"):
+        build_dataset(name, "test", None, normalize="false")
+    assert build_dataset(name, "test", None, normalize=False).normalize is False

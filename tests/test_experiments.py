@@ -43,6 +43,23 @@ def test_image_study_quick_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
     again = [r for r in json.loads((tmp_path / "summary.json").read_text())["rows"] if r["split"] == "test"]
     assert [r["top1_per_seed"] for r in again] == [r["top1_per_seed"] for r in rows]
+    # Rerunning one arm (--arms) keeps every other arm's rows: nothing already measured is dropped.
+    subprocess.run(command + ["--arms", "dense ViT"], check=True, capture_output=True, text=True, timeout=900)
+    merged = [r for r in json.loads((tmp_path / "summary.json").read_text())["rows"] if r["split"] == "test"]
+    assert sorted(map(json.dumps, merged)) == sorted(map(json.dumps, rows))
+    # The report's width section reads the model size from summary.json (no run folder needed) and judges the
+    # added recipes and baselines against the base recipe.
+    shutil.rmtree(tmp_path / "runs")
+    report = tmp_path / "results.md"
+    subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), "--images", str(tmp_path), "--width",
+                    str(tmp_path), "--output", str(report)], check=True, capture_output=True, text=True, timeout=300)
+    text = report.read_text()
+    D = json.loads((tmp_path / "summary.json").read_text())["model_kwargs"]["embed_dim"]
+    assert f"## Width: every model at D={D} " in text and "More recipes and baselines" in text
+    for arm, capacity in (("MatViT -> MoNE adaptive, router at block 1", "0.333 ("),
+                          ("MatViT -> MoNE adaptive, isoFLOPs", "0.5"), ("MoD-greedy, lr 0.001", "0.5")):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {arm} | {capacity}"))
+        assert re.search(r"\*\*(holds|does not hold|not resolved)\*\* \|$", row)
 
 
 @pytest.mark.slow

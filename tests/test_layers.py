@@ -52,6 +52,48 @@ def test_block_matches_masked_reference(num_experts, capacity, num_tokens):
         torch.testing.assert_close(got, want, **F64)
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "frozen"])
+def test_block_without_autograd_matches_masked_reference(mode):
+    # The inference path (no autograd nodes, GELU in place on the hidden layer) computes what the reference does,
+    # and leaves its input and the residual stream untouched.
+    torch.manual_seed(5)
+    B, N, D, E = 3, 11, 32, 4
+    block = NestedBlock(D, num_heads=4)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    widths = tuple(D // 2 ** (E - 1 - i) for i in range(E))
+    x = torch.randn(B, N, D)
+    probs = torch.rand(B, N, E).softmax(-1)
+    plan = make_routing_plan(probs, capacity_distribution(0.5, E))
+    scale = 1 + 0.4 * probs.gather(-1, plan.expert.unsqueeze(-1)).squeeze(-1)
+    present = [j for j, n in enumerate(plan.counts) if n > 0]
+    layout = GroupLayout(tuple(widths[j] for j in present), tuple(plan.counts[j] for j in present), B)
+    expected = reference_block(block, x, width_masks(plan.expert, widths, D), scale)
+    rows, row_scale = plan.sort(x), plan.sort(scale.unsqueeze(-1))
+    before = rows.clone()
+    if mode == "frozen":
+        block.requires_grad_(False)
+        fast = block(rows, layout, row_scale)
+    else:
+        with getattr(torch, mode)():
+            fast = block(rows, layout, row_scale)
+    assert not fast.requires_grad
+    torch.testing.assert_close(plan.unsort(fast), expected, **F64)
+    assert torch.equal(rows, before)
+
+
+def test_mlp_with_another_activation_keeps_it():
+    # Only nn.GELU is applied in place; any other activation module is called as it is.
+    torch.manual_seed(6)
+    block = NestedBlock(16, num_heads=2)
+    block.mlp.act = torch.nn.Tanh()
+    x, layout = torch.randn(6, 16), GroupLayout((8, 16), (2, 1), 2)
+    with torch.no_grad():
+        out = block.mlp(x, layout)
+    hidden = torch.tanh(x[:4, :8] @ block.mlp.fc1.weight[:, :8].T + block.mlp.fc1.bias)
+    torch.testing.assert_close(out[:4, :8], hidden @ block.mlp.fc2.weight[:8].T + block.mlp.fc2.bias[:8], **F64)
+
+
 def test_fused_and_manual_attention_agree():
     torch.manual_seed(0)
     block = NestedBlock(32, num_heads=4)

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_input_tensor", "check_int"]
+__all__ = ["check_bool", "check_input_tensor", "check_int"]
 
 
 def check_int(name: str, value: object, minimum: int) -> int:
     """Return ``value`` if it is an ``int`` (not a ``bool``) ``>= minimum``, else raise ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a ``bool``, else raise ValueError naming ``name`` (``bool("false")`` would be True)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
     return value
 
 

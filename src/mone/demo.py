@@ -32,7 +32,7 @@ from .configs import demo as demo_config
 from .data import build_dataset
 from .models import create_model
 from .train.checkpoint import load_model
-from .train.evaluate import evaluate, format_table, write_results
+from .train.evaluate import CPU_BATCH_SIZE, evaluate, format_table, write_results
 from .train.loop import train
 from .viz import object_routing_share, save_routing_maps
 
@@ -117,11 +117,11 @@ def run_demo(
         tic = time.perf_counter()
         models[variant] = train(configs[variant], resume=True, progress=progress).model.cpu().eval()
         train_seconds[variant] = time.perf_counter() - tic
-    results = {LABELS[variant]: evaluate(models[variant], test, (1.0,), batch_size=500)
+    results = {LABELS[variant]: evaluate(models[variant], test, (1.0,), CPU_BATCH_SIZE)
                for variant in ("dense", "dense_half")}
-    results[LABELS["matvit_half"]] = evaluate(models["nested"], test, (HALF_WIDTH,), batch_size=500)
+    results[LABELS["matvit_half"]] = evaluate(models["nested"], test, (HALF_WIDTH,), CPU_BATCH_SIZE)
     results[LABELS["matvit_half"]][0]["capacity"] = 1.0  # a model of its own: all of its (half-width) layers
-    results[LABELS["finetune"]] = evaluate(models["finetune"], test, EVAL_CAPACITIES, batch_size=500)
+    results[LABELS["finetune"]] = evaluate(models["finetune"], test, EVAL_CAPACITIES, CPU_BATCH_SIZE)
     mone = models["finetune"]
 
     write_results(results, output_dir)
@@ -182,7 +182,7 @@ def plot_tradeoff(results: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     fig = Figure(figsize=(10, 4.2))
     axes = fig.subplots(1, 2)
     for ax, key, label in ((axes[0], "gflops", "GFLOPs per image (multiply-accumulates)"),
-                           (axes[1], "images_per_s", "images/s (forward, batch 500, this machine)")):
+                           (axes[1], "images_per_s", f"images/s (forward, batch {CPU_BATCH_SIZE}, this machine)")):
         for name, rows in results.items():
             rows = sorted(rows, key=lambda r: r[key])
             ax.plot([r[key] for r in rows], [100 * r["top1"] for r in rows], marker="o", label=name)
@@ -222,8 +222,8 @@ def _report(
         f"{summary['verdict_vs_matvit_half']} the half-width ViT of its own nested pre-training** "
         f"({pct['matvit_half_top1']:.2f}%, the same FLOPs). {answer}",
         "",
-        f"On the clock (this machine, forward passes of batch 500): MoNE at 0.5 runs at {speed:.2f}x the full dense "
-        f"ViT's images/s and {summary['speedup_vs_dense_half']:.2f}x the half-FLOPs dense ViT's. "
+        f"On the clock (this machine, forward passes of batch {CPU_BATCH_SIZE}): MoNE at 0.5 runs at {speed:.2f}x the "
+        f"full dense ViT's images/s and {summary['speedup_vs_dense_half']:.2f}x the half-FLOPs dense ViT's. "
         + (f"At this small width (D={width}, smallest expert {width // 8} features) the per-expert kernels and the "
            "routing cost much of what the multiply-adds save." if speed < 1.2 else
            "The FLOP savings show on the clock."),

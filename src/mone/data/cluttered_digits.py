@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .._checks import check_bool
 from .._extras import require
 
 __all__ = ["ClutteredDigits", "SPLITS", "check_split", "sample_rng", "source_pool", "upscaled_pool"]
@@ -130,7 +131,7 @@ class ClutteredDigits(Dataset):
         self.fragment_size = fragment_size
         self.noise_std = float(noise_std)
         self.seed = int(seed)
-        self.normalize = bool(normalize)
+        self.normalize = check_bool("normalize", normalize)
         self.source_indices, self.sources, self.source_labels = upscaled_pool(split, digit_size)
 
     @property

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .._checks import check_bool
+
 __all__ = ["DEFAULT_DATA_DIR", "MEAN", "STD", "FashionMNIST", "read_idx"]
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
@@ -108,8 +110,7 @@ class FashionMNIST(Dataset):
             raise ValueError(f"split must be one of train, val, test, got {split!r}")
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
             raise ValueError(f"img_size must be an integer >= 1, got {img_size!r}")
-        if not isinstance(normalize, bool):  # e.g. the string "false" from --dataset-arg, which bool() makes True
-            raise ValueError(f"normalize must be True or False, got {normalize!r}")
+        check_bool("normalize", normalize)  # e.g. the string "false" from --dataset-arg, which bool() makes True
         data_dir = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir)
         if not data_dir.is_dir():
             raise FileNotFoundError(f"Fashion-MNIST folder {data_dir} does not exist; {_HOW_TO_GET}")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .._checks import check_int
+from .._checks import check_bool, check_int
 from .cluttered_digits import SPLITS, check_split, draw_two_integers, sample_rng, upscaled_pool
 
 __all__ = ["DIRECTIONS", "SPLITS", "MovingDigits", "pixel_stats"]
@@ -98,7 +98,7 @@ class MovingDigits(Dataset):
         self.noise_std = float(noise_std)
         self.in_chans = in_chans
         self.seed = int(seed)
-        self.normalize = bool(normalize)
+        self.normalize = check_bool("normalize", normalize)
         self.num_classes = 10 * num_directions
         self.pixel_mean, self.pixel_std = (
             pixel_stats(num_frames, img_size, digit_size, num_directions, num_fragments, fragment_size, self.noise_std)

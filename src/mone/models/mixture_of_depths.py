@@ -33,7 +33,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .._checks import check_int
+from .._checks import check_bool, check_int
 from ..layers import GroupLayout, NestedBlock, PatchEmbed, dense_blocks_forward, run_block
 from ._base import ALPHA_MAX, check_images, init_vit_weights, straight_through_clamp, validate_vit_args
 from ._contract import (
@@ -94,7 +94,7 @@ class MoDVisionTransformer(TimmContractMixin, nn.Module):
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
-        self.greedy = bool(greedy)
+        self.greedy = check_bool("greedy", greedy)
         self.routed_blocks = tuple(range(depth)) if self.greedy else tuple(range(1, depth, 2))
         self.global_pool = "avg"
 

@@ -76,12 +76,23 @@ def batch_must_fit(batch_size: int, device: torch.device | str, option: str = "-
                          f"size ({smaller})") from None
 
 
+# Evaluation batch sizes. On CPU small batches keep the activations in cache (D=128 dense ViT, 1 thread, AMD EPYC:
+# 669 / 625 / 505 / 439 / 410 images/s at batch 32 / 64 / 128 / 256 / 500); an accelerator wants large ones.
+CPU_BATCH_SIZE = 64
+ACCELERATOR_BATCH_SIZE = 256
+
+
+def default_batch_size(device: str | torch.device) -> int:
+    """Evaluation batch size for ``device``: small on CPU (faster per image), large on an accelerator."""
+    return CPU_BATCH_SIZE if torch.device(device).type == "cpu" else ACCELERATOR_BATCH_SIZE
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
     dataset: Dataset,
     capacities: Sequence[float],
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     bf16: bool = False,
@@ -94,7 +105,7 @@ def evaluate(
             ``default_input_size``).
         dataset: yields ``(sample, label)``.
         capacities: effective capacities, each in the model's feasible range.
-        batch_size, device, num_workers: evaluation batching.
+        batch_size, device, num_workers: evaluation batching (``batch_size`` ``None``: :func:`default_batch_size`).
         bf16: run the forward under bfloat16 autocast.
         progress: show progress per capacity (a tqdm bar on a terminal, plain periodic lines otherwise).
 
@@ -107,8 +118,8 @@ def evaluate(
     else:
         values = [c if isinstance(c, (tuple, list)) else validate_capacity(c, getattr(model, "num_experts", 1))
                   for c in capacities]
-    check_int("batch_size", batch_size, 1)
     device = torch.device(device)
+    batch_size = default_batch_size(device) if batch_size is None else check_int("batch_size", batch_size, 1)
     model = model.to(device).eval()
     input_size = tuple(model.default_input_size)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -230,7 +241,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None, help="dataset name (default: the one the model was trained on)")
     parser.add_argument("--data-dir", default=None, help="dataset folder (default: the training run's)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"images per forward (default {CPU_BATCH_SIZE} on CPU, {ACCELERATOR_BATCH_SIZE} on GPU)")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--output", default="runs/eval", help="folder for results.csv/json and the plot")
@@ -240,8 +252,9 @@ def run(args: argparse.Namespace) -> int:
     # Check and load everything before evaluating, and write (creating the folder) only once there are results.
     if args.labels is not None and len(args.labels) != len(args.checkpoints):
         raise ValueError(f"--labels names {len(args.labels)} curves for {len(args.checkpoints)} checkpoints")
-    check_int("--batch-size", args.batch_size, 1)
     device = resolve_device(args.device)
+    batch_size = default_batch_size(device) if args.batch_size is None else args.batch_size
+    check_int("--batch-size", batch_size, 1)
     check_output_dir(args.output)
     loaded = []
     for path in args.checkpoints:
@@ -254,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     labels = args.labels or [Path(p).parent.name if Path(p).is_file() else Path(p).name for p in args.checkpoints]
     results = {}
     for label, (path, model, capacities, dataset) in zip(labels, loaded):
-        rows = evaluate(model, dataset, capacities, args.batch_size, device, bf16=args.bf16, progress=True)
+        rows = evaluate(model, dataset, capacities, batch_size, device, bf16=args.bf16, progress=True)
         results[label] = rows
         print(format_table(rows, title=f"{label} ({path}, {args.split} split, {rows[0]['num_samples']} samples)"))
     output_dir = prepare_output_dir(args.output)
