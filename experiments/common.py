@@ -90,12 +90,14 @@ def run_dir(root: Path, arm: str, seed: int, stage: int) -> Path:
 
 
 def _finished(folder: Path) -> bool:
-    """A run whose checkpoint holds the last step of its configuration (an interrupted run's does not)."""
+    """A run whose checkpoint holds its last step (an interrupted run's does not). The last step is the checkpoint's
+    ``total_steps``, which ``iso_flops`` scales; the configuration's ``steps`` where an older checkpoint lacks it."""
     path = folder / CHECKPOINT_NAME
     if not path.exists():
         return False
-    steps = json.loads((folder / "config.json").read_text())["steps"]
-    return int(load_checkpoint(path).meta["step"]) == int(steps)
+    meta = load_checkpoint(path).meta
+    total = meta.get("total_steps", json.loads((folder / "config.json").read_text())["steps"])
+    return int(meta["step"]) == int(total)
 
 
 def train_arm(arm: Arm, seed: int, root: Path, progress: bool, arms: dict[str, Arm]) -> tuple[Path, float]:

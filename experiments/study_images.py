@@ -6,7 +6,8 @@ Arms (same architecture as the demo: D=64, 4 blocks, 4 heads, 64 tokens; same da
     fine-tuning; a trained MoNE evaluated with a random router; MoNE trained with a random router;
     Mixture-of-Depths (12.5% of tokens in every other block); dense ViT upcycled into MoNE; MatViT -> MoNE
     fine-tuned at a fixed 0.5; and (run at D=128) MatViT -> MoNE with the router at block 1, with isoFLOPs
-    fine-tuning, and MoD-greedy (the paper's allocation baseline: tokens run the full block or skip it).
+    fine-tuning, MoD-greedy (the paper's allocation baseline: tokens run the full block or skip it), and alpha
+    (the MLP scaling) started at 0.5 or trained at 20x the learning rate.
 
     python experiments/study_images.py --output experiments/results/images          # about 2 h on 2 CPU cores
     python experiments/study_images.py --output /tmp/quick --quick --seeds 0 1      # a minute, end to end
@@ -34,6 +35,7 @@ ALLOCATION_LABELS = ("proportionate (0.267)", "uniform (0.469)", "greedy (0.5)")
 LOWER_LRS = (1e-3, 5e-4)
 LATE_ROUTER_CAPACITIES = (0.125, 1 / 3, 0.5, 0.75, 1.0)  # of the routed blocks 1-3 (block 0 dense): 1/3 costs
 # about what 0.5 costs with the router at block 0 (realised 0.49 at D=128, 4 blocks)
+ALPHA_INIT, ALPHA_LR = 0.5, 1e-2  # alpha's start value; its learning rate (20x the fine-tuning lr)
 GREEDY_CAPACITIES = (0.25, 0.5, 0.75)  # MoD-greedy: fraction of tokens on the full-width path (trained at 0.5)
 FINE_TUNE_LRS = (2e-4, 1e-4)
 
@@ -62,9 +64,16 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
     def iso_flops_fine_tune(seed: int, previous: str | None) -> TrainConfig:
         return base("finetune").replace(seed=seed, init_from=previous, iso_flops=True)
 
-    def mod_greedy(seed: int, previous: str | None) -> TrainConfig:
-        config = mod(seed, previous)  # at the dense recipe's lr chosen on val at D=128 (2e-3 is unstable there)
-        return config.replace(capacity=0.5, lr=1e-3, model_kwargs=dict(config.model_kwargs, greedy=True))
+    def alpha_fine_tune(**alpha: float) -> Stage:
+        def stage(seed: int, previous: str | None) -> TrainConfig:
+            return base("finetune").replace(seed=seed, init_from=previous, **alpha)
+        return stage
+
+    def mod_greedy(lr: float) -> Stage:
+        def stage(seed: int, previous: str | None) -> TrainConfig:
+            config = mod(seed, previous)
+            return config.replace(capacity=0.5, lr=lr, model_kwargs=dict(config.model_kwargs, greedy=True))
+        return stage
 
     late = create_model(base("finetune").model, **dict(base("finetune").model_kwargs, router_block=1))
     late_labels = tuple(f"{c:.3g} ({late.realised_capacity(c):.2f} realised)" for c in LATE_ROUTER_CAPACITIES)
@@ -101,7 +110,13 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
             late_labels, init="MatViT (nested)"),
         # isoFLOPs: as many fine-tuning FLOPs as dense fine-tuning steps would cost (more steps at lower capacity)
         Arm(f"{matvit_mone}, isoFLOPs", (iso_flops_fine_tune,), CAPACITIES, init="MatViT (nested)"),
-        Arm("MoD-greedy, lr 0.001", (mod_greedy,), GREEDY_CAPACITIES, family="mod"),
+        # at the D=128 dense ViT's learning rates (2e-3 is unstable there); the report picks one on validation
+        *(Arm(f"MoD-greedy, lr {lr:g}", (mod_greedy(lr),), GREEDY_CAPACITIES, family="mod") for lr in LOWER_LRS),
+        # the MLP scaling alpha * r + 1: alpha ends near 0.002 after nested pre-training and barely moves at lr 5e-4
+        Arm(f"{matvit_mone}, alpha from {ALPHA_INIT:g}", (alpha_fine_tune(alpha_init=ALPHA_INIT),), CAPACITIES,
+            init="MatViT (nested)"),
+        Arm(f"{matvit_mone}, alpha lr {ALPHA_LR:g}", (alpha_fine_tune(alpha_lr=ALPHA_LR),), CAPACITIES,
+            init="MatViT (nested)"),
     ]
 
 

@@ -65,7 +65,7 @@ def test_shipped_checkpoints_are_the_demo_presets_runs(variant):
 
     model, checkpoint = load_model(PRETRAINED[variant])
     config, preset = checkpoint.meta["config"], demo(variant).to_dict()
-    assert {k: config[k] for k in preset if k not in ("output_dir", "init_from")} == \
+    assert {k: config.get(k) for k in preset if k not in ("output_dir", "init_from")} == \
         {k: v for k, v in preset.items() if k not in ("output_dir", "init_from")}
     assert int(checkpoint.meta["step"]) == preset["steps"]
     assert model.num_experts == (1 if variant == "dense" else 4)

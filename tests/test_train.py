@@ -670,3 +670,19 @@ def test_two_process_ddp_matches_one_process(tmp_path, mode):
             assert theirs[key] == pytest.approx(mine[key], rel=1e-5, abs=1e-7), key
         for key in ("acc", "lr", "epoch", "capacity"):
             assert theirs[key] == mine[key], key
+
+
+def test_alpha_init_and_alpha_lr(tmp_path):
+    # alpha starts where alpha_init says and moves at its own learning rate: Adam's steps are about lr each, so
+    # 100x the rate moves it about 100x as far over the same steps (same data, same gradients' signs).
+    moves = {}
+    for scale in (1.0, 100.0):
+        config = tiny_config(tmp_path / f"x{scale:g}", steps=3, lr=1e-5, min_lr=1e-5, warmup_steps=0,
+                             capacity=0.5, alpha_init=0.3, alpha_lr=1e-5 * scale)
+        moves[scale] = abs(train(config, progress=False).model.alpha.item() - 0.3)
+    assert 0 < moves[1.0] <= 3.1e-5
+    assert 50 < moves[100.0] / moves[1.0] <= 101
+    with pytest.raises(ValueError, match=r"alpha_init must be in \[0, 1\), got 1.0"):
+        tiny_config(tmp_path / "bad", alpha_init=1.0)
+    with pytest.raises(ValueError, match="alpha_lr must be > 0, got 0.0"):
+        tiny_config(tmp_path / "bad", alpha_lr=0.0)

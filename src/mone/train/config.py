@@ -44,6 +44,9 @@ class TrainConfig:
     warmup_steps: int = setting(100, help="steps of linear learning-rate warm-up")
     weight_decay: float = setting(0.05, help="AdamW decay of weight matrices (not biases, norms, positions, alpha)")
     grad_clip: float = setting(1.0, help="max global gradient norm (0 disables clipping)")
+    alpha_init: float | None = setting(None, help="alpha's value at step 0, in [0, 1) (after --init-from; default: "
+                                                  "the model's init, 0, or the loaded weights')")
+    alpha_lr: float | None = setting(None, help="alpha's peak learning rate, on the same schedule (default: --lr)")
     label_smoothing: float = setting(0.1, help="cross-entropy label smoothing")
     precision: str = setting("fp32", choices=PRECISIONS, help="bf16: bfloat16 autocast, on CPU and GPU")
     # capacity
@@ -82,6 +85,10 @@ class TrainConfig:
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay}, {self.grad_clip}")
+        if self.alpha_init is not None and not 0 <= self.alpha_init < 1:
+            raise ValueError(f"alpha_init must be in [0, 1), got {self.alpha_init}")
+        if self.alpha_lr is not None and not self.alpha_lr > 0:
+            raise ValueError(f"alpha_lr must be > 0, got {self.alpha_lr}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.precision not in PRECISIONS:

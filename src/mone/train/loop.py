@@ -234,14 +234,33 @@ def _load_initial_weights(model: nn.Module, path: str) -> None:
         model.load_state_dict(init.model_state)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices only; biases, norms, position embeddings and alpha are not decayed."""
-    decay, no_decay = [], []
+def _param_groups(model: nn.Module, weight_decay: float, alpha_lr_scale: float | None = None) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only; biases, norms, position embeddings and alpha are not decayed.
+
+    With ``alpha_lr_scale`` alpha gets a third group whose learning rate is the schedule's times that factor
+    (``lr_scale``); without it there are two groups, as in every earlier run's optimiser state.
+    """
+    decay, no_decay, alpha = [], [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
+        if name == "alpha" and alpha_lr_scale is not None:
+            alpha.append(param)
+            continue
         (decay if param.ndim >= 2 and "pos_embed" not in name else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if alpha:
+        groups.append({"params": alpha, "weight_decay": 0.0, "lr_scale": alpha_lr_scale})
+    return groups
+
+
+def _set_alpha(model: nn.Module, value: float) -> None:
+    """``alpha_init``: alpha's value before the first step (ValueError for a model without alpha)."""
+    alpha = getattr(model, "alpha", None)
+    if not isinstance(alpha, nn.Parameter):
+        raise ValueError(f"alpha_init is set but model {type(model).__name__} has no alpha")
+    with torch.no_grad():
+        alpha.fill_(value)
 
 
 # -- resuming -----------------------------------------------------------------------------------------------------
@@ -422,7 +441,7 @@ class _Run:
         config = self.config
         lr = warmup_cosine_lr(step, self.total_steps, config.lr, config.warmup_steps, config.min_lr)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         capacities = capacities_for_step(config, step, self.num_experts)
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=images.device)
@@ -543,11 +562,14 @@ def _train(
     checkpoint = _resume_checkpoint(output_dir, config, model) if resume else None
     if checkpoint is None and config.init_from is not None:
         _load_initial_weights(model, config.init_from)
+    if checkpoint is None and config.alpha_init is not None:
+        _set_alpha(model, config.alpha_init)
     start_step = start_step_of(checkpoint)
     sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, start_step, total_steps,
                                ddp.rank, ddp.world_size)
     model.to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    alpha_lr_scale = None if config.alpha_lr is None else config.alpha_lr / config.lr
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay, alpha_lr_scale), lr=config.lr)
     if checkpoint is not None:
         _restore(checkpoint, model, optimizer)  # from here on the global RNG continues the checkpointed run's
         _logger.info("resuming %s at step %d of %d", checkpoint.path, start_step, total_steps)
