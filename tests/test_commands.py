@@ -177,6 +177,8 @@ TRAIN_FLAGS = {  # field: (flags, the value they give), for every TrainConfig fi
     "warmup_steps": (["--warmup-steps", "2"], 2),
     "weight_decay": (["--weight-decay", "0.2"], 0.2),
     "grad_clip": (["--grad-clip", "0"], 0.0),
+    "alpha_init": (["--alpha-init", "0.5"], 0.5),
+    "alpha_lr": (["--alpha-lr", "0.01"], 0.01),
     "label_smoothing": (["--label-smoothing", "0.2"], 0.2),
     "precision": (["--precision", "bf16"], "bf16"),
     "capacity_mode": (["--capacity-mode", "nested"], "nested"),
