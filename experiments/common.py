@@ -77,10 +77,11 @@ STUDY_FINE_TUNE_LR = 5e-4
 
 def study_preset(variant: str, quick: bool, embed_dim: int | None = None) -> TrainConfig:
     """The ``demo`` preset ``variant`` with the image studies' recipe: width ``embed_dim`` (default 64; ``quick``
-    keeps the presets' tiny model), lr 2e-3, fine-tuning lr 5e-4 (the values every study run so far used)."""
+    keeps the presets' tiny model), lr 2e-3, fine-tuning lr 5e-4 and 300 steps, no isoFLOPs scaling (the values every
+    study run so far used)."""
     config = demo(variant, quick)
     width = embed_dim or (config.model_kwargs["embed_dim"] if quick else STUDY_EMBED_DIM)
-    return config.replace(lr=STUDY_FINE_TUNE_LR if variant == "finetune" else STUDY_LR,
+    return config.replace(lr=STUDY_FINE_TUNE_LR if variant == "finetune" else STUDY_LR, iso_flops=False,
                           model_kwargs=dict(config.model_kwargs, embed_dim=width))
 
 

@@ -192,7 +192,8 @@ def section(title: str, folder: Path, docs: Path, intro: str = "") -> list[str]:
 
 DEMO_ARM = "MatViT seed 0 -> MoNE adaptive"  # the demo's situation: one shipped nested model, fine-tuning seeds vary
 WIDTH_RECIPES = ("MoNE fixed 0.5", "MatViT -> MoNE adaptive", "MatViT -> MoNE adaptive, lr 0.0002",
-                 "MatViT -> MoNE adaptive, lr 0.0001", DEMO_ARM)
+                 "MatViT -> MoNE adaptive, lr 0.0001", "MatViT -> MoNE adaptive, isoFLOPs",
+                 "MatViT -> MoNE adaptive, alpha from 0.5", "MatViT -> MoNE adaptive, alpha lr 0.01", DEMO_ARM)
 WIDTH_DENSE = ("dense ViT", "dense ViT, lr 0.001", "dense ViT, lr 0.0005")  # learning rates tried for the dense ViT
 WIDTH_MATCHED = ("dense ViT, depth 2", "dense ViT, depth 2, lr 0.001", "dense ViT, depth 2, lr 0.0005")
 

@@ -3,7 +3,7 @@
 Compares, with the same data and optimiser (``mone.configs.demo``: D=128, 4 layers, 64 tokens), a dense ViT, a dense
 ViT of half its FLOPs (2 layers), the half-width ViT that nested (MatViT) training leaves inside the MoNE model, and
 MoNE by the image study's best recipe (docs/results.md, chosen on validation): MatViT-style nested pre-training,
-then 300 steps of adaptive MoNE fine-tuning, one model for every budget. The two long runs, the dense ViT and the
+then isoFLOPs adaptive MoNE fine-tuning (about 520 steps), one model for every budget. The two long runs, the dense ViT and the
 nested pre-training (about 9 and 25 minutes on one core), ship with the package as weights-only checkpoints made by
 ``experiments/study_images.py`` (seed 0) and ``experiments/export_demo_checkpoint.py``; ``--pretrain`` retrains them
 here. The 2-layer dense ViT and the MoNE fine-tuning train here. Every model is evaluated on the test split (source
@@ -113,9 +113,11 @@ def run_demo(
                                                                            progress)
     configs["finetune"] = configs["finetune"].replace(init_from=str(checkpoints["nested"]))
     models = {variant: load_model(checkpoints[variant])[0].eval() for variant in ("dense", "nested")}
+    steps_run = {}
     for variant in ("dense_half", "finetune"):
         tic = time.perf_counter()
-        models[variant] = train(configs[variant], resume=True, progress=progress).model.cpu().eval()
+        result = train(configs[variant], resume=True, progress=progress)
+        models[variant], steps_run[variant] = result.model.cpu().eval(), result.total_steps
         train_seconds[variant] = time.perf_counter() - tic
     results = {LABELS[variant]: evaluate(models[variant], test, (1.0,), CPU_BATCH_SIZE)
                for variant in ("dense", "dense_half")}
@@ -150,6 +152,7 @@ def run_demo(
         "speedup_vs_dense": mone_half["images_per_s"] / dense["images_per_s"],
         "speedup_vs_dense_half": mone_half["images_per_s"] / half["images_per_s"],
         "train_seconds": train_seconds,
+        "fine_tune_steps": steps_run["finetune"],
         "checkpoints": {variant: str(path) for variant, path in checkpoints.items()},
         "alpha": float(mone.alpha_value.detach()),
         "total_seconds": time.perf_counter() - start,
@@ -258,8 +261,10 @@ def _report(
         f"- {LABELS['dense_half']}: {configs['dense_half'].steps} steps, lr {configs['dense_half'].lr}; "
         f"{made('dense_half')}.",
         f"- {LABELS['finetune']}: nested (MatViT-style) pre-training, {nested.steps} steps averaging the loss over "
-        f"the four widths, lr {nested.lr}, {made('nested')}; then {configs['finetune'].steps} steps of adaptive MoNE "
-        f"fine-tuning (capacity drawn per step, lr {configs['finetune'].lr}), {made('finetune')}. Its training "
+        f"the four widths, lr {nested.lr}, {made('nested')}; then {summary['fine_tune_steps']} steps of adaptive "
+        f"MoNE fine-tuning (capacity drawn per step, lr {configs['finetune'].lr}"
+        + (f"; isoFLOPs: the FLOPs of {configs['finetune'].steps} dense steps" if configs['finetune'].iso_flops else "")
+        + f"), {made('finetune')}. Its training "
         "compute is larger than the dense ViT's (a nested step costs the four widths' forward and backward passes). "
         f"Learned alpha: {summary['alpha']:.3f}.",
         f"- {LABELS['matvit_half']}: the nested pre-training's model with every token on the D/2-wide expert, no "
