@@ -214,7 +214,11 @@ def _report(
     width = configs["nested"].model_kwargs["embed_dim"]
     same_flops = {LABELS["dense_half"]: pct["dense_half_top1"], LABELS["matvit_half"]: pct["matvit_half_top1"]}
     beaten = any(summary[key] == "does not match" for key in ("verdict_vs_dense_half", "verdict_vs_matvit_half"))
-    answer = ("MoNE at half the compute is the model to pick here." if not beaten else
+    faster = {name: results[name][0]["images_per_s"] / mone_rows[0.5]["images_per_s"] for name in same_flops}
+    faster = {name: ratio for name, ratio in faster.items() if ratio > 1}
+    clock = "".join(f"; on this machine's clock the {name} runs {ratio:.2f}x MoNE's images/s"
+                    for name, ratio in faster.items())
+    answer = (f"By accuracy, MoNE at half the compute is the model to pick here{clock}." if not beaten else
               "At this scale MoNE does not beat a dense ViT of the same FLOPs; for half the compute, the most accurate "
               f"model here is: {max(same_flops, key=same_flops.get)}, {max(same_flops.values()):.2f}%.")
     verdict = [
