@@ -70,3 +70,14 @@ def test_shipped_checkpoints_are_the_demo_presets_runs(variant):
     assert int(checkpoint.meta["step"]) == preset["steps"]
     assert model.num_experts == (1 if variant == "dense" else 4)
     assert sum(p.numel() for p in model.parameters()) > 500_000  # the D=128 model, not the --local one
+
+
+def test_answer_picks_by_accuracy_and_names_what_is_faster_on_the_clock():
+    from mone.demo import _answer
+
+    accuracy, speed = {"2-layer ViT": 79.0, "half-width ViT": 81.5}, {"2-layer ViT": 240.0, "half-width ViT": 90.0}
+    text = _answer(False, accuracy, speed, mone_speed=120.0)
+    assert text == ("By accuracy, MoNE at half the compute is the model to pick here; on this machine's clock the "
+                    "2-layer ViT runs 2.00x MoNE's images/s.")
+    assert _answer(False, accuracy, speed, mone_speed=300.0).endswith("the model to pick here.")
+    assert _answer(True, accuracy, speed, 120.0).endswith("the most accurate model here is: half-width ViT, 81.50%.")

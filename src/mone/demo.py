@@ -202,6 +202,19 @@ def plot_tradeoff(results: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def _answer(beaten: bool, accuracy: dict[str, float], speed: dict[str, float], mone_speed: float) -> str:
+    """Which model to pick at half the compute: MoNE unless a same-FLOPs model (``accuracy`` in %, ``speed`` in
+    images/s, by name) beats it (``beaten``); and which of them run faster than MoNE (``mone_speed``) on the clock."""
+    if beaten:
+        best = max(accuracy, key=accuracy.get)
+        return ("At this scale MoNE does not beat a dense ViT of the same FLOPs; for half the compute, the most "
+                f"accurate model here is: {best}, {accuracy[best]:.2f}%.")
+    faster = " and ".join(f"the {name} runs {speed[name] / mone_speed:.2f}x" for name in speed
+                          if speed[name] > mone_speed)
+    return ("By accuracy, MoNE at half the compute is the model to pick here"
+            + (f"; on this machine's clock {faster} MoNE's images/s." if faster else "."))
+
+
 def _report(
     summary: dict[str, Any], results: dict[str, list[dict[str, float]]], shares: dict[str, list[dict[str, Any]]],
     configs: dict[str, Any], local: bool, pretrain: bool,
@@ -214,13 +227,8 @@ def _report(
     width = configs["nested"].model_kwargs["embed_dim"]
     same_flops = {LABELS["dense_half"]: pct["dense_half_top1"], LABELS["matvit_half"]: pct["matvit_half_top1"]}
     beaten = any(summary[key] == "does not match" for key in ("verdict_vs_dense_half", "verdict_vs_matvit_half"))
-    faster = {name: results[name][0]["images_per_s"] / mone_rows[0.5]["images_per_s"] for name in same_flops}
-    faster = {name: ratio for name, ratio in faster.items() if ratio > 1}
-    clock = "".join(f"; on this machine's clock the {name} runs {ratio:.2f}x MoNE's images/s"
-                    for name, ratio in faster.items())
-    answer = (f"By accuracy, MoNE at half the compute is the model to pick here{clock}." if not beaten else
-              "At this scale MoNE does not beat a dense ViT of the same FLOPs; for half the compute, the most accurate "
-              f"model here is: {max(same_flops, key=same_flops.get)}, {max(same_flops.values()):.2f}%.")
+    speeds = {name: results[name][0]["images_per_s"] for name in same_flops}
+    answer = _answer(beaten, same_flops, speeds, mone_rows[0.5]["images_per_s"])
     verdict = [
         f"**At capacity 0.5, MoNE {summary['verdict_vs_dense']} the full dense ViT** ({pct['mone_at_0.5_top1']:.2f}% "
         f"against {pct['dense_top1']:.2f}% top-1, {summary['flops_ratio']:.2f}x fewer FLOPs; two standard errors of "
