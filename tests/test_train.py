@@ -686,3 +686,8 @@ def test_alpha_init_and_alpha_lr(tmp_path):
         tiny_config(tmp_path / "bad", alpha_init=1.0)
     with pytest.raises(ValueError, match="alpha_lr must be > 0, got 0.0"):
         tiny_config(tmp_path / "bad", alpha_lr=0.0)
+    # A model without alpha (Mixture-of-Depths) would ignore both: refused before anything is written.
+    mod = tiny_config(tmp_path / "mod", model="mod_vit_test", alpha_lr=1e-3)
+    with pytest.raises(ValueError, match="alpha_lr set, but model mod_vit_test has no alpha"):
+        train(mod, progress=False)
+    assert not (tmp_path / "mod").exists()

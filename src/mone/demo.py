@@ -3,8 +3,9 @@
 Compares, with the same data and optimiser (``mone.configs.demo``: D=128, 4 layers, 64 tokens), a dense ViT, a dense
 ViT of half its FLOPs (2 layers), the half-width ViT that nested (MatViT) training leaves inside the MoNE model, and
 MoNE by the image study's best recipe (docs/results.md, chosen on validation): MatViT-style nested pre-training,
-then isoFLOPs adaptive MoNE fine-tuning (about 520 steps), one model for every budget. The two long runs, the dense ViT and the
-nested pre-training (about 9 and 25 minutes on one core), ship with the package as weights-only checkpoints made by
+then isoFLOPs adaptive MoNE fine-tuning (about 520 steps), one model for every budget. The two long runs, the dense
+ViT and the nested pre-training (about 9 and 25 minutes on one core), ship with the package as weights-only
+checkpoints made by
 ``experiments/study_images.py`` (seed 0) and ``experiments/export_demo_checkpoint.py``; ``--pretrain`` retrains them
 here. The 2-layer dense ViT and the MoNE fine-tuning train here. Every model is evaluated on the test split (source
 digits never seen in training): top-1 against GFLOPs and against measured images/s, MoNE at capacities

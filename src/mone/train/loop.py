@@ -254,13 +254,11 @@ def _param_groups(model: nn.Module, weight_decay: float, alpha_lr_scale: float |
     return groups
 
 
-def _set_alpha(model: nn.Module, value: float) -> None:
-    """``alpha_init``: alpha's value before the first step (ValueError for a model without alpha)."""
-    alpha = getattr(model, "alpha", None)
-    if not isinstance(alpha, nn.Parameter):
-        raise ValueError(f"alpha_init is set but model {type(model).__name__} has no alpha")
-    with torch.no_grad():
-        alpha.fill_(value)
+def _check_alpha_settings(model: nn.Module, config: TrainConfig) -> None:
+    """ValueError when ``alpha_init`` or ``alpha_lr`` is set for a model without alpha (it would be ignored)."""
+    given = [name for name in ("alpha_init", "alpha_lr") if getattr(config, name) is not None]
+    if given and not isinstance(getattr(model, "alpha", None), nn.Parameter):
+        raise ValueError(f"{' and '.join(given)} set, but model {config.model} has no alpha")
 
 
 # -- resuming -----------------------------------------------------------------------------------------------------
@@ -562,8 +560,10 @@ def _train(
     checkpoint = _resume_checkpoint(output_dir, config, model) if resume else None
     if checkpoint is None and config.init_from is not None:
         _load_initial_weights(model, config.init_from)
+    _check_alpha_settings(model, config)
     if checkpoint is None and config.alpha_init is not None:
-        _set_alpha(model, config.alpha_init)
+        with torch.no_grad():
+            model.alpha.fill_(config.alpha_init)
     start_step = start_step_of(checkpoint)
     sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, start_step, total_steps,
                                ddp.rank, ddp.world_size)
