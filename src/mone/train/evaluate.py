@@ -252,9 +252,9 @@ def run(args: argparse.Namespace) -> int:
     # Check and load everything before evaluating, and write (creating the folder) only once there are results.
     if args.labels is not None and len(args.labels) != len(args.checkpoints):
         raise ValueError(f"--labels names {len(args.labels)} curves for {len(args.checkpoints)} checkpoints")
+    if args.batch_size is not None:  # None: evaluate() picks the device's default
+        check_int("--batch-size", args.batch_size, 1)
     device = resolve_device(args.device)
-    batch_size = default_batch_size(device) if args.batch_size is None else args.batch_size
-    check_int("--batch-size", batch_size, 1)
     check_output_dir(args.output)
     loaded = []
     for path in args.checkpoints:
@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     labels = args.labels or [Path(p).parent.name if Path(p).is_file() else Path(p).name for p in args.checkpoints]
     results = {}
     for label, (path, model, capacities, dataset) in zip(labels, loaded):
-        rows = evaluate(model, dataset, capacities, batch_size, device, bf16=args.bf16, progress=True)
+        rows = evaluate(model, dataset, capacities, args.batch_size, device, bf16=args.bf16, progress=True)
         results[label] = rows
         print(format_table(rows, title=f"{label} ({path}, {args.split} split, {rows[0]['num_samples']} samples)"))
     output_dir = prepare_output_dir(args.output)
