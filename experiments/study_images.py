@@ -5,9 +5,11 @@ Arms (same architecture as the demo: D=64, 4 blocks, 4 heads, 64 tokens; same da
     MoNE at a fixed capacity 0.5; MoNE adaptive; MatViT (nested, each width alone); MatViT -> MoNE adaptive
     fine-tuning; a trained MoNE evaluated with a random router; MoNE trained with a random router;
     Mixture-of-Depths (12.5% of tokens in every other block); dense ViT upcycled into MoNE; MatViT -> MoNE
-    fine-tuned at a fixed 0.5; and (run at D=128) MatViT -> MoNE with the router at block 1, with isoFLOPs
+    fine-tuned at a fixed 0.5; (run at D=128) MatViT -> MoNE with the router at block 1, with isoFLOPs
     fine-tuning, MoD-greedy (the paper's allocation baseline: tokens run the full block or skip it), and alpha
-    (the MLP scaling) started at 0.5 or trained at 20x the learning rate.
+    (the MLP scaling) started at 0.5 or trained at 20x the learning rate, and the dense ViT (lr 1e-3) upcycled
+    through 400 nested steps then isoFLOPs MoNE fine-tuning; (run at D=192) MatViT pre-trained at lr 1e-3, then
+    MoNE isoFLOPs fine-tuning, also evaluated with a random router.
 
     python experiments/study_images.py --output experiments/results/images          # about 2 h on 2 CPU cores
     python experiments/study_images.py --output /tmp/quick --quick --seeds 0 1      # a minute, end to end
@@ -38,6 +40,8 @@ LATE_ROUTER_CAPACITIES = (0.125, 1 / 3, 0.5, 0.75, 1.0)  # of the routed blocks 
 ALPHA_INIT, ALPHA_LR = 0.5, 1e-2  # alpha's start value; its learning rate (20x the fine-tuning lr)
 GREEDY_CAPACITIES = (0.25, 0.5, 0.75)  # MoD-greedy: fraction of tokens on the full-width path (trained at 0.5)
 FINE_TUNE_LRS = (2e-4, 1e-4)
+UPCYCLE_STEPS = 400  # nested steps from a trained dense ViT (the video study's upcycling recipe)
+WIDE_LR = LOWER_LRS[0]  # D=192: every pre-training at the dense ViT's learning rate chosen at D=128 (2e-3 unstable)
 
 
 def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
@@ -64,6 +68,11 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
     def iso_flops_fine_tune(seed: int, previous: str | None) -> TrainConfig:
         return base("finetune").replace(seed=seed, init_from=previous, iso_flops=True)
 
+    def upcycling(seed: int, previous: str | None) -> TrainConfig:  # nested training from the dense ViT's weights
+        config = base("nested")
+        return config.replace(seed=seed, init_from=previous, lr=WIDE_LR, steps=min(UPCYCLE_STEPS, config.steps),
+                              warmup_steps=min(UPCYCLE_STEPS // 20, config.warmup_steps))
+
     def alpha_fine_tune(**alpha: float) -> Stage:
         def stage(seed: int, previous: str | None) -> TrainConfig:
             return base("finetune").replace(seed=seed, init_from=previous, **alpha)
@@ -80,6 +89,8 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
     narrow = base("dense").model_kwargs["embed_dim"] // 2
 
     matvit_mone = "MatViT -> MoNE adaptive"
+    wide_matvit = f"MatViT (nested), lr {WIDE_LR:g}"
+    wide_mone = f"MatViT, lr {WIDE_LR:g} -> MoNE adaptive, isoFLOPs"
     return [
         Arm("dense ViT", (preset("dense"),), family="dense"),
         Arm("MatViT (nested)", (preset("nested"),), WIDTHS, WIDTH_LABELS, family="matvit"),
@@ -117,6 +128,16 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
             init="MatViT (nested)"),
         Arm(f"{matvit_mone}, alpha lr {ALPHA_LR:g}", (alpha_fine_tune(alpha_lr=ALPHA_LR),), CAPACITIES,
             init="MatViT (nested)"),
+        # D=192: nested pre-training at the dense ViT's learning rate, then the best D=128 recipe (isoFLOPs)
+        Arm(wide_matvit, (preset("nested", lr=WIDE_LR),), WIDTHS, WIDTH_LABELS, family="matvit"),
+        Arm(wide_mone, (iso_flops_fine_tune,), CAPACITIES, init=wide_matvit),
+        Arm(f"{wide_mone}, random router at eval", (), CAPACITIES, router="random", reuse=wide_mone,
+            family="random"),
+        # upcycling through nested training: the trained dense ViT (lr 1e-3), 400 nested steps, isoFLOPs MoNE
+        Arm("dense -> MatViT (nested)", (upcycling,), WIDTHS, WIDTH_LABELS, family="matvit",
+            init=f"dense ViT, lr {WIDE_LR:g}"),
+        Arm("dense -> MatViT -> MoNE adaptive, isoFLOPs", (iso_flops_fine_tune,), CAPACITIES,
+            init="dense -> MatViT (nested)"),
     ]
 
 

@@ -5,12 +5,15 @@ Arms (the video presets, :func:`mone.configs.video`: a factorised ViViT, D=64, 4
 direction of motion; same data and optimiser in every arm):
     dense ViViT; dense ViViT of about half the FLOPs (2 spatial blocks); MatViT (nested) ViViT, each width alone;
     MatViT -> MoNE ViViT adaptive fine-tuning (the paper's video recipe) at capacities 0.25 / 0.5 / 0.75 / 1; the
-    same model evaluated with a random router.
+    same model evaluated with a random router; the same recipe with as many nested steps as the dense run's; and
+    the trained dense ViViT upcycled through nested training (400 steps) then MoNE fine-tuning (at lr 2e-3 and at
+    5e-4; the latter also evaluated with a random router).
 
     python experiments/study_video.py --output experiments/results/video --threads 1   # ~45 min on one free core
     python experiments/study_video.py --output /tmp/quick --quick --seeds 0 1          # seconds, end to end
 
-About 15 minutes per seed on one thread: dense 3.5, 2 spatial blocks 2, nested 7, fine-tune 1, evaluation 1. Seeds
+About 35 minutes per seed on one thread: dense 3.5, 2 spatial blocks 2, nested 7 (1,200 steps: 10.5), nested from
+dense 3.5, fine-tunes 1 each, evaluation 3. Seeds
 can run as separate processes (``--seeds 0``, ``--seeds 1``, ...) into the same folder, then one call with all the
 seeds reuses the runs and aggregates.
 """
@@ -32,21 +35,38 @@ WIDTHS = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0
 WIDTH_LABELS = ("width 1/8", "width 1/4", "width 1/2", "width 1")
 DENSE, DENSE_HALF, NESTED = "dense ViViT", "dense ViViT, 2 spatial blocks", "MatViT (nested) ViViT"
 MONE, RANDOM = "MatViT -> MoNE ViViT adaptive", "MatViT -> MoNE ViViT, random router at eval"
+NESTED_LONG, MONE_LONG = "MatViT (nested) ViViT, dense steps", "MatViT, dense steps -> MoNE ViViT adaptive"
+UPCYCLED_NESTED, UPCYCLED_MONE = "dense -> MatViT (nested) ViViT", "dense -> MatViT -> MoNE ViViT adaptive"
+UPCYCLE_STEPS = 400  # nested steps from the trained dense ViViT: with its 1,200 dense steps about the cost of 800
+LOW_LR = 5e-4  # the image study's fine-tuning lr: lr 2e-3 (chosen for the 800-step nested model) costs the upcycled
+# nested model 6 points at capacity 1.0 (84.0 -> 78.2%)
+UPCYCLED_MONE_LOW = f"{UPCYCLED_MONE}, lr {LOW_LR:g}"
 
 
 def arms(quick: bool) -> list[Arm]:
     """The study's arms (``quick``: the presets' tiny local versions)."""
-    def preset(variant: str) -> Stage:
+    def preset(variant: str, **changes: float) -> Stage:  # ``changes`` apply to the full-size runs only
         def stage(seed: int, previous: str | None) -> TrainConfig:
-            return video(variant, quick).replace(seed=seed, init_from=previous)
+            config = video(variant, quick).replace(seed=seed, init_from=previous)
+            return config if quick else config.replace(**changes)
         return stage
 
+    dense = video("dense")
+    long_nested = preset("nested", steps=dense.steps, warmup_steps=dense.warmup_steps)
+    upcycling = preset("nested", steps=UPCYCLE_STEPS, warmup_steps=UPCYCLE_STEPS // 20)
     return [
         Arm(DENSE, (preset("dense"),), family="dense"),
         Arm(DENSE_HALF, (preset("dense_half"),), family="dense"),
         Arm(NESTED, (preset("nested"),), WIDTHS, WIDTH_LABELS, family="matvit"),
         Arm(MONE, (preset("finetune"),), CAPACITIES, init=NESTED),
         Arm(RANDOM, (), CAPACITIES, router="random", reuse=MONE, family="random"),
+        Arm(NESTED_LONG, (long_nested,), WIDTHS, WIDTH_LABELS, family="matvit"),
+        Arm(MONE_LONG, (preset("finetune"),), CAPACITIES, init=NESTED_LONG),
+        Arm(UPCYCLED_NESTED, (upcycling,), WIDTHS, WIDTH_LABELS, family="matvit", init=DENSE),
+        Arm(UPCYCLED_MONE, (preset("finetune"),), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(UPCYCLED_MONE_LOW, (preset("finetune", lr=LOW_LR),), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(f"{UPCYCLED_MONE_LOW}, random router at eval", (), CAPACITIES, router="random", reuse=UPCYCLED_MONE_LOW,
+            family="random"),
     ]
 
 

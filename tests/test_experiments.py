@@ -58,6 +58,7 @@ def test_image_study_quick_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     text = report.read_text()
     D = json.loads((tmp_path / "summary.json").read_text())["model_kwargs"]["embed_dim"]
     assert f"## Width: every model at D={D} " in text and "More recipes and baselines" in text
+    assert "**2 seeds only**: no standard error" in text  # fewer than 3 seeds: the verdicts say they are indicative
     text = text[text.index("More recipes and baselines"):]
     for arm, capacity in (("MatViT -> MoNE adaptive, router at block 1", "0.333 ("),
                           ("MatViT -> MoNE adaptive, isoFLOPs", "0.5"), ("MoD-greedy, lr 0.0", "0.5"),
@@ -122,11 +123,14 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
     assert summary["study"] == "moving digits, video"
     rows = {(r["arm"], r["capacity"]): r for r in summary["rows"] if r["split"] == "test"}
     mone = "MatViT -> MoNE ViViT adaptive"
+    nested = ("MatViT (nested) ViViT", "MatViT (nested) ViViT, dense steps", "dense -> MatViT (nested) ViViT")
+    upcycled = "dense -> MatViT -> MoNE ViViT adaptive"
+    mones = (mone, "MatViT -> MoNE ViViT, random router at eval", "MatViT, dense steps -> MoNE ViViT adaptive",
+             upcycled, f"{upcycled}, lr 0.0005", f"{upcycled}, lr 0.0005, random router at eval")
     assert set(rows) == {
         ("dense ViViT", "1"), ("dense ViViT, 2 spatial blocks", "1"),
-        *(("MatViT (nested) ViViT", f"width {w}") for w in ("1/8", "1/4", "1/2", "1")),
-        *((arm, c) for arm in (mone, "MatViT -> MoNE ViViT, random router at eval")
-          for c in ("0.25", "0.5", "0.75", "1")),
+        *((arm, f"width {w}") for arm in nested for w in ("1/8", "1/4", "1/2", "1")),
+        *((arm, c) for arm in mones for c in ("0.25", "0.5", "0.75", "1")),
     }
     for row in rows.values():
         assert row["seeds"] == 2 and len(row["top1_per_seed"]) == 2 and 0 <= row["top1_mean"] <= 100
@@ -140,6 +144,10 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
                         .read_text())
     assert config["init_from"].endswith("MatViT_(nested)_ViViT/seed1/stage0/checkpoint.safetensors")
     assert config["capacity_mode"] == "adaptive" and config["dataset"] == "moving_digits"
+    nested_config = json.loads((study / "runs" / "dense_->_MatViT_(nested)_ViViT" / "seed0" / "stage0"
+                                / "config.json").read_text())  # upcycling: nested training from the dense ViViT
+    assert nested_config["init_from"].endswith("dense_ViViT/seed0/stage0/checkpoint.safetensors")
+    assert nested_config["capacity_mode"] == "nested"
     assert (study / "accuracy_vs_gflops.png").stat().st_size > 0
 
     report = tmp_path / "results.md"
@@ -151,6 +159,9 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
                         flags=re.MULTILINE)
     assert len(claims) == 4 and {word for _, word in claims} <= {"holds", "holds partly", "does not hold"}
     assert "| MatViT (nested) ViViT | width 1/2 |" in video and "video/accuracy_vs_gflops.png" in video
+    assert "Best MoNE recipe on the validation split at capacity 0.5: **" in video
+    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 4
+    assert video.count("Learned minus random router on the same weights") == 2  # both recipes with a random router
 
 
 def test_an_interrupted_run_is_not_taken_for_a_finished_one(tmp_path):
