@@ -6,16 +6,7 @@
 set -euo pipefail
 out=${1:-benchmarks/results/cpu-round7}
 threads=${2:-1}
-mkdir -p "$out"
-tuned=(env MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296)
-small=(--model mone_vit_test --model-arg img_size=32 --model-arg patch_size=4 --model-arg in_chans=1
-       --model-arg depth=4 --model-arg num_heads=4 --model-arg num_classes=10)
-
-bench() {  # bench NAME ARGS...
-  local name=$1; shift
-  "${tuned[@]}" mone bench --threads "$threads" "$@" --csv "$out/$name.csv" --json "$out/$name.json" \
-    | tee "$out/$name.txt"
-}
+source "$(dirname "$0")/cpu_round_common.sh"
 
 bench d64_b64_float32 "${small[@]}" --model-arg embed_dim=64 --batch-size 64 --modes throughput train --repeats 21 \
   --warmup 3

@@ -9,13 +9,13 @@ direction of motion; same data and optimiser in every arm):
     the trained dense ViViT upcycled through nested training (400 steps) then MoNE fine-tuning (at lr 2e-3 and at
     5e-4; the latter also evaluated with a random router).
 
-    python experiments/study_video.py --output experiments/results/video --threads 1   # ~45 min on one free core
+    python experiments/study_video.py --output experiments/results/video --threads 1   # about 2 h on one thread
     python experiments/study_video.py --output /tmp/quick --quick --seeds 0 1          # seconds, end to end
 
-About 35 minutes per seed on one thread: dense 3.5, 2 spatial blocks 2, nested 7 (1,200 steps: 10.5), nested from
-dense 3.5, fine-tunes 1 each, evaluation 3. Seeds
-can run as separate processes (``--seeds 0``, ``--seeds 1``, ...) into the same folder, then one call with all the
-seeds reuses the runs and aggregates.
+Minutes per seed on one thread: the first five arms about 15 (dense 3.5, 2 spatial blocks 2, nested 7, fine-tune 1,
+evaluation 1, on a free core); with three seeds side by side on 2 cores: dense 5.5, nested with 1,200 steps 21,
+nested from dense 5, fine-tunes 1-1.5 each. Seeds can run as separate processes (``--seeds 0``, ``--seeds 1``, ...)
+into the same folder, then one call with all the seeds reuses the runs and aggregates.
 """
 
 from __future__ import annotations
