@@ -32,7 +32,7 @@ from mone.data.fashion_mnist import MEAN, STD  # noqa: E402
 
 MATCH, CLOSE = 1.0, 3.0  # points below the reference that still count as "matches" / "close"
 MONE_RECIPES = ("MatViT -> MoNE adaptive", "MoNE adaptive", "MoNE fixed 0.5", "dense -> MoNE adaptive (upcycled)",
-                "MatViT -> MoNE fixed 0.5")
+                "MatViT -> MoNE fixed 0.5", "dense -> MatViT -> MoNE adaptive, isoFLOPs")
 
 
 def _fmt(mean: float, se: float) -> str:
