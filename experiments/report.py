@@ -321,9 +321,9 @@ VIDEO_DENSE, VIDEO_HALF = "dense ViViT", "dense ViViT, 2 spatial blocks"
 VIDEO_MONE, VIDEO_RANDOM = "MatViT -> MoNE ViViT adaptive", "MatViT -> MoNE ViViT, random router at eval"
 VIDEO_RECIPES = (VIDEO_MONE, "MatViT, dense steps -> MoNE ViViT adaptive", "dense -> MatViT -> MoNE ViViT adaptive",
                  "dense -> MatViT -> MoNE ViViT adaptive, lr 0.0005")
+# the nested model each recipe starts from
 VIDEO_NESTED = dict(zip(VIDEO_RECIPES, ("MatViT (nested) ViViT", "MatViT (nested) ViViT, dense steps",
                                         "dense -> MatViT (nested) ViViT", "dense -> MatViT (nested) ViViT")))
-# (the nested model each recipe starts from)
 
 
 def video_verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[tuple[str, str, str]]:
