@@ -26,6 +26,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import difference, lookup, markdown_table, plot  # noqa: E402
+from study_images import arms as image_arms  # noqa: E402
+from study_video import DENSE as VIDEO_DENSE  # noqa: E402
+from study_video import DENSE_HALF as VIDEO_HALF  # noqa: E402
+from study_video import arms as video_arms  # noqa: E402
 
 from mone._io import atomic_write_text  # noqa: E402
 from mone.data.fashion_mnist import MEAN, STD  # noqa: E402
@@ -195,10 +199,6 @@ WIDTH_RECIPES = ("MoNE fixed 0.5", "MatViT -> MoNE adaptive", "MatViT -> MoNE ad
                  "MatViT -> MoNE adaptive, lr 0.0001", "MatViT -> MoNE adaptive, isoFLOPs",
                  "MatViT -> MoNE adaptive, alpha from 0.5", "MatViT -> MoNE adaptive, alpha lr 0.01", DEMO_ARM,
                  "MatViT, lr 0.001 -> MoNE adaptive, isoFLOPs", "dense -> MatViT -> MoNE adaptive, isoFLOPs")
-# the nested model a recipe starts from (the MatViT baseline for the others): its half-width network costs what MoNE
-# at 0.5 costs
-WIDTH_NESTED = {"MatViT, lr 0.001 -> MoNE adaptive, isoFLOPs": "MatViT (nested), lr 0.001",
-                "dense -> MatViT -> MoNE adaptive, isoFLOPs": "dense -> MatViT (nested)"}
 WIDTH_DENSE = ("dense ViT", "dense ViT, lr 0.001", "dense ViT, lr 0.0005")  # learning rates tried for the dense ViT
 WIDTH_MATCHED = ("dense ViT, depth 2", "dense ViT, depth 2, lr 0.001", "dense ViT, depth 2, lr 0.0005")
 
@@ -237,6 +237,9 @@ def width_section(folder: Path, docs: Path) -> list[str]:
     dense_arm, matched_arm = best_on_val(summary, WIDTH_DENSE, "1"), best_on_val(summary, WIDTH_MATCHED, "1")
     dense, matched = lookup(summary, dense_arm, "1"), lookup(summary, matched_arm, "1")
     recipes = [arm for arm in WIDTH_RECIPES if _has(summary, arm)]
+    # the nested model each recipe starts from (MatViT's for one trained from scratch): its half-width network costs
+    # what MoNE at 0.5 costs
+    starts = {arm.name: arm.init or "MatViT (nested)" for arm in image_arms(quick=False)}
     best = max((arm for arm in recipes if arm != DEMO_ARM),  # not a recipe of its own: one pre-training seed
                key=lambda arm: lookup(summary, arm, "0.5", "val")["top1_mean"])
     rel = Path(os.path.relpath(folder, docs.parent))
@@ -257,7 +260,7 @@ def width_section(folder: Path, docs: Path) -> list[str]:
              "| better than the same-FLOPs dense ViT |",
              "|---|---|---|---|---|---|---|---|"]
     for arm in recipes:
-        r, matvit = lookup(summary, arm, "0.5"), lookup(summary, WIDTH_NESTED.get(arm, "MatViT (nested)"), "width 1/2")
+        r, matvit = lookup(summary, arm, "0.5"), lookup(summary, starts[arm], "width 1/2")
         gap, se = difference(r, dense)
         gap_m, se_m = difference(r, matched)
         half = "holds" if gap >= -MATCH else "holds partly" if gap >= -CLOSE else "does not hold"
@@ -317,15 +320,6 @@ def more_recipes(summary: Sequence[dict[str, Any]], dense: dict[str, Any]) -> li
 
 
 
-VIDEO_DENSE, VIDEO_HALF = "dense ViViT", "dense ViViT, 2 spatial blocks"
-VIDEO_MONE, VIDEO_RANDOM = "MatViT -> MoNE ViViT adaptive", "MatViT -> MoNE ViViT, random router at eval"
-VIDEO_RECIPES = (VIDEO_MONE, "MatViT, dense steps -> MoNE ViViT adaptive", "dense -> MatViT -> MoNE ViViT adaptive",
-                 "dense -> MatViT -> MoNE ViViT adaptive, lr 0.0005")
-# the nested model each recipe starts from
-VIDEO_NESTED = dict(zip(VIDEO_RECIPES, ("MatViT (nested) ViViT", "MatViT (nested) ViViT, dense steps",
-                                        "dense -> MatViT (nested) ViViT", "dense -> MatViT (nested) ViViT")))
-
-
 def video_verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[tuple[str, str, str]]:
     """(claim, verdict, evidence) for the paper's video claim, MoNE recipe ``best`` at capacities 0.5 and 0.25, with
     the image section's rules: against the dense ViViT as "dense accuracy at fewer FLOPs", against the dense ViViT of
@@ -360,10 +354,11 @@ def video_section(folder: Path, docs: Path) -> list[str]:
     test = [s for s in summary if s["split"] == "test"]
     val = [s for s in summary if s["split"] == "val"]
     rel = Path(os.path.relpath(folder, docs.parent))
-    recipes = [arm for arm in VIDEO_RECIPES if _has(summary, arm)]
-    best = max(recipes, key=lambda arm: lookup(summary, arm, "0.5", "val")["top1_mean"])
+    study = video_arms(quick=False)  # the study's own arms: which are MoNE recipes, what each starts from
+    nested = {arm.name: arm.init for arm in study if arm.family == "mone" and _has(summary, arm.name)}
+    randoms = {arm.reuse: arm.name for arm in study if arm.router == "random" and _has(summary, arm.name)}
+    best = max(nested, key=lambda arm: lookup(summary, arm, "0.5", "val")["top1_mean"])
     dense, half = lookup(summary, VIDEO_DENSE, "1"), lookup(summary, VIDEO_HALF, "1")
-    randoms = {arm: VIDEO_RANDOM if arm == VIDEO_MONE else f"{arm}, random router at eval" for arm in recipes}
     lines = ["## Video: moving digits", "",
              "The paper's video claim: MoNE fine-tuned from a nested (MatViT) model matches a dense ViViT at 2-3x "
              f"fewer FLOPs. Best MoNE recipe on the validation split at capacity 0.5: **{best}**.", "",
@@ -374,15 +369,14 @@ def video_section(folder: Path, docs: Path) -> list[str]:
               f"| recipe | top-1 % | per seed | its nested model, width 1 | vs its nested model, width 1/2 (same "
               f"FLOPs) | vs {VIDEO_DENSE} | vs {VIDEO_HALF} |",
               "|---|---|---|---|---|---|---|"]
-    for arm in recipes:
-        r, nested = lookup(summary, arm, "0.5"), lookup(summary, VIDEO_NESTED[arm], "width 1")
+    for arm, start in nested.items():
+        r, full, halved = (lookup(summary, arm, "0.5"), lookup(summary, start, "width 1"),
+                           lookup(summary, start, "width 1/2"))
         per_seed = " / ".join(f"{v:.1f}" for v in r["top1_per_seed"])
         lines.append(f"| {arm} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {per_seed} | "
-                     f"{nested['top1_mean']:.2f} ± {nested['top1_std']:.2f} | "
-                     f"{_fmt(*difference(r, lookup(summary, VIDEO_NESTED[arm], 'width 1/2')))} | "
+                     f"{full['top1_mean']:.2f} ± {full['top1_std']:.2f} | {_fmt(*difference(r, halved))} | "
                      f"{_fmt(*difference(r, dense))} | {_fmt(*difference(r, half))} |")
-    lines += [line for arm, random in randoms.items() if _has(summary, random)
-              for line in ("", router_lead(summary, arm, random))]
+    lines += [line for arm, random in randoms.items() for line in ("", router_lead(summary, arm, random))]
     lines += ["", f"![accuracy against GFLOPs]({rel}/accuracy_vs_gflops.png)", "",
               "### Test split", "", markdown_table(test), "", "### Validation split", "", markdown_table(val), ""]
     return lines
