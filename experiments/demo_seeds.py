@@ -1,5 +1,5 @@
 """How much does `mone demo`'s headline move with the fine-tuning seed? The demo's MoNE fine-tuning of the shipped
-nested model, run with several seeds, each evaluated on the demo's test images; writes ``--output`` (JSON).
+upcycled nested model, run with several seeds, each evaluated on the demo's test images; writes ``--output`` (JSON).
 
     python experiments/demo_seeds.py --seeds 0 1 2 --output experiments/results/demo_seeds.json   # ~5 min, 2 cores
 """
@@ -28,7 +28,7 @@ def main() -> None:
     per_seed = {}
     with tempfile.TemporaryDirectory() as runs:
         for seed in args.seeds:
-            config = demo("finetune").replace(seed=seed, init_from=str(PRETRAINED["nested"]),
+            config = demo("finetune").replace(seed=seed, init_from=str(PRETRAINED["upcycle"]),
                                               output_dir=f"{runs}/seed{seed}")
             model = train(config, progress=False).model.cpu().eval()
             test = build_dataset(config.dataset, "test", **dict(config.dataset_kwargs, num_samples=TEST_SAMPLES))

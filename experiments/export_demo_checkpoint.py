@@ -1,12 +1,12 @@
-"""Ship the D=128 image study's dense ViT and nested (MatViT) pre-training of seed 0 with mone, for ``mone demo``.
+"""Ship the D=128 image study's dense ViT and its nested upcycling (seed 0) with mone, for ``mone demo``.
 
 Reads the study's runs, keeps the model weights and the runs' settings (no optimiser or RNG state), and writes
-``src/mone/assets/demo_{dense,nested}_seed0.safetensors``, mone checkpoints that ``--init-from``, ``mone eval`` and
-``mone demo`` load. The study trains those runs with exactly the ``demo_dense`` and ``demo_nested`` presets (checked
+``src/mone/assets/demo_{dense,upcycle}_seed0.safetensors``, mone checkpoints that ``--init-from``, ``mone eval`` and
+``mone demo`` load. The study trains those runs with exactly the ``demo_dense`` and ``demo_upcycle`` presets (checked
 here); ``mone demo --pretrain`` retrains them.
 
     python experiments/study_images.py --output experiments/results/images_d128 --embed-dim 128 --seeds 0 \
-        --arms "dense ViT, lr 0.001" "MatViT (nested)"
+        --arms "dense ViT, lr 0.001" "dense -> MatViT (nested)"
     python experiments/export_demo_checkpoint.py --study experiments/results/images_d128
 """
 
@@ -24,7 +24,10 @@ from mone.configs import demo  # noqa: E402
 from mone.train.checkpoint import CHECKPOINT_NAME, load_model, save_checkpoint  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "mone" / "assets"
-SOURCES = {"dense": "dense ViT, lr 0.001", "nested": "MatViT (nested)"}  # demo preset -> the study arm that ran it
+SOURCES = {"dense": "dense ViT, lr 0.001", "upcycle": "dense -> MatViT (nested)"}  # demo preset -> study arm
+MADE_BY = ("python experiments/study_images.py --output experiments/results/images_d128 --embed-dim 128 --seeds 0 "
+           f"--arms {' '.join(repr(arm) for arm in SOURCES.values())}; "
+           "python experiments/export_demo_checkpoint.py --study experiments/results/images_d128")
 
 
 def export(study: Path, variant: str, target: Path) -> None:
@@ -38,9 +41,7 @@ def export(study: Path, variant: str, target: Path) -> None:
         raise SystemExit(f"{source} was not trained with the demo_{variant} preset (differs in {', '.join(differs)})")
     save_checkpoint(target, model, checkpoint.meta["model"], checkpoint.meta["model_kwargs"], config=config,
                     step=checkpoint.meta["step"], include_rng=False,
-                    extra={"made_by": "python experiments/study_images.py --output experiments/results/images_d128 "
-                                      "--embed-dim 128 --seeds 0; python experiments/export_demo_checkpoint.py "
-                                      "--study experiments/results/images_d128"})
+                    extra={"made_by": MADE_BY})
     print(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB) from {source}")
 
 

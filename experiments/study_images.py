@@ -40,7 +40,6 @@ LATE_ROUTER_CAPACITIES = (0.125, 1 / 3, 0.5, 0.75, 1.0)  # of the routed blocks 
 ALPHA_INIT, ALPHA_LR = 0.5, 1e-2  # alpha's start value; its learning rate (20x the fine-tuning lr)
 GREEDY_CAPACITIES = (0.25, 0.5, 0.75)  # MoD-greedy: fraction of tokens on the full-width path (trained at 0.5)
 FINE_TUNE_LRS = (2e-4, 1e-4)
-UPCYCLE_STEPS = 400  # nested steps from a trained dense ViT (the video study's upcycling recipe)
 WIDE_LR = LOWER_LRS[0]  # D=192: every pre-training at the dense ViT's learning rate chosen at D=128 (2e-3 unstable)
 
 
@@ -68,10 +67,8 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
     def iso_flops_fine_tune(seed: int, previous: str | None) -> TrainConfig:
         return base("finetune").replace(seed=seed, init_from=previous, iso_flops=True)
 
-    def upcycling(seed: int, previous: str | None) -> TrainConfig:  # nested training from the dense ViT's weights
-        config = base("nested")
-        return config.replace(seed=seed, init_from=previous, lr=WIDE_LR, steps=min(UPCYCLE_STEPS, config.steps),
-                              warmup_steps=min(UPCYCLE_STEPS // 20, config.warmup_steps))
+    def upcycling(seed: int, previous: str | None) -> TrainConfig:  # the demo's upcycle preset: nested training
+        return base("upcycle").replace(seed=seed, init_from=previous, lr=WIDE_LR)  # from the dense ViT's weights
 
     def alpha_fine_tune(**alpha: float) -> Stage:
         def stage(seed: int, previous: str | None) -> TrainConfig:
@@ -114,7 +111,7 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
         # the fine-tuning stage at lower learning rates (lr 5e-4 loses 5.6 points at capacity 1.0 at D=128)
         *(Arm(f"{matvit_mone}, lr {lr:g}", (preset("finetune", lr=lr),), CAPACITIES, init="MatViT (nested)")
           for lr in FINE_TUNE_LRS),
-        # what `mone demo` runs: seed 0's nested model (shipped) fine-tuned with each seed
+        # what `mone demo` ran before the upcycling recipe: seed 0's nested model fine-tuned with each seed
         Arm("MatViT seed 0 -> MoNE adaptive", (preset("finetune"),), CAPACITIES, init="MatViT (nested)", init_seed=0),
         # block 0 dense, the router on block 1's input; routed capacity 1/3 costs what 0.5 costs with the router at 0
         Arm(f"{matvit_mone}, router at block 1", (preset("finetune", router_block=1),), LATE_ROUTER_CAPACITIES,

@@ -83,7 +83,7 @@ def test_demo_local_writes_a_report(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert summary["dense_top1"] == results["dense ViT (4 layers)"][0]["top1"]
     assert summary["dense_half_top1"] == results["dense ViT, 2 layers (half the FLOPs)"][0]["top1"]
-    mone = results["MoNE (nested pre-training + adaptive)"]
+    mone = results["MoNE (dense ViT -> nested -> adaptive)"]
     assert [r["capacity"] for r in mone] == [0.25, 0.5, 0.75, 1.0]
     assert summary["mone_at_0.5_top1"] == mone[1]["top1"]
     shares = json.loads((out / "routing_share.json").read_text())

@@ -120,6 +120,26 @@ def test_a_local_preset_trains_end_to_end(tmp_path, capsys):
         expected["depth"], expected["embed_dim"], expected["in_chans"], expected["num_experts"])
 
 
+def test_the_demo_recipe_chains_by_preset_name_alone(tmp_path, monkeypatch, capsys):
+    """demo_dense, then demo_upcycle (nested training from the dense run: upcycled), then demo_finetune (MoNE from the
+    nested run): each preset's default init_from is the run the one before writes, so no flag is needed."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("demo_dense", "demo_upcycle", "demo_finetune"):
+        assert main(["train", "--config", name, "--local", "--steps", "1", "--no-progress"]) == 0, name
+    capsys.readouterr()
+    dense, _ = load_model(tmp_path / "runs" / "demo" / "dense")
+    upcycled, upcycle_run = load_model(tmp_path / "runs" / "demo" / "upcycle")
+    _, finetune_run = load_model(tmp_path / "runs" / "demo" / "finetune")
+    assert (dense.num_experts, upcycled.num_experts) == (1, 4)
+    assert upcycle_run.meta["config"]["init_from"] == "runs/demo/dense/checkpoint.safetensors"
+    assert finetune_run.meta["config"]["init_from"] == "runs/demo/upcycle/checkpoint.safetensors"
+    assert (upcycle_run.meta["config"]["capacity_mode"], finetune_run.meta["config"]["capacity_mode"]) == (
+        "nested", "adaptive")
+    # one nested step at lr 1e-3 moves the dense weights only a little: the nested model started from them
+    drift = (upcycled.blocks[0].attn.qkv.weight - dense.blocks[0].attn.qkv.weight).abs().max()
+    assert 0 < drift < 0.01
+
+
 def test_unknown_preset_is_one_line_naming_the_presets(tmp_path, capsys):
     out = tmp_path / "out"
     err = one_line_error(capsys, ["train", "--config", "demo_nope", "--output", str(out)])

@@ -6,6 +6,7 @@ numbers that are exact in binary floating point, so the inclusive comparison is 
 """
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -55,7 +56,7 @@ def test_more_test_images_narrow_the_margin():
     assert [_verdict(0.7, 0.68, n)[0] for n in (100, 6400)] == ["matches", "does not match"]
 
 
-@pytest.mark.parametrize("variant", ["dense", "nested"])
+@pytest.mark.parametrize("variant", ["dense", "upcycle"])
 def test_shipped_checkpoints_are_the_demo_presets_runs(variant):
     """The demo loads these instead of training: they must hold a full run of exactly today's preset (a preset
     changed without re-exporting the checkpoint would make the demo compare models trained differently)."""
@@ -70,6 +71,19 @@ def test_shipped_checkpoints_are_the_demo_presets_runs(variant):
     assert int(checkpoint.meta["step"]) == preset["steps"]
     assert model.num_experts == (1 if variant == "dense" else 4)
     assert sum(p.numel() for p in model.parameters()) > 500_000  # the D=128 model, not the --local one
+
+
+def test_the_shipped_nested_model_is_upcycled_from_the_shipped_dense_vit():
+    """The demo's nested model continues the dense ViT it ships beside (seed 0 of the same study), not another run."""
+    from mone.demo import PRETRAINED
+    from mone.train.checkpoint import load_model
+
+    _, upcycled = load_model(PRETRAINED["upcycle"])
+    _, dense = load_model(PRETRAINED["dense"])
+    source = Path(upcycled.meta["config"]["init_from"])
+    assert source.parent.parent.name == "seed0" and source.parents[2].name == "dense_ViT,_lr_0.001"
+    assert dense.meta["config"]["seed"] == upcycled.meta["config"]["seed"] == 0
+    assert dense.meta["made_by"] == upcycled.meta["made_by"]
 
 
 def test_answer_picks_by_accuracy_and_names_what_is_faster_on_the_clock():

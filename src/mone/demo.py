@@ -2,12 +2,12 @@
 
 Compares, with the same data and optimiser (``mone.configs.demo``: D=128, 4 layers, 64 tokens), a dense ViT, a dense
 ViT of half its FLOPs (2 layers), the half-width ViT that nested (MatViT) training leaves inside the MoNE model, and
-MoNE by the image study's best recipe (docs/results.md, chosen on validation): MatViT-style nested pre-training,
-then isoFLOPs adaptive MoNE fine-tuning (about 520 steps), one model for every budget. The two long runs, the dense
-ViT and the nested pre-training (about 9 and 25 minutes on one core), ship with the package as weights-only
-checkpoints made by
-``experiments/study_images.py`` (seed 0) and ``experiments/export_demo_checkpoint.py``; ``--pretrain`` retrains them
-here. The 2-layer dense ViT and the MoNE fine-tuning train here. Every model is evaluated on the test split (source
+MoNE by the image study's best recipe (docs/results.md, chosen on validation): upcycling, the trained dense ViT's
+weights through 400 steps of MatViT-style nested training, then isoFLOPs adaptive MoNE fine-tuning (about 520
+steps), one model for every budget. The dense ViT and its nested upcycling (about 9 and 6 minutes on one core) ship
+with the package as weights-only checkpoints made by ``experiments/study_images.py`` (seed 0) and
+``experiments/export_demo_checkpoint.py``; ``--pretrain`` retrains them here. The 2-layer dense ViT and the MoNE
+fine-tuning train here. Every model is evaluated on the test split (source
 digits never seen in training): top-1 against GFLOPs and against measured images/s, MoNE at capacities
 {0.25, 0.5, 0.75, 1.0} from one model; then the verdict in plain words, routing maps and the share of digit tokens the
 router sends to the large experts, beside a random router and the router at initialisation. Nothing is tuned on the
@@ -41,7 +41,7 @@ __all__ = ["PRETRAINED", "add_arguments", "run", "run_demo"]
 
 _logger = logging.getLogger(__name__)
 
-PRETRAINED = {variant: files("mone") / "assets" / f"demo_{variant}_seed0.safetensors" for variant in ("dense", "nested")}
+PRETRAINED = {variant: files("mone") / "assets" / f"demo_{variant}_seed0.safetensors" for variant in ("dense", "upcycle")}
 EVAL_CAPACITIES = (0.25, 0.5, 0.75, 1.0)
 SHARE_CAPACITIES = (0.25, 0.5, 0.75)
 TEST_SAMPLES = 5000
@@ -49,8 +49,8 @@ HALF_WIDTH = (0.0, 0.0, 1.0, 0.0)  # every token on the third nested expert: the
 LABELS = {
     "dense": "dense ViT (4 layers)",
     "dense_half": "dense ViT, 2 layers (half the FLOPs)",
-    "matvit_half": "MatViT half-width ViT (nested pre-training alone)",
-    "finetune": "MoNE (nested pre-training + adaptive)",
+    "matvit_half": "MatViT half-width ViT (the nested model alone)",
+    "finetune": "MoNE (dense ViT -> nested -> adaptive)",
 }
 
 
@@ -68,7 +68,7 @@ def _verdict(dense: float, mone: float, num_samples: int) -> tuple[str, float]:
 
 
 def _shipped_or_trained(variant: str, config: Any, pretrain: bool, progress: bool) -> tuple[Path, float | None]:
-    """The checkpoint of ``variant`` (``dense`` or ``nested``) and its training seconds: trained here with
+    """The checkpoint of ``variant`` (``dense`` or ``upcycle``) and its training seconds: trained here with
     ``pretrain``, else the one shipped with mone (seconds ``None``)."""
     if pretrain:
         tic = time.perf_counter()
@@ -97,23 +97,25 @@ def run_demo(
             ``pretrain`` (the shipped checkpoints are for the full-size models).
         device: where to train and evaluate.
         progress: progress bars.
-        pretrain: train the dense ViT and the nested pre-training here instead of loading the shipped checkpoints.
+        pretrain: train the dense ViT and its nested upcycling here instead of loading the shipped checkpoints.
     """
     start = time.perf_counter()
     output_dir = prepare_output_dir(output_dir)
     configs = {}
-    for variant in ("dense", "dense_half", "nested", "finetune"):
+    for variant in ("dense", "dense_half", "upcycle", "finetune"):
         config = demo_config(variant, local).replace(output_dir=str(output_dir / variant), device=device)
         configs[variant] = config if steps is None else config.replace(steps=steps)
     test = build_dataset("cluttered_digits", "test", **dict(configs["dense"].dataset_kwargs,
                                                             num_samples=256 if local else TEST_SAMPLES))
 
     checkpoints, train_seconds = {}, {}
-    for variant in ("dense", "nested"):
-        checkpoints[variant], train_seconds[variant] = _shipped_or_trained(variant, configs[variant], pretrain or local,
-                                                                           progress)
-    configs["finetune"] = configs["finetune"].replace(init_from=str(checkpoints["nested"]))
-    models = {variant: load_model(checkpoints[variant])[0].eval() for variant in ("dense", "nested")}
+    checkpoints["dense"], train_seconds["dense"] = _shipped_or_trained("dense", configs["dense"], pretrain or local,
+                                                                       progress)
+    configs["upcycle"] = configs["upcycle"].replace(init_from=str(checkpoints["dense"]))
+    checkpoints["upcycle"], train_seconds["upcycle"] = _shipped_or_trained("upcycle", configs["upcycle"],
+                                                                           pretrain or local, progress)
+    configs["finetune"] = configs["finetune"].replace(init_from=str(checkpoints["upcycle"]))
+    models = {variant: load_model(checkpoints[variant])[0].eval() for variant in ("dense", "upcycle")}
     steps_run = {}
     for variant in ("dense_half", "finetune"):
         tic = time.perf_counter()
@@ -122,7 +124,7 @@ def run_demo(
         train_seconds[variant] = time.perf_counter() - tic
     results = {LABELS[variant]: evaluate(models[variant], test, (1.0,), CPU_BATCH_SIZE)
                for variant in ("dense", "dense_half")}
-    results[LABELS["matvit_half"]] = evaluate(models["nested"], test, (HALF_WIDTH,), CPU_BATCH_SIZE)
+    results[LABELS["matvit_half"]] = evaluate(models["upcycle"], test, (HALF_WIDTH,), CPU_BATCH_SIZE)
     results[LABELS["matvit_half"]][0]["capacity"] = 1.0  # a model of its own: all of its (half-width) layers
     results[LABELS["finetune"]] = evaluate(models["finetune"], test, EVAL_CAPACITIES, CPU_BATCH_SIZE)
     mone = models["finetune"]
@@ -225,7 +227,7 @@ def _report(
     dense_row = results[LABELS["dense"]][0]
     speed = summary["speedup_vs_dense"]
     budgets = ", ".join(f"{c:g}: {100 * r['top1']:.2f}%" for c, r in mone_rows.items())
-    width = configs["nested"].model_kwargs["embed_dim"]
+    width = configs["upcycle"].model_kwargs["embed_dim"]
     same_flops = {LABELS["dense_half"]: pct["dense_half_top1"], LABELS["matvit_half"]: pct["matvit_half_top1"]}
     beaten = any(summary[key] == "does not match" for key in ("verdict_vs_dense_half", "verdict_vs_matvit_half"))
     speeds = {name: results[name][0]["images_per_s"] for name in same_flops}
@@ -235,7 +237,7 @@ def _report(
         f"against {pct['dense_top1']:.2f}% top-1, {summary['flops_ratio']:.2f}x fewer FLOPs; two standard errors of "
         f"the difference from test-set sampling: {100 * summary['margin']:.2f} points), **"
         f"{summary['verdict_vs_dense_half']} the dense ViT of half the FLOPs** ({pct['dense_half_top1']:.2f}%) **and "
-        f"{summary['verdict_vs_matvit_half']} the half-width ViT of its own nested pre-training** "
+        f"{summary['verdict_vs_matvit_half']} the half-width ViT of its own nested model** "
         f"({pct['matvit_half_top1']:.2f}%, the same FLOPs). {answer}",
         "",
         f"On the clock (this machine, forward passes of batch {CPU_BATCH_SIZE}): MoNE at 0.5 runs at {speed:.2f}x the "
@@ -246,7 +248,7 @@ def _report(
         "",
         f"One MoNE model serves every budget: {budgets} (dense ViT: {100 * dense_row['top1']:.2f}%).",
     ]
-    nested = configs["nested"]
+    upcycle = configs["upcycle"]
 
     def made(variant: str) -> str:
         seconds = summary["train_seconds"][variant]
@@ -264,23 +266,24 @@ def _report(
         "",
         "## What was trained",
         "",
-        f"Every model: ViT with D={width}, {nested.model_kwargs['num_heads']} heads, patch "
-        f"{nested.model_kwargs['patch_size']} on a {nested.model_kwargs['img_size']} px canvas; AdamW, batch "
-        f"{nested.batch_size}, label smoothing {nested.label_smoothing}, seed {nested.seed}; data: cluttered digits "
-        f"{json.dumps(nested.dataset_kwargs)}; test split of {dense_row['num_samples']} images whose source digits "
+        f"Every model: ViT with D={width}, {upcycle.model_kwargs['num_heads']} heads, patch "
+        f"{upcycle.model_kwargs['patch_size']} on a {upcycle.model_kwargs['img_size']} px canvas; AdamW, batch "
+        f"{upcycle.batch_size}, label smoothing {upcycle.label_smoothing}, seed {upcycle.seed}; data: cluttered digits "
+        f"{json.dumps(upcycle.dataset_kwargs)}; test split of {dense_row['num_samples']} images whose source digits "
         "never appear in training.",
         "",
         f"- {LABELS['dense']}: {configs['dense'].steps} steps, lr {configs['dense'].lr}; {made('dense')}.",
         f"- {LABELS['dense_half']}: {configs['dense_half'].steps} steps, lr {configs['dense_half'].lr}; "
         f"{made('dense_half')}.",
-        f"- {LABELS['finetune']}: nested (MatViT-style) pre-training, {nested.steps} steps averaging the loss over "
-        f"the four widths, lr {nested.lr}, {made('nested')}; then {summary['fine_tune_steps']} steps of adaptive "
+        f"- {LABELS['finetune']}: the dense ViT's weights upcycled into nested experts by {upcycle.steps} steps of "
+        f"nested (MatViT-style) training, each averaging the loss over the four widths, lr {upcycle.lr}, "
+        f"{made('upcycle')}; then {summary['fine_tune_steps']} steps of adaptive "
         f"MoNE fine-tuning (capacity drawn per step, lr {configs['finetune'].lr}"
         + (f"; isoFLOPs: the FLOPs of {configs['finetune'].steps} dense steps" if configs['finetune'].iso_flops else "")
         + f"), {made('finetune')}. Its training "
-        "compute is larger than the dense ViT's (a nested step costs the four widths' forward and backward passes). "
+        "compute adds to the dense ViT's (a nested step costs the four widths' forward and backward passes). "
         f"Learned alpha: {summary['alpha']:.3f}.",
-        f"- {LABELS['matvit_half']}: the nested pre-training's model with every token on the D/2-wide expert, no "
+        f"- {LABELS['matvit_half']}: the upcycled nested model with every token on the D/2-wide expert, no "
         "training of its own.",
         "",
         f"Whole demo: {summary['total_seconds']:.0f} s. The 3-seed study behind this recipe, with every baseline "
@@ -321,8 +324,8 @@ def _report(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="runs/demo", help="report folder")
     parser.add_argument("--pretrain", action="store_true",
-                        help="train the dense ViT and MoNE's nested pre-training here (about 20 more minutes on 2 "
-                             "cores) instead of loading the shipped checkpoints")
+                        help="train the dense ViT and its nested upcycling here (about 10 more minutes on 2 cores) "
+                             "instead of loading the shipped checkpoints")
     parser.add_argument("--steps", type=int, default=None, help="training steps per model (default: the presets')")
     parser.add_argument("--local", action="store_true", help="tiny smoke-test version (seconds, meaningless numbers)")
     parser.add_argument("--device", default="cpu")

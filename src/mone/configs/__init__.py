@@ -23,6 +23,7 @@ PRESETS: dict[str, Callable[[bool], TrainConfig]] = {
     "demo_adaptive": lambda local=False: demo("adaptive", local),
     "demo_dense_half": lambda local=False: demo("dense_half", local),
     "demo_nested": lambda local=False: demo("nested", local),
+    "demo_upcycle": lambda local=False: demo("upcycle", local),
     "demo_finetune": lambda local=False: demo("finetune", local),
     "video_dense": lambda local=False: video("dense", local),
     "video_dense_half": lambda local=False: video("dense_half", local),
