@@ -8,7 +8,9 @@ fine-tuning 300 steps at lr 5e-4): only the data differ from ``study_images.py``
 
 Arms: dense ViT; dense ViT of depth 2 (matched inference FLOPs, 0.5x); MatViT (nested training, each width
 evaluated alone); MatViT -> MoNE adaptive fine-tuning at capacities 0.25 / 0.5 / 0.75 / 1; the same model with a
-random router at evaluation; MoNE trained at a fixed capacity 0.5.
+random router at evaluation; MoNE trained at a fixed capacity 0.5; the image studies' best recipe, upcycling: the
+trained dense ViT through 400 nested steps at lr 1e-3 (``demo_upcycle``), then isoFLOPs MoNE fine-tuning (also
+evaluated with a random router).
 
     python experiments/study_fashion.py --output experiments/results/fashion --seeds 0 1 2 --threads 1  # ~1.5 h
     python experiments/study_fashion.py --output /tmp/quick --quick --seeds 0 1     # under a minute, end to end
@@ -26,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Arm, Stage, parser, run_study, select_arms, setup, study_preset  # noqa: E402
-from study_images import CAPACITIES, WIDTH_LABELS, WIDTHS  # noqa: E402
+from study_images import CAPACITIES, WIDE_LR, WIDTH_LABELS, WIDTHS  # noqa: E402
 
 from mone.data.fashion_mnist import DEFAULT_DATA_DIR  # noqa: E402
 from mone.train.config import TrainConfig  # noqa: E402
@@ -38,9 +40,9 @@ QUICK_SAMPLES = 512  # training images in --quick mode (the presets' local mode 
 def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA_DIR) -> list[Arm]:
     """The study's arms; ``embed_dim`` widens every model (default: the presets' 64)."""
 
-    def preset(variant: str) -> Stage:
+    def preset(variant: str, **changes) -> Stage:
         def stage(seed: int, previous: str | None) -> TrainConfig:
-            config = study_preset(variant, quick, embed_dim)
+            config = study_preset(variant, quick, embed_dim).replace(**changes)
             dataset_kwargs = dict(img_size=IMG_SIZE, normalize=True)
             if quick:
                 dataset_kwargs["num_samples"] = QUICK_SAMPLES
@@ -49,6 +51,7 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
         return stage
 
     matvit_mone = "MatViT -> MoNE adaptive"
+    upcycled_mone = "dense -> MatViT -> MoNE adaptive, isoFLOPs"
     return [
         Arm("dense ViT", (preset("dense"),), family="dense"),
         Arm("dense ViT, depth 2", (preset("dense_half"),), family="dense"),
@@ -57,6 +60,11 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
         Arm("MatViT -> MoNE, random router at eval", (), CAPACITIES, router="random", reuse=matvit_mone,
             family="random"),
         Arm("MoNE fixed 0.5", (preset("mone"),), CAPACITIES),
+        Arm("dense -> MatViT (nested)", (preset("upcycle", lr=WIDE_LR),), WIDTHS, WIDTH_LABELS, family="matvit",
+            init="dense ViT"),
+        Arm(upcycled_mone, (preset("finetune", iso_flops=True),), CAPACITIES, init="dense -> MatViT (nested)"),
+        Arm(f"{upcycled_mone}, random router at eval", (), CAPACITIES, router="random", reuse=upcycled_mone,
+            family="random"),
     ]
 
 

@@ -8,8 +8,9 @@ Arms (same architecture as the demo: D=64, 4 blocks, 4 heads, 64 tokens; same da
     fine-tuned at a fixed 0.5; (run at D=128) MatViT -> MoNE with the router at block 1, with isoFLOPs
     fine-tuning, MoD-greedy (the paper's allocation baseline: tokens run the full block or skip it), and alpha
     (the MLP scaling) started at 0.5 or trained at 20x the learning rate, and the dense ViT (lr 1e-3) upcycled
-    through 400 nested steps then isoFLOPs MoNE fine-tuning; (run at D=192) MatViT pre-trained at lr 1e-3, then
-    MoNE isoFLOPs fine-tuning, also evaluated with a random router.
+    through 400 nested steps then isoFLOPs MoNE fine-tuning (also evaluated with a random router and the other
+    allocations); (run at D=192) MatViT pre-trained at lr 1e-3, then MoNE isoFLOPs fine-tuning, also evaluated with
+    a random router.
 
     python experiments/study_images.py --output experiments/results/images          # about 2 h on 2 CPU cores
     python experiments/study_images.py --output /tmp/quick --quick --seeds 0 1      # a minute, end to end
@@ -88,6 +89,7 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
     matvit_mone = "MatViT -> MoNE adaptive"
     wide_matvit = f"MatViT (nested), lr {WIDE_LR:g}"
     wide_mone = f"MatViT, lr {WIDE_LR:g} -> MoNE adaptive, isoFLOPs"
+    upcycled_mone = "dense -> MatViT -> MoNE adaptive, isoFLOPs"
     return [
         Arm("dense ViT", (preset("dense"),), family="dense"),
         Arm("MatViT (nested)", (preset("nested"),), WIDTHS, WIDTH_LABELS, family="matvit"),
@@ -133,8 +135,11 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
         # upcycling through nested training: the trained dense ViT (lr 1e-3), 400 nested steps, isoFLOPs MoNE
         Arm("dense -> MatViT (nested)", (upcycling,), WIDTHS, WIDTH_LABELS, family="matvit",
             init=f"dense ViT, lr {WIDE_LR:g}"),
-        Arm("dense -> MatViT -> MoNE adaptive, isoFLOPs", (iso_flops_fine_tune,), CAPACITIES,
-            init="dense -> MatViT (nested)"),
+        Arm(upcycled_mone, (iso_flops_fine_tune,), CAPACITIES, init="dense -> MatViT (nested)"),
+        Arm(f"{upcycled_mone}, random router at eval", (), CAPACITIES, router="random", reuse=upcycled_mone,
+            family="random"),
+        Arm("dense -> MatViT -> MoNE, other allocations", (), ALLOCATIONS, ALLOCATION_LABELS, reuse=upcycled_mone,
+            family="allocation"),
     ]
 
 

@@ -15,6 +15,7 @@ import pytest
 from mone.data.fashion_mnist import DEFAULT_DATA_DIR as FASHION_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
+UPCYCLED = "dense -> MatViT -> MoNE adaptive, isoFLOPs"  # the upcycling recipe's MoNE arm
 
 
 @pytest.mark.slow
@@ -82,7 +83,11 @@ def test_fashion_study_quick_runs_end_to_end_and_report_renders_its_section(tmp_
     rows = [row for row in json.loads((study / "summary.json").read_text())["rows"] if row["split"] == "test"]
     assert {row["arm"] for row in rows} == {
         "dense ViT", "dense ViT, depth 2", "MatViT (nested)", "MatViT -> MoNE adaptive",
-        "MatViT -> MoNE, random router at eval", "MoNE fixed 0.5"}
+        "MatViT -> MoNE, random router at eval", "MoNE fixed 0.5", "dense -> MatViT (nested)", UPCYCLED,
+        f"{UPCYCLED}, random router at eval"}
+    upcycle = json.loads((study / "runs" / "dense_->_MatViT_(nested)" / "seed1" / "stage0" / "config.json").read_text())
+    assert upcycle["init_from"].endswith("dense_ViT/seed1/stage0/checkpoint.safetensors")  # the trained dense ViT
+    assert (upcycle["capacity_mode"], upcycle["lr"], upcycle["dataset"]) == ("nested", 1e-3, "fashion_mnist")
     for row in rows:
         assert row["seeds"] == 2 and len(row["top1_per_seed"]) == 2 and 0 <= row["top1_mean"] <= 100
     capacities = {row["capacity"]: row["gflops"] for row in rows if row["arm"] == "MatViT -> MoNE adaptive"}
@@ -111,6 +116,9 @@ def test_fashion_study_quick_runs_end_to_end_and_report_renders_its_section(tmp_
         assert f"| {claim}" in fashion
     assert "Mixture-of-Depths" not in fashion and "D=32" not in fashion  # arms this study does not run
     assert "(fashion/accuracy_vs_gflops.png)" in fashion and "| MoNE fixed 0.5 | 0.5 |" in fashion
+    best = re.search(r"validation split at capacity 0.5: \*\*(.+?)\*\*", fashion).group(1)
+    routed = best if best in (UPCYCLED, "MatViT -> MoNE adaptive") else "MatViT -> MoNE adaptive"  # has a twin
+    assert f"| {routed}, learned minus random router on the same weights: 0.25: " in fashion
 
 
 @pytest.mark.slow
