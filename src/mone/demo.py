@@ -7,11 +7,11 @@ weights through 400 steps of MatViT-style nested training, then isoFLOPs adaptiv
 steps), one model for every budget. The dense ViT and its nested upcycling (about 9 and 6 minutes on one core) ship
 with the package as weights-only checkpoints made by ``experiments/study_images.py`` (seed 0) and
 ``experiments/export_demo_checkpoint.py``; ``--pretrain`` retrains them here. The 2-layer dense ViT and the MoNE
-fine-tuning train here. Every model is evaluated on the test split (source
-digits never seen in training): top-1 against GFLOPs and against measured images/s, MoNE at capacities
-{0.25, 0.5, 0.75, 1.0} from one model; then the verdict in plain words, routing maps and the share of digit tokens the
-router sends to the large experts, beside a random router and the router at initialisation. Nothing is tuned on the
-test split; docs/results.md has 3 seeds of every comparison.
+fine-tuning train here. Every model is evaluated on the test split (source digits never seen in training): top-1
+against GFLOPs and against measured images/s, MoNE at capacities {0.25, 0.5, 0.75, 1.0} from one model; then the
+verdict in plain words, routing maps and the share of digit tokens the router sends to the large experts, beside a
+random router and the router at initialisation. Nothing is tuned on the test split; docs/results.md has 3 seeds of
+every comparison.
 """
 
 from __future__ import annotations
