@@ -95,3 +95,15 @@ def test_answer_picks_by_accuracy_and_names_what_is_faster_on_the_clock():
                     "2-layer ViT runs 2.00x MoNE's images/s.")
     assert _answer(False, accuracy, speed, mone_speed=300.0).endswith("the model to pick here.")
     assert _answer(True, accuracy, speed, 120.0).endswith("the most accurate model here is: half-width ViT, 81.50%.")
+
+
+def test_budgets_line_says_where_more_capacity_stops_buying_accuracy():
+    from mone.demo import _budgets
+
+    rising = {0.25: {"top1": 0.7}, 0.5: {"top1": 0.8}, 1.0: {"top1": 0.85}}
+    assert _budgets(rising, 0.86) == ("One MoNE model for every budget: 0.25: 70.00%, 0.5: 80.00%, 1: 85.00% "
+                                      "(dense ViT: 86.00%).")
+    peaked = {0.25: {"top1": 0.79}, 0.5: {"top1": 0.81}, 0.75: {"top1": 0.795}, 1.0: {"top1": 0.77}}
+    assert _budgets(peaked, 0.84).endswith("(dense ViT: 84.00%); its accuracy peaks at capacity 0.5 and falls above "
+                                           "it, so it is worth running up to 0.5: for more compute, the dense ViT "
+                                           "is the better choice.")

@@ -218,6 +218,18 @@ def _answer(beaten: bool, accuracy: dict[str, float], speed: dict[str, float], m
             + (f"; on this machine's clock {faster} MoNE's images/s." if faster else "."))
 
 
+def _budgets(rows: dict[float, dict[str, float]], dense: float) -> str:
+    """One line on the MoNE model across budgets (``rows`` by capacity, ``dense`` the dense ViT's top-1), saying where
+    more capacity stops buying accuracy."""
+    listed = ", ".join(f"{c:g}: {100 * r['top1']:.2f}%" for c, r in rows.items())
+    text = f"One MoNE model for every budget: {listed} (dense ViT: {100 * dense:.2f}%)."
+    peak = max(rows, key=lambda c: rows[c]["top1"])
+    if peak == max(rows):
+        return text
+    return (text[:-1] + f"; its accuracy peaks at capacity {peak:g} and falls above it, so it is worth running up to "
+            f"{peak:g}: for more compute, the dense ViT is the better choice.")
+
+
 def _report(
     summary: dict[str, Any], results: dict[str, list[dict[str, float]]], shares: dict[str, list[dict[str, Any]]],
     configs: dict[str, Any], local: bool, pretrain: bool,
@@ -226,7 +238,6 @@ def _report(
     mone_rows = {r["capacity"]: r for r in results[LABELS["finetune"]]}
     dense_row = results[LABELS["dense"]][0]
     speed = summary["speedup_vs_dense"]
-    budgets = ", ".join(f"{c:g}: {100 * r['top1']:.2f}%" for c, r in mone_rows.items())
     width = configs["upcycle"].model_kwargs["embed_dim"]
     same_flops = {LABELS["dense_half"]: pct["dense_half_top1"], LABELS["matvit_half"]: pct["matvit_half_top1"]}
     beaten = any(summary[key] == "does not match" for key in ("verdict_vs_dense_half", "verdict_vs_matvit_half"))
@@ -246,7 +257,7 @@ def _report(
            "routing cost much of what the multiply-adds save." if speed < 1.2 else
            "The FLOP savings show on the clock."),
         "",
-        f"One MoNE model serves every budget: {budgets} (dense ViT: {100 * dense_row['top1']:.2f}%).",
+        _budgets(mone_rows, dense_row["top1"]),
     ]
     upcycle = configs["upcycle"]
 
