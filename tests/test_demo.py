@@ -90,11 +90,17 @@ def test_answer_picks_by_accuracy_and_names_what_is_faster_on_the_clock():
     from mone.demo import _answer
 
     accuracy, speed = {"2-layer ViT": 79.0, "half-width ViT": 81.5}, {"2-layer ViT": 240.0, "half-width ViT": 90.0}
-    text = _answer(False, accuracy, speed, mone_speed=120.0)
+    beats = {"2-layer ViT": "beats", "half-width ViT": "beats"}
+    text = _answer(beats, accuracy, speed, mone_speed=120.0)
     assert text == ("By accuracy, MoNE at half the compute is the model to pick here; on this machine's clock the "
                     "2-layer ViT runs 2.00x MoNE's images/s.")
-    assert _answer(False, accuracy, speed, mone_speed=300.0).endswith("the model to pick here.")
-    assert _answer(True, accuracy, speed, 120.0).endswith("the most accurate model here is: half-width ViT, 81.50%.")
+    assert _answer(beats, accuracy, speed, mone_speed=300.0).endswith("the model to pick here.")
+    level = {"2-layer ViT": "beats", "half-width ViT": "matches"}
+    assert _answer(level, accuracy, speed, mone_speed=60.0) == (
+        "By accuracy, MoNE at half the compute is level with the half-width ViT (within two standard errors), not "
+        "ahead; on this machine's clock the 2-layer ViT runs 4.00x and the half-width ViT runs 1.50x MoNE's images/s.")
+    beaten = {"2-layer ViT": "beats", "half-width ViT": "does not match"}
+    assert _answer(beaten, accuracy, speed, 120.0).endswith("the most accurate model here is: half-width ViT, 81.50%.")
 
 
 def test_budgets_line_says_where_more_capacity_stops_buying_accuracy():

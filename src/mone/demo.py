@@ -205,17 +205,22 @@ def plot_tradeoff(results: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _answer(beaten: bool, accuracy: dict[str, float], speed: dict[str, float], mone_speed: float) -> str:
-    """Which model to pick at half the compute: MoNE unless a same-FLOPs model (``accuracy`` in %, ``speed`` in
-    images/s, by name) beats it (``beaten``); and which of them run faster than MoNE (``mone_speed``) on the clock."""
-    if beaten:
+def _answer(words: dict[str, str], accuracy: dict[str, float], speed: dict[str, float], mone_speed: float) -> str:
+    """Which model to pick at half the compute, from MoNE's verdict against each same-FLOPs model (``words``, by
+    name): MoNE when it beats them all, else the most accurate one that MoNE does not beat (``accuracy`` in %); and
+    which of them run faster than MoNE (``mone_speed``, ``speed`` in images/s) on the clock."""
+    if "does not match" in words.values():
         best = max(accuracy, key=accuracy.get)
         return ("At this scale MoNE does not beat a dense ViT of the same FLOPs; for half the compute, the most "
                 f"accurate model here is: {best}, {accuracy[best]:.2f}%.")
     faster = " and ".join(f"the {name} runs {speed[name] / mone_speed:.2f}x" for name in speed
                           if speed[name] > mone_speed)
-    return ("By accuracy, MoNE at half the compute is the model to pick here"
-            + (f"; on this machine's clock {faster} MoNE's images/s." if faster else "."))
+    clock = f"; on this machine's clock {faster} MoNE's images/s." if faster else "."
+    level = [name for name, word in words.items() if word == "matches"]
+    if level:
+        return ("By accuracy, MoNE at half the compute is level with the " + " and the ".join(level)
+                + " (within two standard errors), not ahead" + clock)
+    return "By accuracy, MoNE at half the compute is the model to pick here" + clock
 
 
 def _budgets(rows: dict[float, dict[str, float]], dense: float) -> str:
@@ -240,9 +245,10 @@ def _report(
     speed = summary["speedup_vs_dense"]
     width = configs["upcycle"].model_kwargs["embed_dim"]
     same_flops = {LABELS["dense_half"]: pct["dense_half_top1"], LABELS["matvit_half"]: pct["matvit_half_top1"]}
-    beaten = any(summary[key] == "does not match" for key in ("verdict_vs_dense_half", "verdict_vs_matvit_half"))
+    words = {LABELS["dense_half"]: summary["verdict_vs_dense_half"],
+             LABELS["matvit_half"]: summary["verdict_vs_matvit_half"]}
     speeds = {name: results[name][0]["images_per_s"] for name in same_flops}
-    answer = _answer(beaten, same_flops, speeds, mone_rows[0.5]["images_per_s"])
+    answer = _answer(words, same_flops, speeds, mone_rows[0.5]["images_per_s"])
     verdict = [
         f"**At capacity 0.5, MoNE {summary['verdict_vs_dense']} the full dense ViT** ({pct['mone_at_0.5_top1']:.2f}% "
         f"against {pct['dense_top1']:.2f}% top-1, {summary['flops_ratio']:.2f}x fewer FLOPs; two standard errors of "
