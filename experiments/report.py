@@ -217,7 +217,9 @@ FASHION_INTRO = (
     "55,000 images, validation the last 5,000 training images, test the 10,000 t10k images (all evaluated). Same "
     "architecture (D=64, 4 layers, 4 heads, 64 tokens of 4x4 px), optimiser and steps as the cluttered-digits study; "
     "arms: dense ViT, dense ViT of depth 2, MatViT, MatViT -> MoNE adaptive (also evaluated with a random router), "
-    "and MoNE trained from scratch at a fixed 0.5 (run a session after the others). Unlike cluttered digits, "
+    "MoNE trained from scratch at a fixed 0.5 (run a session after the others), and the upcycling recipe (the "
+    "trained dense ViT through 400 nested steps at lr 1e-3, then isoFLOPs MoNE, also evaluated with a random router; "
+    "added on 2026-12-05). Unlike cluttered digits, "
     "the object fills most of the canvas: few tokens are pure background. Seeds 0-2, one thread per process on a "
     "shared machine (training seconds and images/s are noisy)."
 )
