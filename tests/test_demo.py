@@ -97,8 +97,8 @@ def test_answer_picks_by_accuracy_and_names_what_is_faster_on_the_clock():
     assert _answer(beats, accuracy, speed, mone_speed=300.0).endswith("the model to pick here.")
     level = {"2-layer ViT": "beats", "half-width ViT": "matches"}
     assert _answer(level, accuracy, speed, mone_speed=60.0) == (
-        "By accuracy, MoNE at half the compute is level with the half-width ViT (within two standard errors), not "
-        "ahead; on this machine's clock the 2-layer ViT runs 4.00x and the half-width ViT runs 1.50x MoNE's images/s.")
+        "By accuracy, MoNE at half the compute is not ahead of the half-width ViT: level within two standard errors; "
+        "on this machine's clock the 2-layer ViT runs 4.00x and the half-width ViT runs 1.50x MoNE's images/s.")
     beaten = {"2-layer ViT": "beats", "half-width ViT": "does not match"}
     assert _answer(beaten, accuracy, speed, 120.0).endswith("the most accurate model here is: half-width ViT, 81.50%.")
 

@@ -218,8 +218,8 @@ def _answer(words: dict[str, str], accuracy: dict[str, float], speed: dict[str, 
     clock = f"; on this machine's clock {faster} MoNE's images/s." if faster else "."
     level = [name for name, word in words.items() if word == "matches"]
     if level:
-        return ("By accuracy, MoNE at half the compute is level with the " + " and the ".join(level)
-                + " (within two standard errors), not ahead" + clock)
+        return ("By accuracy, MoNE at half the compute is not ahead of the " + " and the ".join(level)
+                + ": level within two standard errors" + clock)
     return "By accuracy, MoNE at half the compute is the model to pick here" + clock
 
 
