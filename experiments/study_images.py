@@ -9,8 +9,8 @@ Arms (same architecture as the demo: D=64, 4 blocks, 4 heads, 64 tokens; same da
     fine-tuning, MoD-greedy (the paper's allocation baseline: tokens run the full block or skip it), and alpha
     (the MLP scaling) started at 0.5 or trained at 20x the learning rate, and the dense ViT (lr 1e-3) upcycled
     through 400 nested steps then isoFLOPs MoNE fine-tuning (also evaluated with a random router and the other
-    allocations); (run at D=192) MatViT pre-trained at lr 1e-3, then MoNE isoFLOPs fine-tuning, also evaluated with
-    a random router.
+    allocations, and fine-tuned with capacity 1.0 among the sampled ones); (run at D=192) MatViT pre-trained at
+    lr 1e-3, then MoNE isoFLOPs fine-tuning, also evaluated with a random router.
 
     python experiments/study_images.py --output experiments/results/images          # about 2 h on 2 CPU cores
     python experiments/study_images.py --output /tmp/quick --quick --seeds 0 1      # a minute, end to end
@@ -70,6 +70,10 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
 
     def upcycling(seed: int, previous: str | None) -> TrainConfig:  # the demo's upcycle preset: nested training
         return base("upcycle").replace(seed=seed, init_from=previous, lr=WIDE_LR)  # from the dense ViT's weights
+
+    def upcycled_to_full(seed: int, previous: str | None) -> TrainConfig:
+        config = iso_flops_fine_tune(seed, previous)
+        return config.replace(capacities=(*config.capacities, 1.0))
 
     def alpha_fine_tune(**alpha: float) -> Stage:
         def stage(seed: int, previous: str | None) -> TrainConfig:
@@ -140,6 +144,9 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
             family="random"),
         Arm("dense -> MatViT -> MoNE, other allocations", (), ALLOCATIONS, ALLOCATION_LABELS, reuse=upcycled_mone,
             family="allocation"),
+        # does the full-width path keep its accuracy when fine-tuning also samples capacity 1.0? (an off-budget probe,
+        # not a recipe for the verdicts: capacity 1.0 raises the mean FLOPs per step, so isoFLOPs takes fewer steps)
+        Arm(f"{upcycled_mone}, capacities to 1.0", (upcycled_to_full,), CAPACITIES, init="dense -> MatViT (nested)"),
     ]
 
 
