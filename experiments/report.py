@@ -54,9 +54,17 @@ def recipes(summary: Sequence[dict[str, Any]]) -> list[str]:
     return [arm for arm in MONE_RECIPES if _has(summary, arm)]
 
 
+def best_on_val(summary: Sequence[dict[str, Any]], arms: Sequence[str], capacity: str) -> str:
+    """Of ``arms`` run with the most seeds, the one with the highest validation accuracy at ``capacity``."""
+    present = [arm for arm in arms if _has(summary, arm)]
+    seeds = max(lookup(summary, arm, capacity, "val")["seeds"] for arm in present)
+    return max((arm for arm in present if lookup(summary, arm, capacity, "val")["seeds"] == seeds),
+               key=lambda arm: lookup(summary, arm, capacity, "val")["top1_mean"])
+
+
 def best_recipe(summary: Sequence[dict[str, Any]]) -> str:
     """The MoNE recipe with the highest *validation* accuracy at capacity 0.5 (the test split is not looked at)."""
-    return max(recipes(summary), key=lambda arm: lookup(summary, arm, "0.5", "val")["top1_mean"])
+    return best_on_val(summary, recipes(summary), "0.5")
 
 
 def verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[tuple[str, str, str]]:
@@ -112,7 +120,7 @@ def verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[tuple[str, st
     adaptive = [arm for arm in recipes(summary) if "fixed" not in arm]
     if _has(summary, "MoNE fixed 0.5") and adaptive:
         fixed = lookup(summary, "MoNE fixed 0.5", "0.5")
-        adaptive_best = max(adaptive, key=lambda arm: lookup(summary, arm, "0.5", "val")["top1_mean"])
+        adaptive_best = best_on_val(summary, adaptive, "0.5")
         g, s = difference(lookup(summary, adaptive_best, "0.5"), fixed)
         word = "holds" if g >= -MATCH else "holds partly" if g >= -CLOSE else "does not hold"
         off_budget = ", ".join(f"{c}: {lookup(summary, 'MoNE fixed 0.5', c)['top1_mean']:.1f}%"
@@ -205,12 +213,6 @@ WIDTH_DENSE = ("dense ViT", "dense ViT, lr 0.001", "dense ViT, lr 0.0005")  # le
 WIDTH_MATCHED = ("dense ViT, depth 2", "dense ViT, depth 2, lr 0.001", "dense ViT, depth 2, lr 0.0005")
 
 
-def best_on_val(summary: Sequence[dict[str, Any]], arms: Sequence[str], capacity: str) -> str:
-    """Of ``arms`` run with the most seeds, the one with the highest validation accuracy at ``capacity``."""
-    present = [arm for arm in arms if _has(summary, arm)]
-    seeds = max(lookup(summary, arm, capacity, "val")["seeds"] for arm in present)
-    return max((arm for arm in present if lookup(summary, arm, capacity, "val")["seeds"] == seeds),
-               key=lambda arm: lookup(summary, arm, capacity, "val")["top1_mean"])
 FASHION_INTRO = (
     "Real data (`experiments/study_fashion.py`): Fashion-MNIST's 28 px images zero-padded to the demo's 32 px "
     f"canvas, then standardised with the train split's pixel mean and standard deviation ({MEAN}, {STD}); train "
@@ -368,7 +370,7 @@ def video_section(folder: Path, docs: Path) -> list[str]:
     study = video_arms(quick=False)  # the study's own arms: which are MoNE recipes, what each starts from
     nested = {arm.name: arm.init for arm in study if arm.family == "mone" and _has(summary, arm.name)}
     randoms = {arm.reuse: arm.name for arm in study if arm.router == "random" and _has(summary, arm.name)}
-    best = max(nested, key=lambda arm: lookup(summary, arm, "0.5", "val")["top1_mean"])
+    best = best_on_val(summary, list(nested), "0.5")
     dense, half = lookup(summary, VIDEO_DENSE, "1"), lookup(summary, VIDEO_HALF, "1")
     lines = ["## Video: moving digits", "",
              "The paper's video claim: MoNE fine-tuned from a nested (MatViT) model matches a dense ViViT at 2-3x "
