@@ -24,7 +24,8 @@ from mone.models import create_model
 CATEGORIES = {
     "gemm (addmm/mm/bmm)": ("aten::addmm", "aten::addmm_", "aten::mm", "aten::bmm"),  # addmm_: weight gradients
     "attention (sdpa)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
-                         "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
+                         "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::_softmax",
+                         "aten::_softmax_backward_data"),
     "copies (cat/copy_/index_select)": ("aten::cat", "aten::copy_", "aten::index_select"),
     "elementwise (gelu/layer_norm/add/mul)": ("aten::gelu", "aten::native_layer_norm", "aten::add", "aten::mul",
                                               "aten::add_", "aten::addcmul_", "aten::gelu_", "aten::gelu_backward",
@@ -57,13 +58,15 @@ def main() -> None:
                         help="model keyword argument, e.g. embed_dim=64 (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
     parser.add_argument("--train", action="store_true", help="profile forward + backward of the summed logits")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights and inputs")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = create_model(args.model, **dict(args.model_arg)).train(args.train)
+    dtype = getattr(torch, args.dtype)
+    model = create_model(args.model, **dict(args.model_arg)).to(dtype).train(args.train)
     dense = build_dense_twin(model).train(args.train)
-    images = torch.randn(args.batch_size, *model.default_input_size)
+    images = torch.randn(args.batch_size, *model.default_input_size, dtype=dtype)
 
     def step(forward):
         out = forward()
@@ -87,7 +90,7 @@ def main() -> None:
         for op, ms in ops.items():
             per_category[name][category_of(op)] += ms
     what = "forward + backward" if args.train else "forward"
-    header = f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads: ms per {what} (profiled)"
+    header = f"{args.model}, {args.dtype}, batch {args.batch_size}, {torch.get_num_threads()} threads: ms per {what}"
     print_table(header, "category", [*CATEGORIES, "other"], per_category)
     if args.ops:
         ops = sorted({op for table in per_op.values() for op, ms in table.items() if ms >= 0.5},

@@ -42,6 +42,8 @@ def test_benchmark_rows_files_and_arithmetic(timm, tmp_path):
         assert r["batch_size"] == (1 if r["mode"] == "latency" else 2)
         assert r["images_per_s"] == pytest.approx(r["batch_size"] / (r["median_ms"] / 1e3))
         assert r["efficiency"] == pytest.approx(r["speedup"] / r["ideal_speedup"])
+        own = next(o for o in rows if o["mode"] == r["mode"] and o["capacity"] == 1.0)  # MoNE at 1.0, same mode
+        assert r["efficiency_vs_mone_1"] == pytest.approx(own["median_ms"] / r["median_ms"] / r["ideal_speedup"])
         if r["variant"] == "timm-dense":
             assert r["speedup"] == 1.0 and r["ideal_speedup"] == 1.0
         else:
@@ -62,6 +64,17 @@ def test_benchmark_rows_files_and_arithmetic(timm, tmp_path):
     assert float(table[3]["efficiency"]) == pytest.approx(rows[3]["efficiency"])
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(rows)) and saved["meta"]["config"]["model"] == "mone_vit_test"
+
+
+@pytest.mark.parametrize("precision", [{"dtype": "bfloat16"}, {"autocast": "bfloat16"}, {}])
+def test_bfloat16_on_cpu_also_times_timm_with_the_explicit_attention(timm, precision):
+    config = BenchConfig(model="mone_vit_test", batch_size=2, capacities=(0.5,), modes=("throughput", "train"),
+                         repeats=1, warmup=0, **precision)  # fmt: skip
+    rows, _ = run_benchmark(config)
+    variants = [(r["mode"], r["variant"]) for r in rows if r["variant"] != "mone"]
+    twins = ["timm-dense", "timm-dense-explicit-attention"] if precision else ["timm-dense"]
+    assert variants == [(mode, v) for mode in ("throughput", "train") for v in twins]
+    assert all(r["speedup"] == 1.0 for r in rows if r["variant"] == "timm-dense")
 
 
 def test_cli_writes_files_and_rejects_bad_input(tmp_path, capsys):

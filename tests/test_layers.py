@@ -104,6 +104,23 @@ def test_fused_and_manual_attention_agree():
     torch.testing.assert_close(fused, block(x, *args), **F64)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_default_attention_kernel_is_explicit_only_for_bfloat16_on_cpu(dtype, monkeypatch):
+    torch.manual_seed(0)
+    block = NestedBlock(32, num_heads=4).to(dtype)
+    x = torch.randn(10, 32, dtype=dtype)
+    args = (GroupLayout((8, 32), (3, 2), 2), torch.rand(10, 1, dtype=dtype) + 1)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda *a: calls.append(1) or sdpa(*a))
+    auto = block(x, *args)
+    assert len(calls) == (1 if dtype == torch.float32 else 0)
+    block.attn.fused_attn = dtype == torch.float32  # the path the default picked, forced: the same computation
+    torch.testing.assert_close(auto, block(x, *args), rtol=0, atol=0)
+    block.attn.fused_attn = dtype != torch.float32  # the other path: equal up to the precision's rounding
+    torch.testing.assert_close(auto, block(x, *args), rtol=3e-2 if dtype == torch.bfloat16 else 1e-5, atol=3e-2)
+
+
 def test_block_rejects_indivisible_heads():
     with pytest.raises(ValueError, match="divisible by num_heads"):
         NestedBlock(30, num_heads=4)

@@ -13,9 +13,13 @@ MoNE at capacity 1.0.
 
 Columns: images/s, milliseconds per call, speedup over the dense baseline (timm's ViT when timm is installed,
 else MoNE at capacity 1.0), the FLOP-ideal speedup (``count_flops`` at capacity 1.0 over ``count_flops`` at the
-row's capacity) and efficiency = speedup / ideal. In throughput mode the routing overhead (router, EPR and the sort
-into expert groups, timed on their own in the same round-robin; the classifying forward pools the sorted tokens,
-so it has no unsort) is given as a fraction of the MoNE forward. Every row carries
+row's capacity), efficiency = speedup / ideal, and ``efficiency_vs_mone_1``, the same against MoNE's own
+capacity-1.0 row (same code path and kernels: the gain of the nesting alone). Where MoNE's attention picks the
+explicit softmax path (bfloat16 on CPU, :class:`mone.layers.NestedAttention`) and timm's default is the fused
+kernel, timm's dense ViT is also timed with the explicit path (variant ``timm-dense-explicit-attention``). In
+throughput mode the routing overhead (router, EPR and the sort into expert groups, timed on their own in the same
+round-robin; the classifying forward pools the sorted tokens, so it has no unsort) is given as a fraction of the
+MoNE forward. Every row carries
 the glibc allocator settings (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``): on CPU they can move the
 dense baseline by 10% or more (docs/performance.md).
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import importlib.util
 import io
@@ -68,8 +73,11 @@ CSV_COLUMNS = (
     "model", "mode", "variant", "capacity", "realised_capacity", "batch_size", "device", "dtype", "autocast",
     "compiled",
     "threads", "repeats", "median_ms", "min_ms", "images_per_s", "speedup", "ideal_speedup", "efficiency",
-    "routing_ms", "routing_fraction", "malloc_mmap_threshold", "malloc_trim_threshold",
+    "efficiency_vs_mone_1", "routing_ms", "routing_fraction", "malloc_mmap_threshold", "malloc_trim_threshold",
 )  # fmt: skip
+
+
+VARIANTS = {"timm": "timm-dense", "timm-explicit": "timm-dense-explicit-attention"}  # the rows' variant column
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,20 @@ def build_dense_twin(model: MoneVisionTransformer) -> nn.Module:
     return dense.to(device=model.pos_embed.device, dtype=model.pos_embed.dtype)
 
 
+def _explicit_attention_twin(
+    model: MoneVisionTransformer, dense: nn.Module, compute_dtype: torch.dtype
+) -> nn.Module | None:
+    """A copy of timm's ``dense`` twin on the explicit attention path, when MoNE's attention picks that path for
+    ``compute_dtype`` on the model's device and timm's would not (``None`` otherwise)."""
+    probe = torch.empty(0, device=model.pos_embed.device, dtype=compute_dtype)
+    if model.blocks[0].attn.uses_fused_kernel(probe) or not all(b.attn.fused_attn for b in dense.blocks):
+        return None
+    twin = copy.deepcopy(dense)
+    for block in twin.blocks:
+        block.attn.fused_attn = False
+    return twin
+
+
 def _inference_call(module: nn.Module, images: torch.Tensor, capacity: float | None) -> Callable[[], object]:
     if capacity is None:
         return lambda: module(images)
@@ -193,6 +215,8 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dic
     has_timm = importlib.util.find_spec("timm") is not None
     is_image_model = isinstance(model, MoneVisionTransformer)  # timm has no dense ViViT twin
     dense = build_dense_twin(model) if config.timm_baseline and has_timm and is_image_model else None
+    compute_dtype = DTYPES[config.autocast or config.dtype]
+    dense_explicit = None if dense is None else _explicit_attention_twin(model, dense, compute_dtype)
     input_size = model.default_input_size
     dense_macs = count_flops(model, input_size, 1.0)
     ideal = {c: dense_macs / count_flops(model, input_size, c) for c in capacities}
@@ -204,8 +228,10 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dic
         meta["max_abs_diff_capacity_1_vs_timm"] = (
             None if dense is None else (model(probe, capacity=1.0) - dense(probe)).abs().max().item()
         )
-    run_model: nn.Module = torch.compile(model, fullgraph=True) if config.compile else model
-    run_dense = None if dense is None else (torch.compile(dense, fullgraph=True) if config.compile else dense)
+    wrap = (lambda m: torch.compile(m, fullgraph=True)) if config.compile else (lambda m: m)
+    run_model = wrap(model)
+    denses = {"timm": dense, "timm-explicit": dense_explicit}  # timm's dense twins, by variant key
+    run_denses = {name: wrap(d) for name, d in denses.items() if d is not None}
     baseline = "timm" if dense is not None else f"mone@{1.0:g}"  # the key of the capacity-1.0 entry
     meta["baseline"] = baseline
     synchronize = synchronizer(config.device)
@@ -226,10 +252,10 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dic
             labels = torch.randint(0, max(model.num_classes, 1), (batch,), device=device)
             model.train()
             mone_opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-            if dense is not None:
-                dense.train()
-                dense_opt = torch.optim.AdamW(dense.parameters(), lr=1e-6)
-                calls["timm"] = _train_call(run_dense, dense_opt, images, labels, None, lambda: None)
+            for name, run_dense in run_denses.items():
+                denses[name].train()
+                dense_opt = torch.optim.AdamW(denses[name].parameters(), lr=1e-6)
+                calls[name] = _train_call(run_dense, dense_opt, images, labels, None, lambda: None)
             for c in capacities:
                 calls[f"mone@{c:g}"] = _train_call(run_model, mone_opt, images, labels, c, model.project_alpha_)
             _logger.info("%s: %d variants x %d repeats", mode, len(calls), config.repeats)
@@ -237,9 +263,9 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dic
                 times = time_round_robin(calls, config.repeats, config.warmup, synchronize, desc)
         else:
             model.eval()
-            if dense is not None:
-                dense.eval()
-                calls["timm"] = _inference_call(run_dense, images, None)
+            for name, run_dense in run_denses.items():
+                denses[name].eval()
+                calls[name] = _inference_call(run_dense, images, None)
             for c in capacities:
                 calls[f"mone@{c:g}"] = _inference_call(run_model, images, c)
                 if mode == "throughput" and c != 1.0:
@@ -249,16 +275,16 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dic
                 times = time_round_robin(calls, config.repeats, config.warmup, synchronize, desc)
 
         medians = {name: statistics.median(t) for name, t in times.items()}
-        base = medians[baseline]
+        base, own_base = medians[baseline], medians[f"mone@{1.0:g}"]
         for name, seconds in medians.items():
             if name.startswith("routing@"):
                 continue
-            capacity = None if name == "timm" else float(name.split("@")[1])
+            capacity = None if name.startswith("timm") else float(name.split("@")[1])
             routing = medians.get(f"routing@{name.split('@')[-1]}") if capacity is not None else None
             speedup = base / seconds
             ideal_speedup = 1.0 if capacity is None else ideal[capacity]
             rows.append({
-                "model": config.model, "mode": mode, "variant": "timm-dense" if capacity is None else "mone",
+                "model": config.model, "mode": mode, "variant": VARIANTS.get(name, "mone"),
                 "capacity": "" if capacity is None else capacity,
                 "realised_capacity": 1.0 if capacity is None else realised[capacity],
                 "batch_size": batch, "device": config.device, "dtype": config.dtype,
@@ -266,6 +292,7 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dic
                 "threads": torch.get_num_threads(), "repeats": config.repeats,
                 "median_ms": seconds * 1e3, "min_ms": min(times[name]) * 1e3, "images_per_s": batch / seconds,
                 "speedup": speedup, "ideal_speedup": ideal_speedup, "efficiency": speedup / ideal_speedup,
+                "efficiency_vs_mone_1": own_base / seconds / ideal_speedup,
                 "routing_ms": "" if routing is None else routing * 1e3,
                 "routing_fraction": "" if routing is None else routing / seconds,
                 "malloc_mmap_threshold": malloc["MALLOC_MMAP_THRESHOLD_"],
@@ -296,17 +323,19 @@ def write_json(rows: Sequence[dict], meta: dict, path: str | os.PathLike) -> Non
 
 def format_table(rows: Sequence[dict]) -> str:
     """A fixed-width text table of the main columns."""
-    header = f"{'mode':<10} {'variant':<10} {'cap':>5} {'batch':>5} {'ms':>9} {'img/s':>8} {'speedup':>7} " \
-             f"{'ideal':>6} {'eff':>5} {'routing':>7}"  # fmt: skip
+    header = f"{'mode':<10} {'variant':<17} {'cap':>5} {'batch':>5} {'ms':>9} {'img/s':>8} {'speedup':>7} " \
+             f"{'ideal':>6} {'eff':>5} {'eff1':>5} {'routing':>7}"  # fmt: skip
     lines = [header]
     for r in rows:
         cap = "" if r["capacity"] == "" else f"{r['capacity']:.2f}"
         routing = "" if r["routing_fraction"] == "" else f"{100 * r['routing_fraction']:.2f}%"
+        variant = r["variant"].replace("-explicit-attention", "-explicit")
         lines.append(
-            f"{r['mode']:<10} {r['variant']:<10} {cap:>5} {r['batch_size']:>5} {r['median_ms']:>9.1f} "
+            f"{r['mode']:<10} {variant:<17} {cap:>5} {r['batch_size']:>5} {r['median_ms']:>9.1f} "
             f"{r['images_per_s']:>8.2f} {r['speedup']:>7.2f} {r['ideal_speedup']:>6.2f} {r['efficiency']:>5.2f} "
-            f"{routing:>7}"
+            f"{r['efficiency_vs_mone_1']:>5.2f} {routing:>7}"
         )
+    lines.append("eff: efficiency against the baseline; eff1: against MoNE at capacity 1.0 (same kernels)")
     return "\n".join(lines)
 
 

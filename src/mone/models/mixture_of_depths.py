@@ -70,7 +70,8 @@ class MoDVisionTransformer(TimmContractMixin, nn.Module):
         qkv_bias: bias on the qkv projection.
         capacity: default fraction of the tokens a routed block processes, in ``(0, 1]`` (at least one token).
         greedy: MoD-greedy: one router at block 0 and every block routed (see the module docstring).
-        fused_attn: use ``F.scaled_dot_product_attention``; ``False`` runs the explicit softmax path.
+        fused_attn: ``True``: ``F.scaled_dot_product_attention``; ``False``: the explicit softmax path; ``None``:
+            the explicit path for bfloat16 on CPU (faster there), the fused kernel otherwise (:class:`NestedAttention`).
     """
 
     def __init__(
@@ -86,7 +87,7 @@ class MoDVisionTransformer(TimmContractMixin, nn.Module):
         qkv_bias: bool = True,
         capacity: float = 0.125,
         greedy: bool = False,
-        fused_attn: bool = True,
+        fused_attn: bool | None = None,
     ) -> None:
         super().__init__()
         validate_vit_args(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, 1)

@@ -43,7 +43,8 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         num_experts: nested experts ``E`` (1 gives a dense ViT).
         capacity: default effective capacity in ``[2**-(E-1), 1]``, or an explicit per-expert distribution.
         beta, delta: parameters of the capacity-distribution objective (docs/method.md).
-        fused_attn: use ``F.scaled_dot_product_attention``; ``False`` runs the explicit softmax path.
+        fused_attn: ``True``: ``F.scaled_dot_product_attention``; ``False``: the explicit softmax path; ``None``:
+            the explicit path for bfloat16 on CPU (faster there), the fused kernel otherwise (:class:`NestedAttention`).
         router: ``"learned"`` (MoNE) or ``"random"`` (the random-router baseline; see :meth:`router_probs`).
         router_block: the block whose input is routed; blocks before it run every token at full width.
         class_token: prepend a learned class token (``cls_token``), as timm.
@@ -71,7 +72,7 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         capacity: CapacityLike = 1.0,
         beta: float = 10.0,
         delta: float = 2.0,
-        fused_attn: bool = True,
+        fused_attn: bool | None = None,
         router: str = "learned",
         router_block: int = 0,
         class_token: bool = False,

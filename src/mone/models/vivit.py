@@ -69,7 +69,8 @@ class MoneViViT(MoneModelMixin, nn.Module):
         num_experts: nested experts ``E`` (1 gives a dense ViViT).
         capacity: default effective capacity in ``[2**-(E-1), 1]``, or an explicit per-expert distribution.
         beta, delta: parameters of the capacity-distribution objective (docs/method.md).
-        fused_attn: use ``F.scaled_dot_product_attention``; ``False`` runs the explicit softmax path.
+        fused_attn: ``True``: ``F.scaled_dot_product_attention``; ``False``: the explicit softmax path; ``None``:
+            the explicit path for bfloat16 on CPU (faster there), the fused kernel otherwise (:class:`NestedAttention`).
         num_frames: input frames ``T``; must be divisible by ``tubelet_size``.
         tubelet_size: frames per tubelet ``t``.
         temporal_depth: dense temporal blocks.
@@ -92,7 +93,7 @@ class MoneViViT(MoneModelMixin, nn.Module):
         capacity: CapacityLike = 1.0,
         beta: float = 10.0,
         delta: float = 2.0,
-        fused_attn: bool = True,
+        fused_attn: bool | None = None,
         num_frames: int = 32,
         tubelet_size: int = 2,
         temporal_depth: int = 4,
