@@ -118,7 +118,8 @@ def test_default_attention_kernel_is_explicit_only_for_bfloat16_on_cpu(dtype, mo
     block.attn.fused_attn = dtype == torch.float32  # the path the default picked, forced: the same computation
     torch.testing.assert_close(auto, block(x, *args), rtol=0, atol=0)
     block.attn.fused_attn = dtype != torch.float32  # the other path: equal up to the precision's rounding
-    torch.testing.assert_close(auto, block(x, *args), rtol=3e-2 if dtype == torch.bfloat16 else 1e-5, atol=3e-2)
+    tolerance = 3e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(auto, block(x, *args), rtol=tolerance, atol=tolerance)
 
 
 def test_block_rejects_indivisible_heads():

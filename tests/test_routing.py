@@ -130,28 +130,27 @@ def test_router_is_a_softmax_over_experts():
     assert sorted(name for name, _ in router.named_parameters()) == ["bias", "weight"]
 
 
-@pytest.mark.parametrize("precision", ["bfloat16 weights", "bfloat16 autocast", "float64"])
-def test_router_scores_in_float32_at_least(precision):
-    """EPR ranks tokens by these scores: bfloat16 would turn near-ties into ties (float64 must stay float64)."""
+@pytest.mark.parametrize("precision", ["bfloat16 weights", "bfloat16 autocast"])
+def test_router_scores_in_float32(precision):
+    """EPR ranks tokens by these scores: in bfloat16, near-ties would become ties."""
     torch.manual_seed(0)
-    router, x = Router(64, 4), torch.randn(2, 50, 64)
-    if precision == "float64":
-        router, x = router.double(), x.double()
-        assert router(x).dtype == torch.float64
-        return
-    expected = Router.forward(router, x.bfloat16().float())  # float32 scores of the bfloat16 input
+    router, x = Router(64, 4), torch.randn(2, 50, 64).bfloat16()
     if precision == "bfloat16 weights":
         router = router.bfloat16()
-        expected = torch.nn.Linear.forward(router.float(), x.bfloat16().float()).softmax(-1)
-        router = router.bfloat16()
-        probs = router(x.bfloat16())
+        probs = router(x)
     else:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            probs = router(x.bfloat16())
+            probs = router(x)
+    expected = torch.nn.functional.linear(x.float(), router.weight.float(), router.bias.float()).softmax(-1)
     assert probs.dtype == torch.float32
     torch.testing.assert_close(probs, expected, rtol=1e-6, atol=1e-7)
     ties = lambda p: sum(50 - p[b, :, j].unique().numel() for b in range(2) for j in range(4))  # noqa: E731
     assert ties(probs) == 0 and ties(probs.bfloat16()) > 10  # what EPR would rank in bfloat16 ties
+
+
+def test_router_keeps_float64():
+    router = Router(8, 4).double()
+    assert router(torch.randn(3, 8, dtype=torch.float64)).dtype == torch.float64
 
 
 def test_a_forward_checks_its_budget_once(monkeypatch):
