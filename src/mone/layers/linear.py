@@ -182,6 +182,12 @@ def _row_block_grad(shape: torch.Size, left: Sequence[torch.Tensor], right: Sequ
     return grad
 
 
+# Input gradients at most this wide read W[:, :d] from a column-major copy of the weight: MKL's GEMM is 2.2-2.4x
+# faster on it for 8-wide outputs (0.285 -> 0.120 ms for [960, 256] x [256, 8], AMD EPYC); from 16 wide on, the two
+# layouts run alike (measured, docs/performance.md round 8).
+_NARROW_GRAD_WIDTH = 8
+
+
 def _needs_autograd(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -203,12 +209,12 @@ class _NestedInputLinear(torch.autograd.Function):
             if len(ranges) == 1 and ranges[0][2] == weight.shape[1]:
                 grad_x = grad.mm(weight)
             else:
-                # Outputs 8 wide read W[:, :d] from a transposed copy: MKL's GEMM is 2.2-2.4x faster on it (0.285 ->
-                # 0.120 ms for [960, 256] x [256, 8], AMD EPYC); from 16 wide on, the two run alike (measured).
-                weight_t = weight.t().contiguous().t() if min(d for _, _, d in ranges) <= 8 else weight
+                narrow = min(d for _, _, d in ranges) <= _NARROW_GRAD_WIDTH
+                weight_t = weight.t().contiguous().t() if narrow else weight  # same values, column-major
                 grad_x = torch.empty_like(x)
                 for start, stop, d in ranges:
-                    _mm_into(grad_x[start:stop, :d], grad[start:stop], (weight_t if d <= 8 else weight)[:, :d])
+                    w_j = (weight_t if d <= _NARROW_GRAD_WIDTH else weight)[:, :d]
+                    _mm_into(grad_x[start:stop, :d], grad[start:stop], w_j)
                     grad_x[start:stop, d:] = 0  # features the group does not read
         if ctx.needs_input_grad[2]:
             grad_weight = _weight_grad(
