@@ -1,0 +1,165 @@
+"""How fast a MoNE training step could be with the GEMMs this CPU's BLAS gives, against what it takes.
+
+    python benchmarks/step_bound.py [--embed-dim 64] [--capacity 0.5] [--threads 1]
+
+On the study's small ViT (32x32 images, patches of 4, 4 blocks, 64 tokens, batch 64):
+
+1. times one training step (forward, cross-entropy, backward) at capacity 1.0 and at ``--capacity``, split into the
+   nested linear layers (the custom autograd functions, forward and backward, their GEMMs included) and the rest
+   (attention, LayerNorm, GELU, routing, sorting, copies), medians of interleaved steps;
+2. times in isolation, hot in cache, exactly the GEMMs one block's linear layers run at each capacity (forward, input
+   gradient, weight gradient of qkv, fc1, proj and fc2, in the layouts ``mone.layers.linear`` uses);
+3. prints the step with the linear layers scaled by the isolated GEMMs' ratio (the speed this BLAS gives the narrow
+   experts' shapes, not the FLOP share) and the rest as measured, or as at capacity 1.0 (routing and copies free).
+"""
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+import mone.layers.linear as nested
+from mone.capacity import token_counts
+from mone.models import create_model
+
+BATCH, TOKENS = 64, 64
+
+
+def median_ms(fn, repeats: int = 40) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def timed_linear_functions(spent: dict) -> None:
+    """Wrap the nested linear autograd functions so that ``spent['linear']`` sums their forward and backward time."""
+    for cls in (nested._NestedInputLinear, nested._NestedOutputLinear):
+        for name in ("forward", "backward"):
+            inner = getattr(cls, name)
+
+            def timed(ctx, *args, _inner=inner):
+                start = time.perf_counter()
+                out = _inner(ctx, *args)
+                spent["linear"] += time.perf_counter() - start
+                return out
+
+            setattr(cls, name, staticmethod(timed))
+
+
+def step_split(model, images, labels, capacities, rounds: int = 25) -> dict:
+    """Median ms per step and in the nested linear layers, per capacity (steps interleaved)."""
+    spent = defaultdict(float)
+    timed_linear_functions(spent)
+    record = {c: defaultdict(list) for c in capacities}
+    for r in range(rounds):
+        for c in capacities:
+            spent.clear()
+            start = time.perf_counter()
+            F.cross_entropy(model(images, capacity=c), labels).backward()
+            total = time.perf_counter() - start
+            model.zero_grad(set_to_none=True)
+            if r >= 3:
+                record[c]["step"].append(total)
+                record[c]["linear"].append(spent["linear"])
+    return {c: {k: 1e3 * statistics.median(v) for k, v in rec.items()} for c, rec in record.items()}
+
+
+def input_sliced_ms(dim: int, out_features: int, groups: list[tuple[int, int]]) -> float:
+    """ms of the GEMMs of ``qkv`` or ``fc1`` (forward, input and weight gradients), each group ``(rows, width)``."""
+    rows = sum(r for r, _ in groups)
+    w, b = torch.randn(out_features, dim), torch.randn(out_features)
+    w_t = w.t().contiguous().t()
+    x, g = torch.randn(rows, dim), torch.randn(rows, out_features)
+    y, gx, gw = torch.empty(rows, out_features), torch.empty(rows, dim), torch.zeros(dim, out_features)
+    starts = [sum(r for r, _ in groups[:j]) for j in range(len(groups))]
+
+    def forward():
+        for s, (r, d) in zip(starts, groups):
+            torch.addmm(b, x[s:s + r, :d], w[:, :d].t(), out=y[s:s + r])
+
+    def input_grad():
+        for s, (r, d) in zip(starts, groups):
+            weight = w_t if d <= nested._NARROW_GRAD_WIDTH else w
+            torch.mm(g[s:s + r], weight[:, :d], out=gx[s:s + r, :d])
+
+    def weight_grad():
+        for s, (r, d) in zip(starts, groups):
+            gw[:d].addmm_(x[s:s + r, :d].t(), g[s:s + r])
+
+    return sum(median_ms(f) for f in (forward, input_grad, weight_grad))
+
+
+def output_sliced_ms(dim: int, in_features: int, groups: list[tuple[int, int]]) -> float:
+    """ms of the GEMMs of ``proj`` or ``fc2`` (forward into the residual, input and weight gradients)."""
+    rows = sum(r for r, _ in groups)
+    w, h = torch.randn(dim, in_features), torch.randn(rows, in_features)
+    out, gh, gw = torch.randn(rows, dim), torch.empty(rows, in_features), torch.zeros(dim, in_features)
+    grads = [torch.randn(r, d) for r, d in groups]
+    starts = [sum(r for r, _ in groups[:j]) for j in range(len(groups))]
+
+    def forward():
+        for s, (r, d) in zip(starts, groups):
+            torch.addmm(out[s:s + r, :d], h[s:s + r], w[:d].t(), out=out[s:s + r, :d])
+
+    def input_grad():
+        for s, (r, d), g_j in zip(starts, groups, grads):
+            torch.mm(g_j, w[:d], out=gh[s:s + r])
+
+    def weight_grad():
+        for s, (r, d), g_j in zip(starts, groups, grads):
+            gw[:d].addmm_(g_j.t(), h[s:s + r])
+
+    return sum(median_ms(f) for f in (forward, input_grad, weight_grad))
+
+
+def block_gemms_ms(dim: int, groups: list[tuple[int, int]]) -> float:
+    """ms of one block's linear-layer GEMMs: qkv, fc1, proj, fc2."""
+    return (input_sliced_ms(dim, 3 * dim, groups) + input_sliced_ms(dim, 4 * dim, groups)
+            + output_sliced_ms(dim, dim, groups) + output_sliced_ms(dim, 4 * dim, groups))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--embed-dim", type=int, default=64)
+    parser.add_argument("--capacity", type=float, default=0.5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = create_model("mone_vit_test", img_size=32, patch_size=4, in_chans=1, embed_dim=args.embed_dim, depth=4,
+                         num_heads=4, num_classes=10).train()  # fmt: skip
+    images, labels = torch.randn(BATCH, 1, 32, 32), torch.randint(0, 10, (BATCH,))
+    widths = model.expert_widths
+    counts = token_counts(model.resolve_distribution(args.capacity), TOKENS)
+    groups = [(BATCH * n, d) for n, d in zip(counts, widths) if n]
+    gemm_dense = block_gemms_ms(args.embed_dim, [(BATCH * TOKENS, args.embed_dim)])
+    gemm_routed = block_gemms_ms(args.embed_dim, groups)
+    ratio = gemm_routed / gemm_dense
+    split = step_split(model, images, labels, [1.0, args.capacity])
+    dense, routed = split[1.0], split[args.capacity]
+    rest_dense, rest_routed = dense["step"] - dense["linear"], routed["step"] - routed["linear"]
+    print(f"D={args.embed_dim}, batch {BATCH}, {TOKENS} tokens, {torch.get_num_threads()} threads; groups at "
+          f"{args.capacity:g} (rows, width): {groups}")  # fmt: skip
+    print(f"isolated GEMMs of one block: {gemm_dense:.2f} ms at 1.0, {gemm_routed:.2f} ms at {args.capacity:g} "
+          f"(ratio {ratio:.3f})")  # fmt: skip
+    print("| capacity | step (forward + backward) | nested linear layers | rest |")
+    print("|---:|---:|---:|---:|")
+    for c, s in split.items():
+        print(f"| {c:g} | {s['step']:.1f} | {s['linear']:.1f} | {s['step'] - s['linear']:.1f} |")
+    bound = rest_routed + ratio * dense["linear"]
+    bound_free = rest_dense + ratio * dense["linear"]
+    print(f"linear layers at the isolated GEMM ratio: {bound:.1f} ms, speedup {dense['step'] / bound:.2f}x over "
+          f"capacity 1.0; with the rest as at 1.0 too: {bound_free:.1f} ms, {dense['step'] / bound_free:.2f}x "
+          f"(measured {dense['step'] / routed['step']:.2f}x)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
