@@ -26,6 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import difference, lookup, markdown_table, plot  # noqa: E402
+from study_images import UPCYCLED_MONE  # noqa: E402
 from study_images import arms as image_arms  # noqa: E402
 from study_video import DENSE as VIDEO_DENSE  # noqa: E402
 from study_video import DENSE_HALF as VIDEO_HALF  # noqa: E402
@@ -36,7 +37,7 @@ from mone.data.fashion_mnist import MEAN, STD  # noqa: E402
 
 MATCH, CLOSE = 1.0, 3.0  # points below the reference that still count as "matches" / "close"
 MONE_RECIPES = ("MatViT -> MoNE adaptive", "MoNE adaptive", "MoNE fixed 0.5", "dense -> MoNE adaptive (upcycled)",
-                "MatViT -> MoNE fixed 0.5", "dense -> MatViT -> MoNE adaptive, isoFLOPs")
+                "MatViT -> MoNE fixed 0.5", UPCYCLED_MONE)
 
 
 def _fmt(mean: float, se: float) -> str:
@@ -208,7 +209,7 @@ DEMO_ARM = "MatViT seed 0 -> MoNE adaptive"  # the earlier demo: one shipped nes
 WIDTH_RECIPES = ("MoNE fixed 0.5", "MatViT -> MoNE adaptive", "MatViT -> MoNE adaptive, lr 0.0002",
                  "MatViT -> MoNE adaptive, lr 0.0001", "MatViT -> MoNE adaptive, isoFLOPs",
                  "MatViT -> MoNE adaptive, alpha from 0.5", "MatViT -> MoNE adaptive, alpha lr 0.01", DEMO_ARM,
-                 "MatViT, lr 0.001 -> MoNE adaptive, isoFLOPs", "dense -> MatViT -> MoNE adaptive, isoFLOPs")
+                 "MatViT, lr 0.001 -> MoNE adaptive, isoFLOPs", UPCYCLED_MONE)
 WIDTH_DENSE = ("dense ViT", "dense ViT, lr 0.001", "dense ViT, lr 0.0005")  # learning rates tried for the dense ViT
 WIDTH_MATCHED = ("dense ViT, depth 2", "dense ViT, depth 2, lr 0.001", "dense ViT, depth 2, lr 0.0005")
 

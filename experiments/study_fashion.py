@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Arm, Stage, parser, run_study, select_arms, setup, study_preset  # noqa: E402
-from study_images import CAPACITIES, WIDE_LR, WIDTH_LABELS, WIDTHS  # noqa: E402
+from study_images import CAPACITIES, UPCYCLED_MONE, UPCYCLED_NESTED, WIDE_LR, WIDTH_LABELS, WIDTHS  # noqa: E402
 
 from mone.data.fashion_mnist import DEFAULT_DATA_DIR  # noqa: E402
 from mone.train.config import TrainConfig  # noqa: E402
@@ -51,7 +51,6 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
         return stage
 
     matvit_mone = "MatViT -> MoNE adaptive"
-    upcycled_mone = "dense -> MatViT -> MoNE adaptive, isoFLOPs"
     return [
         Arm("dense ViT", (preset("dense"),), family="dense"),
         Arm("dense ViT, depth 2", (preset("dense_half"),), family="dense"),
@@ -60,10 +59,10 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
         Arm("MatViT -> MoNE, random router at eval", (), CAPACITIES, router="random", reuse=matvit_mone,
             family="random"),
         Arm("MoNE fixed 0.5", (preset("mone"),), CAPACITIES),
-        Arm("dense -> MatViT (nested)", (preset("upcycle", lr=WIDE_LR),), WIDTHS, WIDTH_LABELS, family="matvit",
+        Arm(UPCYCLED_NESTED, (preset("upcycle", lr=WIDE_LR),), WIDTHS, WIDTH_LABELS, family="matvit",
             init="dense ViT"),
-        Arm(upcycled_mone, (preset("finetune", iso_flops=True),), CAPACITIES, init="dense -> MatViT (nested)"),
-        Arm(f"{upcycled_mone}, random router at eval", (), CAPACITIES, router="random", reuse=upcycled_mone,
+        Arm(UPCYCLED_MONE, (preset("finetune", iso_flops=True),), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(f"{UPCYCLED_MONE}, random router at eval", (), CAPACITIES, router="random", reuse=UPCYCLED_MONE,
             family="random"),
     ]
 

@@ -41,6 +41,7 @@ LATE_ROUTER_CAPACITIES = (0.125, 1 / 3, 0.5, 0.75, 1.0)  # of the routed blocks 
 ALPHA_INIT, ALPHA_LR = 0.5, 1e-2  # alpha's start value; its learning rate (20x the fine-tuning lr)
 GREEDY_CAPACITIES = (0.25, 0.5, 0.75)  # MoD-greedy: fraction of tokens on the full-width path (trained at 0.5)
 FINE_TUNE_LRS = (2e-4, 1e-4)
+UPCYCLED_NESTED, UPCYCLED_MONE = "dense -> MatViT (nested)", "dense -> MatViT -> MoNE adaptive, isoFLOPs"
 WIDE_LR = LOWER_LRS[0]  # D=192: every pre-training at the dense ViT's learning rate chosen at D=128 (2e-3 unstable)
 
 
@@ -93,7 +94,6 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
     matvit_mone = "MatViT -> MoNE adaptive"
     wide_matvit = f"MatViT (nested), lr {WIDE_LR:g}"
     wide_mone = f"MatViT, lr {WIDE_LR:g} -> MoNE adaptive, isoFLOPs"
-    upcycled_mone = "dense -> MatViT -> MoNE adaptive, isoFLOPs"
     return [
         Arm("dense ViT", (preset("dense"),), family="dense"),
         Arm("MatViT (nested)", (preset("nested"),), WIDTHS, WIDTH_LABELS, family="matvit"),
@@ -137,16 +137,16 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
         Arm(f"{wide_mone}, random router at eval", (), CAPACITIES, router="random", reuse=wide_mone,
             family="random"),
         # upcycling through nested training: the trained dense ViT (lr 1e-3), 400 nested steps, isoFLOPs MoNE
-        Arm("dense -> MatViT (nested)", (upcycling,), WIDTHS, WIDTH_LABELS, family="matvit",
+        Arm(UPCYCLED_NESTED, (upcycling,), WIDTHS, WIDTH_LABELS, family="matvit",
             init=f"dense ViT, lr {WIDE_LR:g}"),
-        Arm(upcycled_mone, (iso_flops_fine_tune,), CAPACITIES, init="dense -> MatViT (nested)"),
-        Arm(f"{upcycled_mone}, random router at eval", (), CAPACITIES, router="random", reuse=upcycled_mone,
+        Arm(UPCYCLED_MONE, (iso_flops_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(f"{UPCYCLED_MONE}, random router at eval", (), CAPACITIES, router="random", reuse=UPCYCLED_MONE,
             family="random"),
-        Arm("dense -> MatViT -> MoNE, other allocations", (), ALLOCATIONS, ALLOCATION_LABELS, reuse=upcycled_mone,
+        Arm("dense -> MatViT -> MoNE, other allocations", (), ALLOCATIONS, ALLOCATION_LABELS, reuse=UPCYCLED_MONE,
             family="allocation"),
         # does the full-width path keep its accuracy when fine-tuning also samples capacity 1.0? (an off-budget probe,
         # not a recipe for the verdicts: capacity 1.0 raises the mean FLOPs per step, so isoFLOPs takes fewer steps)
-        Arm(f"{upcycled_mone}, capacities to 1.0", (upcycled_to_full,), CAPACITIES, init="dense -> MatViT (nested)"),
+        Arm(f"{UPCYCLED_MONE}, capacities to 1.0", (upcycled_to_full,), CAPACITIES, init=UPCYCLED_NESTED),
     ]
 
 
