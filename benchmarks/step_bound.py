@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 import mone.layers.linear as nested
 from mone.capacity import token_counts
+from mone.layers import GroupLayout
 from mone.models import create_model
 
 BATCH, TOKENS = 64, 64
@@ -72,58 +73,61 @@ def step_split(model, images, labels, capacities, rounds: int = 25) -> dict:
     return {c: {k: 1e3 * statistics.median(v) for k, v in rec.items()} for c, rec in record.items()}
 
 
-def input_sliced_ms(dim: int, out_features: int, groups: list[tuple[int, int]]) -> float:
-    """ms of the GEMMs of ``qkv`` or ``fc1`` (forward, input and weight gradients), each group ``(rows, width)``."""
-    rows = sum(r for r, _ in groups)
+def input_sliced_ms(dim: int, out_features: int, layout: GroupLayout) -> float:
+    """ms of the GEMMs of ``qkv`` or ``fc1`` (forward, input and weight gradients) over ``layout``'s groups."""
+    rows, ranges = layout.batch_size * layout.num_tokens, layout.row_ranges
     w, b = torch.randn(out_features, dim), torch.randn(out_features)
     w_t = w.t().contiguous().t()
     x, g = torch.randn(rows, dim), torch.randn(rows, out_features)
     y, gx, gw = torch.empty(rows, out_features), torch.empty(rows, dim), torch.zeros(dim, out_features)
-    starts = [sum(r for r, _ in groups[:j]) for j in range(len(groups))]
 
     def forward():
-        for s, (r, d) in zip(starts, groups):
-            torch.addmm(b, x[s:s + r, :d], w[:, :d].t(), out=y[s:s + r])
+        for a, z, d in ranges:
+            torch.addmm(b, x[a:z, :d], w[:, :d].t(), out=y[a:z])
 
     def input_grad():
-        for s, (r, d) in zip(starts, groups):
-            weight = w_t if d <= nested._NARROW_GRAD_WIDTH else w
-            torch.mm(g[s:s + r], weight[:, :d], out=gx[s:s + r, :d])
+        for a, z, d in ranges:
+            torch.mm(g[a:z], (w_t if d <= nested._NARROW_GRAD_WIDTH else w)[:, :d], out=gx[a:z, :d])
 
-    def weight_grad():
-        for s, (r, d) in zip(starts, groups):
-            gw[:d].addmm_(x[s:s + r, :d].t(), g[s:s + r])
+    def weight_grad():  # as _row_block_grad: the full-width group writes the gradient, the others add to it
+        for a, z, d in ranges:
+            if d == dim:
+                torch.mm(x[a:z].t(), g[a:z], out=gw)
+            else:
+                gw[:d].addmm_(x[a:z, :d].t(), g[a:z])
 
     return sum(median_ms(f) for f in (forward, input_grad, weight_grad))
 
 
-def output_sliced_ms(dim: int, in_features: int, groups: list[tuple[int, int]]) -> float:
+def output_sliced_ms(dim: int, in_features: int, layout: GroupLayout) -> float:
     """ms of the GEMMs of ``proj`` or ``fc2`` (forward into the residual, input and weight gradients)."""
-    rows = sum(r for r, _ in groups)
+    rows, ranges = layout.batch_size * layout.num_tokens, layout.row_ranges
     w, h = torch.randn(dim, in_features), torch.randn(rows, in_features)
     out, gh, gw = torch.randn(rows, dim), torch.empty(rows, in_features), torch.zeros(dim, in_features)
-    grads = [torch.randn(r, d) for r, d in groups]
-    starts = [sum(r for r, _ in groups[:j]) for j in range(len(groups))]
+    grads = [torch.randn(z - a, d) for a, z, d in ranges]  # the scaled per-group gradients, contiguous
 
     def forward():
-        for s, (r, d) in zip(starts, groups):
-            torch.addmm(out[s:s + r, :d], h[s:s + r], w[:d].t(), out=out[s:s + r, :d])
+        for a, z, d in ranges:
+            torch.addmm(out[a:z, :d], h[a:z], w[:d].t(), out=out[a:z, :d])
 
     def input_grad():
-        for s, (r, d), g_j in zip(starts, groups, grads):
-            torch.mm(g_j, w[:d], out=gh[s:s + r])
+        for (a, z, d), g_j in zip(ranges, grads):
+            torch.mm(g_j, w[:d], out=gh[a:z])
 
     def weight_grad():
-        for s, (r, d), g_j in zip(starts, groups, grads):
-            gw[:d].addmm_(g_j.t(), h[s:s + r])
+        for (a, z, d), g_j in zip(ranges, grads):
+            if d == dim:
+                torch.mm(g_j.t(), h[a:z], out=gw)
+            else:
+                gw[:d].addmm_(g_j.t(), h[a:z])
 
     return sum(median_ms(f) for f in (forward, input_grad, weight_grad))
 
 
-def block_gemms_ms(dim: int, groups: list[tuple[int, int]]) -> float:
+def block_gemms_ms(dim: int, layout: GroupLayout) -> float:
     """ms of one block's linear-layer GEMMs: qkv, fc1, proj, fc2."""
-    return (input_sliced_ms(dim, 3 * dim, groups) + input_sliced_ms(dim, 4 * dim, groups)
-            + output_sliced_ms(dim, dim, groups) + output_sliced_ms(dim, 4 * dim, groups))
+    return (input_sliced_ms(dim, 3 * dim, layout) + input_sliced_ms(dim, 4 * dim, layout)
+            + output_sliced_ms(dim, dim, layout) + output_sliced_ms(dim, 4 * dim, layout))
 
 
 def main() -> None:
@@ -137,11 +141,12 @@ def main() -> None:
     model = create_model("mone_vit_test", img_size=32, patch_size=4, in_chans=1, embed_dim=args.embed_dim, depth=4,
                          num_heads=4, num_classes=10).train()  # fmt: skip
     images, labels = torch.randn(BATCH, 1, 32, 32), torch.randint(0, 10, (BATCH,))
-    widths = model.expert_widths
     counts = token_counts(model.resolve_distribution(args.capacity), TOKENS)
-    groups = [(BATCH * n, d) for n, d in zip(counts, widths) if n]
-    gemm_dense = block_gemms_ms(args.embed_dim, [(BATCH * TOKENS, args.embed_dim)])
-    gemm_routed = block_gemms_ms(args.embed_dim, groups)
+    present = [(d, n) for d, n in zip(model.expert_widths, counts) if n]
+    layout = GroupLayout(tuple(d for d, _ in present), tuple(n for _, n in present), BATCH)
+    groups = [(z - a, d) for a, z, d in layout.row_ranges]
+    gemm_dense = block_gemms_ms(args.embed_dim, GroupLayout.dense(BATCH, TOKENS, args.embed_dim))
+    gemm_routed = block_gemms_ms(args.embed_dim, layout)
     ratio = gemm_routed / gemm_dense
     split = step_split(model, images, labels, [1.0, args.capacity])
     dense, routed = split[1.0], split[args.capacity]
