@@ -16,6 +16,7 @@ from importlib.resources import files
 import torch
 from torch.utils.data import DataLoader
 
+from mone.capacity import validate_capacity
 from mone.train.checkpoint import load_model
 from mone.train.evaluate import checkpoint_dataset
 
@@ -41,8 +42,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    model, checkpoint = load_model(args.checkpoint)
-    dataset = checkpoint_dataset(checkpoint, model, None, args.split, None)
+    try:
+        model, checkpoint = load_model(args.checkpoint)
+        dataset = checkpoint_dataset(checkpoint, model, None, args.split, None)
+        for capacity in args.capacities:
+            validate_capacity(capacity, model.num_experts)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
     print(f"{args.checkpoint}: {checkpoint.meta['model']}, {args.split} split, {len(dataset)} samples")
     print("| capacity | precision, attention | top-1 | agrees with float32 | max abs logit diff | s per pass |")

@@ -141,7 +141,10 @@ def main() -> None:
     model = create_model("mone_vit_test", img_size=32, patch_size=4, in_chans=1, embed_dim=args.embed_dim, depth=4,
                          num_heads=4, num_classes=10).train()  # fmt: skip
     images, labels = torch.randn(BATCH, 1, 32, 32), torch.randint(0, 10, (BATCH,))
-    counts = token_counts(model.resolve_distribution(args.capacity), TOKENS)
+    try:
+        counts = token_counts(model.resolve_distribution(args.capacity), TOKENS)
+    except ValueError as error:
+        parser.error(str(error))
     present = [(d, n) for d, n in zip(model.expert_widths, counts) if n]
     layout = GroupLayout(tuple(d for d, _ in present), tuple(n for _, n in present), BATCH)
     groups = [(z - a, d) for a, z, d in layout.row_ranges]
