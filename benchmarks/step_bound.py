@@ -1,6 +1,6 @@
 """How fast a MoNE training step could be with the GEMMs this CPU's BLAS gives, against what it takes.
 
-    python benchmarks/step_bound.py [--embed-dim 64] [--capacity 0.5] [--threads 1]
+    python benchmarks/step_bound.py [--embed-dim 64] [--capacity 0.5] [--threads 1] [--batch-sizes 2 64 256]
 
 On the study's small ViT (32x32 images, patches of 4, 4 blocks, 64 tokens, batch 64):
 
@@ -10,7 +10,11 @@ On the study's small ViT (32x32 images, patches of 4, 4 blocks, 64 tokens, batch
 2. times in isolation, hot in cache, exactly the GEMMs one block's linear layers run at each capacity (forward, input
    gradient, weight gradient of qkv, fc1, proj and fc2, in the layouts ``mone.layers.linear`` uses);
 3. prints the step with the linear layers scaled by the isolated GEMMs' ratio (the speed this BLAS gives the narrow
-   experts' shapes, not the FLOP share) and the rest as measured, or as at capacity 1.0 (routing and copies free).
+   experts' shapes, not the FLOP share) and the rest as measured, or as at capacity 1.0 (routing and copies free);
+4. with ``--batch-sizes``, times the step of timm's dense ViT (same weights), MoNE at 1.0 and at ``--capacity`` at
+   each batch size and splits it into a cost per call and a cost per example (a line through the smallest batch and
+   each larger one): the ratio of the per-example costs is the speedup that no removal of per-call overhead (Python,
+   small kernels) can raise.
 """
 
 import argparse
@@ -22,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import mone.layers.linear as nested
+from mone.bench import build_dense_twin
 from mone.capacity import token_counts
 from mone.layers import GroupLayout
 from mone.models import create_model
@@ -73,11 +78,45 @@ def step_split(model, images, labels, capacities, rounds: int = 25) -> dict:
     return {c: {k: 1e3 * statistics.median(v) for k, v in rec.items()} for c, rec in record.items()}
 
 
+def batch_scaling(model, capacity: float, batch_sizes: list[int], rounds: int = 20) -> None:
+    """Print the step (forward, cross-entropy, backward) of timm, MoNE at 1.0 and at ``capacity`` per batch size, and
+    its split into a cost per call and per example."""
+    dense = build_dense_twin(model).train()
+    variants = {"timm": dense, "MoNE 1.0": (model, 1.0), f"MoNE {capacity:g}": (model, capacity)}
+    times = {}
+    for batch in batch_sizes:
+        images, labels = torch.randn(batch, 1, 32, 32), torch.randint(0, 10, (batch,))
+        record = defaultdict(list)
+        for r in range(rounds + 3):
+            for name, variant in variants.items():
+                start = time.perf_counter()
+                logits = variant(images) if variant is dense else variant[0](images, capacity=variant[1])
+                F.cross_entropy(logits, labels).backward()
+                if r >= 3:
+                    record[name].append(time.perf_counter() - start)
+                model.zero_grad(set_to_none=True)
+                dense.zero_grad(set_to_none=True)
+        times[batch] = {name: 1e3 * statistics.median(t) for name, t in record.items()}
+    names = list(variants)
+    print(f"| batch | {' | '.join(names)} (ms) | speedup at {capacity:g}: vs timm, vs MoNE 1.0 |")
+    print(f"|---:|{'---:|' * len(names)}---|")
+    for batch, t in times.items():
+        print(f"| {batch} | {' | '.join(f'{t[n]:.2f}' for n in names)} | {t['timm'] / t[names[2]]:.3f}, "
+              f"{t[names[1]] / t[names[2]]:.3f} |")  # fmt: skip
+    small = min(batch_sizes)
+    for large in sorted(set(batch_sizes) - {small}):
+        slope = {n: (times[large][n] - times[small][n]) / (large - small) for n in names}
+        fixed = {n: times[small][n] - small * slope[n] for n in names}
+        print(f"batch {small} -> {large}, per call / per example (ms): "
+              + ", ".join(f"{n} {fixed[n]:.2f} / {slope[n]:.3f}" for n in names)
+              + f"; per-example speedup at {capacity:g}: {slope['timm'] / slope[names[2]]:.3f}x vs timm, "
+              f"{slope[names[1]] / slope[names[2]]:.3f}x vs MoNE 1.0")  # fmt: skip
+
+
 def input_sliced_ms(dim: int, out_features: int, layout: GroupLayout) -> float:
     """ms of the GEMMs of ``qkv`` or ``fc1`` (forward, input and weight gradients) over ``layout``'s groups."""
     rows, ranges = layout.batch_size * layout.num_tokens, layout.row_ranges
     w, b = torch.randn(out_features, dim), torch.randn(out_features)
-    w_t = w.t().contiguous().t()
     x, g = torch.randn(rows, dim), torch.randn(rows, out_features)
     y, gx, gw = torch.empty(rows, out_features), torch.empty(rows, dim), torch.zeros(dim, out_features)
 
@@ -87,7 +126,7 @@ def input_sliced_ms(dim: int, out_features: int, layout: GroupLayout) -> float:
 
     def input_grad():
         for a, z, d in ranges:
-            torch.mm(g[a:z], (w_t if d <= nested._NARROW_GRAD_WIDTH else w)[:, :d], out=gx[a:z, :d])
+            nested._mm_into(gx[a:z, :d], g[a:z], w[:, :d])
 
     def weight_grad():  # as _row_block_grad: the full-width group writes the gradient, the others add to it
         for a, z, d in ranges:
@@ -108,7 +147,7 @@ def output_sliced_ms(dim: int, in_features: int, layout: GroupLayout) -> float:
 
     def forward():
         for a, z, d in ranges:
-            torch.addmm(out[a:z, :d], h[a:z], w[:d].t(), out=out[a:z, :d])
+            nested._mm_into(out[a:z, :d], h[a:z], w[:d].t(), accumulate=True)
 
     def input_grad():
         for (a, z, d), g_j in zip(ranges, grads):
@@ -135,6 +174,8 @@ def main() -> None:
     parser.add_argument("--embed-dim", type=int, default=64)
     parser.add_argument("--capacity", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", metavar="B",
+                        help="also split the step into per-call and per-example costs over these batch sizes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -145,6 +186,10 @@ def main() -> None:
         counts = token_counts(model.resolve_distribution(args.capacity), TOKENS)
     except ValueError as error:
         parser.error(str(error))
+    if args.batch_sizes:
+        if len(set(args.batch_sizes)) < 2 or min(args.batch_sizes) < 1:
+            parser.error(f"--batch-sizes needs at least two different sizes >= 1, got {args.batch_sizes}")
+        batch_scaling(model, args.capacity, args.batch_sizes)
     present = [(d, n) for d, n in zip(model.expert_widths, counts) if n]
     layout = GroupLayout(tuple(d for d, _ in present), tuple(n for _, n in present), BATCH)
     groups = [(z - a, d) for a, z, d in layout.row_ranges]

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mone.capacity import capacity_distribution
-from mone.layers import GroupLayout, NestedBlock, nested_input_linear, nested_output_linear
+from mone.layers import GroupLayout, NestedBlock, linear, nested_input_linear, nested_output_linear
 from mone.routing import make_routing_plan
 
 from reference import reference_block, width_masks
@@ -127,6 +127,13 @@ def test_block_rejects_indivisible_heads():
         NestedBlock(30, num_heads=4)
 
 
+@pytest.fixture(params=[0, 8], ids=["direct", "narrow-transposed"])
+def narrow_output_width(request, monkeypatch):
+    """Both GEMM routes of the nested linear layers: outputs up to this wide are computed transposed (0: none)."""
+    monkeypatch.setattr(linear, "_NARROW_OUTPUT_WIDTH", request.param)
+    return request.param
+
+
 def _rows_and_layout(widths, rows=(3, 5, 2)):
     """A layout of one example per group (``B = 1``): group ``j`` is ``rows[j]`` tokens of width ``widths[j]``."""
     rows = rows[: len(widths)]
@@ -146,7 +153,7 @@ def _plain_output(h, weight, bias, rows, widths, residual, scale):
 
 
 @pytest.mark.parametrize("widths", [(2, 4, 8), (2, 4), (8,), (4, 2, 4)])
-def test_nested_input_linear_against_plain_slices(widths):
+def test_nested_input_linear_against_plain_slices(widths, narrow_output_width):
     """Values and every gradient (in-place weight accumulation, zero input gradient past d_j) against plain sliced
     F.linear, and against finite differences."""
     rows, layout = _rows_and_layout(widths)
@@ -170,7 +177,7 @@ def test_nested_input_linear_against_plain_slices(widths):
 @pytest.mark.parametrize("widths", [(2, 4, 8), (2, 4), (8,), (4, 2, 4)])
 @pytest.mark.parametrize("with_residual", [True, False])
 @pytest.mark.parametrize("with_scale", [True, False])
-def test_nested_output_linear_against_plain_slices(widths, with_residual, with_scale):
+def test_nested_output_linear_against_plain_slices(widths, with_residual, with_scale, narrow_output_width):
     """Fused residual add and per-row scale: values and every gradient against plain padded F.linear updates."""
     rows, layout = _rows_and_layout(widths)
     weight = torch.randn(8, 6, requires_grad=True)

@@ -77,18 +77,42 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
 
 
+# Outputs at most this wide are computed transposed in float32 and float64: ``[n, rows] = b.T @ a.T`` into contiguous
+# memory, then written (or added) through a transposed view. MKL's GEMM with an 8-wide output written straight into
+# a strided column block is slow (AMD EPYC, 1 thread, direct -> transposed: [960, 64] x [64, 8] 42 -> 27 us,
+# [960, 256] x [256, 8] 120 -> 80 us, [960, 192] x [192, 8] 214 -> 61 us, or 94 us reading a column-major weight);
+# from 16 wide on, the direct GEMM is faster. oneDNN's bfloat16 GEMMs run both alike (docs/performance.md, round 9).
+_NARROW_OUTPUT_WIDTH = 8
+
+
+def _transposed(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a @ b`` is computed as ``(b.T @ a.T).T`` (see ``_NARROW_OUTPUT_WIDTH``)."""
+    return b.shape[1] <= _NARROW_OUTPUT_WIDTH and a.dtype in (torch.float32, torch.float64)
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b + bias`` [rows, n] (``bias`` [n] or ``None``); narrow outputs as a transposed view (see above)."""
+    if _transposed(a, b):
+        return (b.t().mm(a.t()) if bias is None else torch.addmm(bias[:, None], b.t(), a.t())).t()
+    return a.mm(b) if bias is None else torch.addmm(bias, a, b)
+
+
 def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool = False) -> None:
     """``out = a @ b`` (``accumulate``: ``out += a @ b``) written straight into ``out``, a strided view.
 
     Eager: one ``out=`` GEMM (with ``accumulate``, beta = 1 on the view itself, so FlopCounterMode counts it as an
-    ``addmm``). Dynamo refuses ``out=`` tensors that are not contiguous, so under ``torch.compile`` the same values are
-    written with an in-place method instead.
+    ``addmm``), or for narrow outputs the transposed product copied or added in. Dynamo refuses ``out=`` tensors that
+    are not contiguous, so under ``torch.compile`` the same values are written with an in-place method instead.
     """
     if torch.compiler.is_compiling():
         if accumulate:
             out.addmm_(a, b)
         else:
             out.copy_(a.mm(b))
+    elif _transposed(a, b) and accumulate:
+        out.add_(_mm(a, b))
+    elif _transposed(a, b):
+        out.copy_(_mm(a, b))
     elif accumulate:
         torch.addmm(out, a, b, out=out)
     else:
@@ -98,8 +122,6 @@ def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bo
 def _input_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: GroupLayout
 ) -> torch.Tensor:
-    if layout.widths == (weight.shape[1],):
-        return F.linear(x, weight, bias)  # dense: exactly timm's call
     dtype = _compute_dtype(x)
     weight = weight.to(dtype)
     bias = None if bias is None else bias.to(dtype)
@@ -111,6 +133,13 @@ def _input_linear(
         else:
             torch.addmm(bias, x_j, w_j, out=rows)
     return out
+
+
+def _gemm_adds_residual(residual: torch.Tensor | None, dtype: torch.dtype) -> bool:
+    """Whether an output-sliced GEMM accumulates into the residual's rows itself (beta = 1): where that measures
+    faster, float32 (2.7 vs 3.0 ms for a [400, 1536] x [1536, 192] update, AMD EPYC); in bfloat16 a separate add is
+    faster (1.14 vs 1.25 ms)."""
+    return (residual is None or residual.dtype == dtype) and dtype in (torch.float32, torch.float64)
 
 
 def _output_linear(
@@ -126,16 +155,8 @@ def _output_linear(
     dtype = _compute_dtype(h)
     weight = weight.to(dtype)
     bias = None if bias is None else bias.to(dtype)
-    # The GEMM accumulates into the output's rows itself (beta = 1) where that measures faster: float32 (2.7 vs
-    # 3.0 ms for a [400, 1536] x [1536, 192] update, AMD EPYC); in bfloat16 a separate add is faster (1.14 vs 1.25 ms).
-    fused = scale is None and (residual is None or residual.dtype == dtype) and dtype in (torch.float32, torch.float64)
-    if residual is None:
-        out = h.new_zeros(h.shape[0], weight.shape[0], dtype=dtype)
-    elif fused and bias is not None and layout.widths == (weight.shape[0],):
-        out = residual + bias  # dense: the bias joins the copy of the residual
-        bias = None
-    else:
-        out = residual.clone()
+    fused = scale is None and _gemm_adds_residual(residual, dtype)
+    out = h.new_zeros(h.shape[0], weight.shape[0], dtype=dtype) if residual is None else residual.clone()
     updates = []
     for start, stop, d in layout.row_ranges:
         rows, h_j, w_j = out[start:stop, :d], h[start:stop].to(dtype), weight[:d].t()
@@ -144,13 +165,24 @@ def _output_linear(
             if bias is not None:
                 rows.add_(bias[:d])
             continue
-        update = torch.mm(h_j, w_j) if bias is None else torch.addmm(bias[:d], h_j, w_j)  # [rows_j, d_j]
+        update = _mm(h_j, w_j, None if bias is None else bias[:d])  # [rows_j, d_j]
         if scale is None:
             rows.add_(update)  # autocast: the update in its compute dtype, added to a wider residual (as x + f(x))
         else:
             rows.addcmul_(update, scale[start:stop])
             updates.append(update)
     return out, updates
+
+
+def _dense_output_linear(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None
+) -> torch.Tensor:
+    """``residual + F.linear(h, W, b)`` [R, out] with autograd's own backward; the GEMM adds the residual and bias
+    itself (beta = 1 on their sum) where the grouped path would (see ``_gemm_adds_residual``)."""
+    if residual is not None and bias is not None and _gemm_adds_residual(residual, _compute_dtype(h)):
+        return torch.addmm(residual + bias, h, weight.t())
+    update = F.linear(h, weight, bias)
+    return update if residual is None else residual + update
 
 
 def _weight_grad(
@@ -182,12 +214,6 @@ def _row_block_grad(shape: torch.Size, left: Sequence[torch.Tensor], right: Sequ
     return grad
 
 
-# Input gradients at most this wide read W[:, :d] from a column-major copy of the weight: MKL's GEMM is 2.2-2.4x
-# faster on it for 8-wide outputs (0.285 -> 0.120 ms for [960, 256] x [256, 8], AMD EPYC); from 16 wide on, the two
-# layouts run alike (measured, docs/performance.md round 8).
-_NARROW_GRAD_WIDTH = 8
-
-
 def _needs_autograd(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -209,12 +235,9 @@ class _NestedInputLinear(torch.autograd.Function):
             if len(ranges) == 1 and ranges[0][2] == weight.shape[1]:
                 grad_x = grad.mm(weight)
             else:
-                narrow = min(d for _, _, d in ranges) <= _NARROW_GRAD_WIDTH
-                weight_t = weight.t().contiguous().t() if narrow else weight  # same values, column-major
                 grad_x = torch.empty_like(x)
                 for start, stop, d in ranges:
-                    w_j = (weight_t if d <= _NARROW_GRAD_WIDTH else weight)[:, :d]
-                    _mm_into(grad_x[start:stop, :d], grad[start:stop], w_j)
+                    _mm_into(grad_x[start:stop, :d], grad[start:stop], weight[:, :d])
                     grad_x[start:stop, d:] = 0  # features the group does not read
         if ctx.needs_input_grad[2]:
             grad_weight = _weight_grad(
@@ -284,6 +307,8 @@ def nested_input_linear(
     Returns:
         [R, out], in the rows' order.
     """
+    if layout.widths == (weight.shape[1],):  # dense: exactly timm's call, and autograd's own backward
+        return F.linear(x, weight, bias)
     if not _needs_autograd(x, weight, bias):  # inference: no autograd node to build
         return _input_linear(x, weight, bias, layout)
     return _NestedInputLinear.apply(layout, x, weight, bias)
@@ -311,6 +336,8 @@ def nested_output_linear(
         [R, out]. Under autocast the update is computed in autocast's dtype and added to the residual in the
         residual's dtype, as ``x + F.linear(h, W, b)`` would be.
     """
+    if scale is None and layout.widths == (weight.shape[0],):  # dense: timm's ops, and autograd's own backward
+        return _dense_output_linear(h, weight, bias, residual)
     if not _needs_autograd(h, weight, bias, residual, scale):
         return _output_linear(h, weight, bias, layout, residual, scale)[0]
     return _NestedOutputLinear.apply(layout, h, weight, bias, residual, scale)
