@@ -11,10 +11,10 @@ On the study's small ViT (32x32 images, patches of 4, 4 blocks, 64 tokens, batch
    gradient, weight gradient of qkv, fc1, proj and fc2, in the layouts ``mone.layers.linear`` uses);
 3. prints the step with the linear layers scaled by the isolated GEMMs' ratio (the speed this BLAS gives the narrow
    experts' shapes, not the FLOP share) and the rest as measured, or as at capacity 1.0 (routing and copies free);
-4. with ``--batch-sizes``, times the step of timm's dense ViT (same weights), MoNE at 1.0 and at ``--capacity`` at
-   each batch size and splits it into a cost per call and a cost per example (a line through the smallest batch and
-   each larger one): the ratio of the per-example costs is the speedup that no removal of per-call overhead (Python,
-   small kernels) can raise.
+4. with ``--batch-sizes``, times the inference forward and the step of timm's dense ViT (same weights), MoNE at 1.0
+   and at ``--capacity`` at each batch size and splits each into a cost per call and a cost per example (a line
+   through the smallest batch and each larger one): the ratio of the per-example costs is the speedup that no
+   removal of per-call overhead (Python, small kernels) can raise.
 """
 
 import argparse
@@ -87,11 +87,21 @@ def step_split(model, images, labels, capacities, rounds: int = 25) -> dict:
     return {c: {k: 1e3 * statistics.median(v) for k, v in rec.items()} for c, rec in record.items()}
 
 
-def batch_scaling(model, capacity: float, batch_sizes: list[int], rounds: int = 20) -> None:
-    """Print the step (forward, cross-entropy, backward) of timm, MoNE at 1.0 and at ``capacity`` per batch size, and
-    its split into a cost per call and per example."""
-    dense = build_dense_twin(model).train()
+def batch_scaling(model, capacity: float, batch_sizes: list[int], train: bool, rounds: int = 20) -> None:
+    """Print the training step (forward, cross-entropy, backward) or the inference forward of timm, MoNE at 1.0 and
+    at ``capacity`` per batch size, and its split into a cost per call and per example."""
+    dense = build_dense_twin(model).train(train)
+    model.train(train)
     variants = {"timm": dense, "MoNE 1.0": (model, 1.0), f"MoNE {capacity:g}": (model, capacity)}
+
+    def run(variant, images, labels):
+        with torch.inference_mode(not train):
+            logits = variant(images) if variant is dense else variant[0](images, capacity=variant[1])
+        if train:
+            F.cross_entropy(logits, labels).backward()
+            model.zero_grad(set_to_none=True)
+            dense.zero_grad(set_to_none=True)
+
     times = {}
     for batch in batch_sizes:
         images, labels = torch.randn(batch, 1, 32, 32), torch.randint(0, 10, (batch,))
@@ -99,13 +109,12 @@ def batch_scaling(model, capacity: float, batch_sizes: list[int], rounds: int = 
         for r in range(rounds + 3):
             for name, variant in variants.items():
                 start = time.perf_counter()
-                logits = variant(images) if variant is dense else variant[0](images, capacity=variant[1])
-                F.cross_entropy(logits, labels).backward()
+                run(variant, images, labels)
                 if r >= 3:
                     record[name].append(time.perf_counter() - start)
-                model.zero_grad(set_to_none=True)
-                dense.zero_grad(set_to_none=True)
         times[batch] = {name: 1e3 * statistics.median(t) for name, t in record.items()}
+    model.train()
+    print("training step (forward, cross-entropy, backward):" if train else "inference (forward):")
     names = list(variants)
     print(f"| batch | {' | '.join(names)} (ms) | speedup at {capacity:g}: vs timm, vs MoNE 1.0 |")
     print(f"|---:|{'---:|' * len(names)}---|")
@@ -184,7 +193,7 @@ def main() -> None:
     parser.add_argument("--capacity", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-sizes", type=int, nargs="+", metavar="B",
-                        help="also split the step into per-call and per-example costs over these batch sizes")
+                        help="split inference and the step into per-call and per-example costs over these batch sizes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -198,7 +207,8 @@ def main() -> None:
     if args.batch_sizes:
         if len(set(args.batch_sizes)) < 2 or min(args.batch_sizes) < 1:
             parser.error(f"--batch-sizes needs at least two different sizes >= 1, got {args.batch_sizes}")
-        batch_scaling(model, args.capacity, args.batch_sizes)
+        for train in (False, True):
+            batch_scaling(model, args.capacity, args.batch_sizes, train)
     present = [(d, n) for d, n in zip(model.expert_widths, counts) if n]
     layout = GroupLayout(tuple(d for d, _ in present), tuple(n for _, n in present), BATCH)
     groups = [(z - a, d) for a, z, d in layout.row_ranges]
