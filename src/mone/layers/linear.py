@@ -231,14 +231,11 @@ class _NestedInputLinear(torch.autograd.Function):
         x, weight = (t.to(grad.dtype) for t in ctx.saved_tensors)  # autocast: saved in a lower precision
         ranges = ctx.layout.row_ranges
         grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[1]:
-            if len(ranges) == 1 and ranges[0][2] == weight.shape[1]:
-                grad_x = grad.mm(weight)
-            else:
-                grad_x = torch.empty_like(x)
-                for start, stop, d in ranges:
-                    _mm_into(grad_x[start:stop, :d], grad[start:stop], weight[:, :d])
-                    grad_x[start:stop, d:] = 0  # features the group does not read
+        if ctx.needs_input_grad[1]:  # (a dense layout never gets here: nested_input_linear calls F.linear)
+            grad_x = torch.empty_like(x)
+            for start, stop, d in ranges:
+                _mm_into(grad_x[start:stop, :d], grad[start:stop], weight[:, :d])
+                grad_x[start:stop, d:] = 0  # features the group does not read
         if ctx.needs_input_grad[2]:
             grad_weight = _weight_grad(
                 weight, [grad[a:b] for a, b, _ in ranges], [x[a:b, :d] for a, b, d in ranges], "input"
