@@ -101,18 +101,19 @@ def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bo
     """``out = a @ b`` (``accumulate``: ``out += a @ b``) written straight into ``out``, a strided view.
 
     Eager: one ``out=`` GEMM (with ``accumulate``, beta = 1 on the view itself, so FlopCounterMode counts it as an
-    ``addmm``), or for narrow outputs the transposed product copied or added in. Dynamo refuses ``out=`` tensors that
-    are not contiguous, so under ``torch.compile`` the same values are written with an in-place method instead.
+    ``addmm``), or for narrow outputs the transposed product copied or added in (the same ops eager and compiled).
+    Dynamo refuses ``out=`` tensors that are not contiguous, so under ``torch.compile`` and ``torch.export`` the other
+    products are written with an in-place method instead, with the same values.
     """
-    if torch.compiler.is_compiling():
+    if _transposed(a, b) and accumulate:
+        out.add_(_mm(a, b))
+    elif _transposed(a, b):
+        out.copy_(_mm(a, b))
+    elif torch.compiler.is_compiling():
         if accumulate:
             out.addmm_(a, b)
         else:
             out.copy_(a.mm(b))
-    elif _transposed(a, b) and accumulate:
-        out.add_(_mm(a, b))
-    elif _transposed(a, b):
-        out.copy_(_mm(a, b))
     elif accumulate:
         torch.addmm(out, a, b, out=out)
     else:
