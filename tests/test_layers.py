@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mone.capacity import capacity_distribution
-from mone.layers import GroupLayout, NestedBlock, linear, nested_input_linear, nested_output_linear
+from mone.layers import GroupLayout, NestedAttention, NestedBlock, linear, nested_input_linear, nested_output_linear
 from mone.routing import make_routing_plan
 
 from reference import reference_block, width_masks
@@ -120,6 +120,9 @@ def test_default_attention_kernel_is_explicit_only_for_bfloat16_on_cpu(dtype, mo
     block.attn.fused_attn = dtype != torch.float32  # the other path: equal up to the precision's rounding
     tolerance = 3e-2 if dtype == torch.bfloat16 else 1e-5
     torch.testing.assert_close(auto, block(x, *args), rtol=tolerance, atol=tolerance)
+    calls.clear()  # NestedAttention on its own picks the same path by default
+    NestedAttention(32, num_heads=4).to(dtype)(x, args[0])
+    assert len(calls) == (1 if dtype == torch.float32 else 0)
 
 
 def test_block_rejects_indivisible_heads():

@@ -17,9 +17,14 @@ class NestedAttention(nn.Module):
     over every token of the example, and ``out = o @ W_proj[:d].T + b_proj[:d]`` gives ``d`` outputs (added to the
     residual inside the GEMM). With a single group of width D this is timm's ``Attention`` and its residual add;
     parameter names match it (``qkv``, ``proj``).
+
+    ``fused_attn``: ``True`` runs ``F.scaled_dot_product_attention``, ``False`` the explicit softmax path, ``None``
+    the explicit path for bfloat16 on CPU (faster there) and the fused kernel otherwise (:meth:`uses_fused_kernel`).
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, fused_attn: bool = True) -> None:
+    def __init__(
+        self, dim: int, num_heads: int = 8, qkv_bias: bool = True, fused_attn: bool | None = None
+    ) -> None:
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"embed_dim ({dim}) must be divisible by num_heads ({num_heads})")
