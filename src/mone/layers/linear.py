@@ -105,10 +105,12 @@ def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bo
     Dynamo refuses ``out=`` tensors that are not contiguous, so under ``torch.compile`` and ``torch.export`` the other
     products are written with an in-place method instead, with the same values.
     """
-    if _transposed(a, b) and accumulate:
-        out.add_(_mm(a, b))
-    elif _transposed(a, b):
-        out.copy_(_mm(a, b))
+    if _transposed(a, b):
+        product = _mm(a, b)  # a transposed view of [n, rows] in contiguous memory
+        if accumulate:
+            out.add_(product)
+        else:
+            out.copy_(product)
     elif torch.compiler.is_compiling():
         if accumulate:
             out.addmm_(a, b)
