@@ -56,6 +56,20 @@ def test_each_capacity_is_its_own_program_and_the_model_is_left_as_it_was(model)
         mone.export_model(model, x, capacity=2.0)  # the model's own check, at trace time
 
 
+def test_a_tiny_export_runs_at_its_capacity_not_the_default():
+    # Quick (one export of a one-block model): the program at 0.25 is the eager model at 0.25, bit for bit, and
+    # differs from the model's default capacity (1.0) on the same images.
+    torch.manual_seed(0)
+    tiny = mone.create_model("mone_vit_test", img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=1,
+                             num_classes=3).eval()
+    x = torch.randn(3, 3, 16, 16)
+    program = mone.export_model(tiny, x, capacity=0.25)
+    with torch.no_grad():
+        expected = tiny(x, capacity=0.25)
+        assert torch.equal(program.module()(x), expected)
+        assert not torch.allclose(tiny(x), expected, rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("capacity", [[0.25, 0.5], torch.tensor([0.25, 0.5]), "0.5"])
 def test_per_image_budgets_are_refused_with_the_reason(model, capacity):
     with pytest.raises(ValueError, match="one capacity for the whole batch.*export once per capacity"):

@@ -50,6 +50,31 @@ def test_round_trip_of_every_registered_model(name, tmp_path):
     assert torch.equal(outputs(loaded), outputs(model))  # the default capacity too
 
 
+NON_DEFAULT = {
+    "mone_vit_test": dict(img_size=24, patch_size=6, in_chans=2, num_classes=7, embed_dim=48, depth=3, num_heads=3,
+                          mlp_ratio=2.0, qkv_bias=False, num_experts=3, capacity=0.6, beta=5.0, delta=3.0,
+                          router_block=1, class_token=True, reg_tokens=2, global_pool="token"),
+    "mone_vivit_test": dict(img_size=16, patch_size=4, in_chans=1, num_classes=5, embed_dim=32, depth=2, num_heads=2,
+                            num_experts=2, capacity=0.75, num_frames=4, tubelet_size=1, temporal_depth=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NON_DEFAULT))
+def test_round_trip_keeps_every_non_default_setting(name, tmp_path):
+    # Every constructor argument away from its default: a loader that drops one (num_experts, say) builds another
+    # model, whose weights do not fit or whose outputs differ.
+    model = small(name, **NON_DEFAULT[name])
+    for key, value in NON_DEFAULT[name].items():
+        assert model.model_args[key] == value, key
+    save_pretrained(model, tmp_path)
+    loaded = from_pretrained(tmp_path)
+    assert loaded.model_args == model.model_args and loaded.num_experts == NON_DEFAULT[name]["num_experts"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert torch.equal(outputs(loaded), outputs(model))  # at the saved default capacity
+    assert torch.equal(outputs(loaded, 0.5), outputs(model, 0.5))
+
+
 def test_the_weights_file_is_plain_safetensors(tmp_path):
     model = small("mone_vit_test")
     save_pretrained(model, tmp_path)

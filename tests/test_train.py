@@ -691,3 +691,98 @@ def test_alpha_init_and_alpha_lr(tmp_path):
     with pytest.raises(ValueError, match="alpha_lr set, but model mod_vit_test has no alpha"):
         train(mod, progress=False)
     assert not (tmp_path / "mod").exists()
+
+
+# -- one step by hand ---------------------------------------------------------------------------------------------
+
+# The tiny model's weight matrices: the only parameters AdamW decays (biases, norms, pos_embed and alpha are not).
+DECAYED = {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight",
+           "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.weight", "head.weight", "router.weight"}
+
+
+@pytest.mark.parametrize("alpha_lr_scale", [None, 100.0])
+def test_only_weight_matrices_get_weight_decay(alpha_lr_scale):
+    from mone.train.loop import _param_groups
+
+    model = create_model("mone_vit_test", **dict(TINY_MODEL, in_chans=1, num_classes=10))
+    names = {id(param): name for name, param in model.named_parameters()}
+    groups = _param_groups(model, 0.05, alpha_lr_scale)
+    decayed = {names[id(p)] for group in groups if group["weight_decay"] > 0 for p in group["params"]}
+    assert decayed == DECAYED and groups[0]["weight_decay"] == 0.05
+    assert {names[id(p)] for group in groups for p in group["params"]} == set(names.values())  # each param once
+    if alpha_lr_scale is not None:
+        assert [names[id(p)] for p in groups[2]["params"]] == ["alpha"] and groups[2]["lr_scale"] == alpha_lr_scale
+
+
+def _smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Mean over the batch of -sum_c q_c log p_c, with q = (1 - smoothing) one_hot + smoothing / C."""
+    log_p = logits - logits.logsumexp(dim=-1, keepdim=True)  # [B, C]
+    target = (1 - smoothing) * torch.nn.functional.one_hot(labels, logits.shape[-1]) + smoothing / logits.shape[-1]
+    return -(target * log_p).sum(dim=-1).mean()
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 1e-3])
+def test_one_training_step_matches_loss_gradients_and_adamw_by_hand(tmp_path, grad_clip):
+    # One optimiser step of the trainer against the same step written out: the smoothed cross-entropy averaged over
+    # the batch, its gradient (softmax - q) / B pushed through a copy of the model, gradient clipping, AdamW's first
+    # update (decoupled decay on the weight matrices only) and alpha's projection into [0, 0.999]. The trainer runs
+    # in float32: the loss is compared to float32 round-off, the gradients and the update to 1e-5 of their scale.
+    from mone.train.loop import StepBatchSampler
+
+    lr, weight_decay, smoothing, alpha_lr, capacity = 1e-2, 0.5, 0.2, 1.0, 0.5
+    kwargs = dict(TINY_MODEL, in_chans=1, num_classes=10)
+    torch.manual_seed(3)
+    start = create_model("mone_vit_test", **kwargs)
+    with torch.no_grad():  # biases and norms away from their init (0 and 1) so that decay on them would show
+        for name, param in start.named_parameters():
+            if name not in DECAYED:
+                param.add_(0.1 * torch.randn_like(param))
+        start.alpha.fill_(0.5)  # alpha_lr 1.0 moves it by about 1: out of [0, 1) either way, so the projection acts
+    init = save_checkpoint(tmp_path / "init.safetensors", start, "mone_vit_test", kwargs)
+    data = dict(img_size=16, digit_size=8, fragment_size=4, num_samples=8)
+    config = tiny_config(tmp_path, steps=1, batch_size=8, lr=lr, min_lr=0.0, warmup_steps=0, weight_decay=weight_decay,
+                         label_smoothing=smoothing, grad_clip=grad_clip, alpha_lr=alpha_lr, capacity=capacity,
+                         init_from=str(init), dataset_kwargs=data)
+    trained = train(config, progress=False).model
+
+    # the batch of step 0 and the loss by hand
+    dataset = ClutteredDigits("train", **data)
+    batch = [dataset[i] for i in next(iter(StepBatchSampler(len(dataset), 8, config.seed, 0, 1)))]
+    images, labels = torch.stack([image for image, _ in batch]), torch.tensor([label for _, label in batch])
+    copy = create_model("mone_vit_test", **kwargs)
+    copy.load_state_dict(start.state_dict())
+    params = dict(copy.train().named_parameters())
+    logits = copy(images, capacity=capacity)  # [8, 10]
+    loss = _smoothed_cross_entropy(logits.double(), labels, smoothing)
+    logged = read_metrics(Path(config.output_dir) / "metrics.jsonl")[-1]["loss"]
+    assert logged == pytest.approx(loss.item(), rel=1e-6)
+
+    # gradients: d loss / d logits = (softmax - q) / B, through the model by autograd, then clipped
+    target = (1 - smoothing) * torch.nn.functional.one_hot(labels, 10) + smoothing / 10
+    d_logits = (logits.double().softmax(dim=-1) - target) / len(labels)
+    grads = dict(zip(params, torch.autograd.grad(logits, list(params.values()), d_logits.float())))
+    grads = {name: grad.double() for name, grad in grads.items()}
+    norm = torch.stack([grad.norm() for grad in grads.values()]).norm()
+    if grad_clip > 0:
+        assert norm > 10 * grad_clip  # the clipping acts
+        grads = {name: grad * grad_clip / (norm + 1e-6) for name, grad in grads.items()}
+    for name, param in trained.named_parameters():
+        scale = grads[name].abs().max().item()
+        assert scale > 0, name
+        assert (param.grad.double() - grads[name]).abs().max().item() <= 1e-5 * scale, name
+
+    # AdamW's first step from the trainer's gradients: m = (1 - b1) g, v = (1 - b2) g^2, bias-corrected, then
+    # p <- p (1 - lr wd) - lr m_hat / (sqrt(v_hat) + eps); alpha then projected into [0, 0.999]
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    for name, param in trained.named_parameters():
+        p0, g = start.state_dict()[name].double(), param.grad.double()
+        step_lr = alpha_lr if name == "alpha" else lr
+        decay = weight_decay if name in DECAYED else 0.0
+        m_hat = (1 - beta1) * g / (1 - beta1)
+        v_hat = (1 - beta2) * g**2 / (1 - beta2)
+        expected = p0 * (1 - step_lr * decay) - step_lr * m_hat / (v_hat.sqrt() + eps)
+        if name == "alpha":
+            assert not 0 <= expected.item() <= 0.999  # the update left the range
+            expected = expected.clamp(0.0, 0.999)
+        error = (param.detach().double() - expected).abs().max().item()
+        assert error <= 1e-6 * (p0.abs().max().item() + step_lr), name
