@@ -4,6 +4,8 @@ FLOPs with prefix tokens, and a clear refusal for every layout MoNE does not com
 from __future__ import annotations
 
 import functools
+import operator
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,8 +16,11 @@ from mone import count_flops, expert_token_counts, from_timm
 
 from reference import reference_block, reference_epr, width_masks
 
-timm = pytest.importorskip("timm")
-VisionTransformer = timm.models.VisionTransformer
+try:
+    import timm
+except ImportError:  # the float64 reference of mone's own prefix tokens below runs without timm
+    timm = None
+needs_timm = pytest.mark.skipif(timm is None, reason="needs timm")
 
 F64 = dict(rtol=1e-12, atol=1e-12)
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=5)
@@ -33,7 +38,7 @@ LAYOUTS = {
 def timm_vit(**kwargs) -> torch.nn.Module:
     """A small timm ViT with every parameter moved off its init (zero biases, tiny class tokens) so all count."""
     torch.manual_seed(0)
-    vit = VisionTransformer(**{**SMALL, **kwargs}).eval()
+    vit = timm.models.VisionTransformer(**{**SMALL, **kwargs}).eval()
     with torch.no_grad():
         for param in vit.parameters():
             param.add_(0.1 * torch.randn_like(param))
@@ -44,6 +49,7 @@ def images(batch: int = 3, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(dtype)
 
 
+@needs_timm
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_capacity_one_alpha_zero_reproduces_timm(layout):
     vit = timm_vit(**LAYOUTS[layout])
@@ -65,6 +71,7 @@ def test_capacity_one_alpha_zero_reproduces_timm(layout):
             torch.testing.assert_close(got, want, **F64)
 
 
+@needs_timm
 def test_a_registered_timm_vit_with_its_data_config():
     torch.manual_seed(0)
     vit = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=3).eval()
@@ -78,6 +85,7 @@ def test_a_registered_timm_vit_with_its_data_config():
         torch.testing.assert_close(model(x, capacity=1.0), vit(x), rtol=1e-5, atol=1e-5)
 
 
+@needs_timm
 def test_device_dtype_mode_and_mone_settings_carry_over():
     vit = timm_vit().double().train()
     model = from_timm(vit, num_experts=3, capacity=0.5, router="random", router_block=1, beta=5.0)
@@ -106,6 +114,7 @@ def prefix_reference(model, vit, x, distribution):
     return tokens, vit.forward_head(tokens), expert
 
 
+@needs_timm
 @pytest.mark.parametrize("layout", ["cls", "cls_reg", "reg_gap", "cls_reg_no_embed_class"])
 @pytest.mark.parametrize("capacity", [0.3, 0.55, 0.9])
 def test_prefix_tokens_on_the_largest_expert_match_a_masked_reference_float64(layout, capacity):
@@ -139,6 +148,53 @@ def test_prefix_tokens_on_the_largest_expert_match_a_masked_reference_float64(la
             torch.testing.assert_close(g, w, **F64, msg=lambda m, name=name: f"{name}: {m}")
 
 
+NATIVE_LAYOUTS = {  # mone's own arguments (its defaults are GAP without a class token), and the prefix tokens
+    "cls": (dict(class_token=True, global_pool="token"), 1),
+    "cls_reg": (dict(class_token=True, reg_tokens=4, global_pool="token"), 5),
+    "reg_gap": (dict(reg_tokens=3), 3),
+    "cls_reg_no_embed_class": (dict(class_token=True, reg_tokens=2, no_embed_class=True, global_pool="token"), 3),
+}
+
+
+@pytest.mark.parametrize("layout", NATIVE_LAYOUTS)
+def test_mones_own_prefix_tokens_match_the_masked_reference_float64(layout):
+    # The same reference for a model built by mone itself (no timm needed): prefix tokens and position embeddings
+    # written out by hand, as timm lays them out (pos_embed covers the prefix tokens unless no_embed_class).
+    torch.manual_seed(0)
+    kwargs, num_prefix_tokens = NATIVE_LAYOUTS[layout]
+    model = mone.MoneVisionTransformer(**SMALL, **kwargs).double()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+        model.alpha.fill_(0.3)
+    x = images(dtype=torch.float64)
+    B = x.shape[0]
+
+    def pos_embed(patches):  # [B, N, D] -> [B, P + N, D]
+        prefix = [t.expand(B, -1, -1) for t in (model.cls_token, model.reg_token) if t is not None]
+        if model.no_embed_class:
+            return torch.cat([*prefix, patches + model.pos_embed], dim=1)
+        return torch.cat([*prefix, patches], dim=1) + model.pos_embed
+
+    embedding = SimpleNamespace(patch_embed=model.patch_embed, _pos_embed=pos_embed, norm=model.norm,
+                                forward_head=model.forward_head, num_prefix_tokens=model.num_prefix_tokens)
+    assert model.num_prefix_tokens == num_prefix_tokens
+    for capacity in (0.3, 0.9):
+        tokens, plan = model.forward_features(x, capacity, return_plan=True)
+        expected, expected_logits, expert = prefix_reference(model, embedding, x, model.resolve_distribution(capacity))
+        assert torch.equal(plan.expert, expert)
+        torch.testing.assert_close(tokens, expected, **F64)
+        torch.testing.assert_close(model(x, capacity), expected_logits, **F64)
+        names, params = zip(*model.named_parameters())
+        weight = torch.randn_like(tokens)
+        got = torch.autograd.grad((tokens * weight).sum(), params, allow_unused=True)
+        want = torch.autograd.grad((expected * weight).sum(), params, allow_unused=True)
+        for name, g, w in zip(names, got, want):
+            assert (g is None) == (w is None), name
+            if w is not None:
+                torch.testing.assert_close(g, w, **F64, msg=lambda m, name=name: f"{name}: {m}")
+
+
 def measure(model, capacity):
     """Multiply-accumulates per module name of one forward (FlopCounterMode counts 2 FLOPs per MAC)."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -147,6 +203,7 @@ def measure(model, capacity):
             for module, ops in counter.get_flop_counts().items()}
 
 
+@needs_timm
 @pytest.mark.parametrize("layout", ["cls", "cls_reg", "reg_gap"])
 @pytest.mark.parametrize("capacity", [1.0, 0.6, 0.3])
 def test_count_flops_counts_prefix_tokens_exactly(layout, capacity):
@@ -174,12 +231,18 @@ def test_count_flops_counts_prefix_tokens_exactly(layout, capacity):
     assert model.realised_capacity(capacity) == pytest.approx(linear(1) / dense_linear, rel=1e-12)
 
 
+@needs_timm
 def test_dropout_is_not_carried_over_and_says_so():
     vit = timm_vit(drop_path_rate=0.1, proj_drop_rate=0.1)
     with pytest.warns(UserWarning, match="dropout, drop-path or patch dropout; the MoNE model has none"):
         model = from_timm(vit)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(images()), vit.eval()(images()), rtol=1e-5, atol=1e-5)
+
+
+def _resolve(kwargs: dict) -> dict:
+    """Layout kwargs with timm classes named by their path under ``timm`` (so this module imports without timm)."""
+    return {k: operator.attrgetter(v)(timm) if k in ("mlp_layer", "block_fn") else v for k, v in kwargs.items()}
 
 
 class NotAViT(torch.nn.Module):
@@ -198,32 +261,35 @@ UNSUPPORTED = [
     (dict(norm_layer="rmsnorm"), "MoNE needs a LayerNorm"),
     (dict(norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-5)), "eps=1e-6"),
     (dict(act_layer="gelu_tanh"), "exact GELU"),
-    (dict(mlp_layer=timm.layers.SwiGLUPacked), "not timm's Mlp"),
+    (dict(mlp_layer="layers.SwiGLUPacked"), "not timm's Mlp"),
     (dict(proj_bias=False), "attn.proj has no bias"),
     (dict(pos_embed="none"), "pos_embed='none'"),
     (dict(img_size=(32, 48)), "must be square"),
-    (dict(block_fn=timm.models.vision_transformer.ResPostBlock), "not timm's pre-LN Block"),
+    (dict(block_fn="models.vision_transformer.ResPostBlock"), "not timm's pre-LN Block"),
 ]
 
 
+@needs_timm
 @pytest.mark.parametrize("kwargs, reason", UNSUPPORTED, ids=[r for _, r in UNSUPPORTED])
 def test_unsupported_layouts_are_refused_with_the_reason(kwargs, reason):
-    vit = VisionTransformer(**{**SMALL, **kwargs})
+    vit = timm.models.VisionTransformer(**{**SMALL, **_resolve(kwargs)})
     with pytest.raises(ValueError, match=reason) as error:
         from_timm(vit)
     assert str(error.value).startswith("from_timm cannot convert this VisionTransformer: ")
     assert "\n" not in str(error.value)
 
 
+@needs_timm
 def test_other_inputs_are_refused():
     with pytest.raises(ValueError, match="expected timm's VisionTransformer, got NotAViT"):
         from_timm(NotAViT())
     with pytest.raises(ValueError, match=r"divisible by 2\*\*\(num_experts-1\) = 8"):
-        from_timm(VisionTransformer(**{**SMALL, "embed_dim": 36, "num_heads": 2}))
+        from_timm(timm.models.VisionTransformer(**{**SMALL, "embed_dim": 36, "num_heads": 2}))
     with pytest.raises(ValueError, match="from_timm takes the MoNE settings .*; got img_size"):
         from_timm(timm_vit(), img_size=64)
 
 
+@needs_timm
 def test_from_timm_model_keeps_the_default_layout_bit_identical():
     """A GAP ViT without prefix tokens converts to the very layout mone has always had (the float64 reference tests
     in test_models.py cover that layout)."""
