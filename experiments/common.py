@@ -74,6 +74,13 @@ STUDY_EMBED_DIM = 64  # the image studies' recipe, pinned: the demo's presets ha
 STUDY_LR = 2e-3
 STUDY_FINE_TUNE_LR = 5e-4
 
+# Shared by the image studies (study_images.py) and the Fashion-MNIST study (study_fashion.py):
+CAPACITIES = (0.25, 0.5, 0.75, 1.0)  # where MoNE arms are evaluated
+WIDTHS = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))  # one-hot
+WIDTH_LABELS = ("width 1/8", "width 1/4", "width 1/2", "width 1")  # MatViT's nested models, each width alone
+UPCYCLED_NESTED, UPCYCLED_MONE = "dense -> MatViT (nested)", "dense -> MatViT -> MoNE adaptive, isoFLOPs"
+WIDE_LR = 1e-3  # D=192: every pre-training at the dense ViT's learning rate chosen at D=128 (2e-3 unstable)
+
 
 def study_preset(variant: str, quick: bool, embed_dim: int | None = None) -> TrainConfig:
     """The ``demo`` preset ``variant`` with the image studies' recipe: width ``embed_dim`` (default 64; ``quick``

@@ -2,9 +2,10 @@
 
 Fashion-MNIST (``mone.data.FashionMNIST``) zero-padded from 28 to 32 px, then standardised with the train split's
 pixel mean and standard deviation; train 55,000 images, val the last 5,000 training images (recipe choices), test
-the 10,000 t10k images (reported only). Every model has the demo's architecture (D=64, 4 blocks, 4 heads, 64
-tokens of 4x4 px) and every run the demo presets' optimiser and steps (AdamW, lr 2e-3, batch 64, 1,200 steps;
-fine-tuning 300 steps at lr 5e-4): only the data differ from ``study_images.py``.
+the 10,000 t10k images (reported only). Every model has the image study's architecture (the demo presets' at
+D=64; the demo itself runs D=128: 4 blocks, 4 heads, 64 tokens of 4x4 px) and every run its optimiser and steps
+(AdamW, lr 2e-3, batch 64, 1,200 steps; fine-tuning 300 steps at lr 5e-4): only the data differ from
+``study_images.py``.
 
 Arms: dense ViT; dense ViT of depth 2 (matched inference FLOPs, 0.5x); MatViT (nested training, each width
 evaluated alone); MatViT -> MoNE adaptive fine-tuning at capacities 0.25 / 0.5 / 0.75 / 1; the same model with a
@@ -27,8 +28,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Arm, Stage, parser, run_study, select_arms, setup, study_preset  # noqa: E402
-from study_images import CAPACITIES, UPCYCLED_MONE, UPCYCLED_NESTED, WIDE_LR, WIDTH_LABELS, WIDTHS  # noqa: E402
+from common import (  # noqa: E402
+    CAPACITIES,
+    UPCYCLED_MONE,
+    UPCYCLED_NESTED,
+    WIDE_LR,
+    WIDTH_LABELS,
+    WIDTHS,
+    Arm,
+    Stage,
+    parser,
+    run_study,
+    select_arms,
+    setup,
+    study_preset,
+)
 
 from mone.data.fashion_mnist import DEFAULT_DATA_DIR  # noqa: E402
 from mone.train.config import TrainConfig  # noqa: E402
@@ -38,7 +52,7 @@ QUICK_SAMPLES = 512  # training images in --quick mode (the presets' local mode 
 
 
 def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA_DIR) -> list[Arm]:
-    """The study's arms; ``embed_dim`` widens every model (default: the presets' 64)."""
+    """The study's arms; ``embed_dim`` widens every model (default: the study's 64)."""
 
     def preset(variant: str, **changes) -> Stage:
         def stage(seed: int, previous: str | None) -> TrainConfig:
@@ -69,7 +83,7 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
 
 if __name__ == "__main__":
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--embed-dim", type=int, default=None, help="width D of every model (default: the presets' 64)")
+    p.add_argument("--embed-dim", type=int, default=None, help="width D of every model (default: the study's 64)")
     p.add_argument("--arms", nargs="+", default=None, help="run only these arms (and the arms they start from)")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="folder with the four Fashion-MNIST IDX files")
     args = p.parse_args()

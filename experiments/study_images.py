@@ -1,6 +1,7 @@
 """Does MoNE hold up on images? Every arm on cluttered digits, 3 seeds, test split; writes ``--output``.
 
-Arms (same architecture as the demo: D=64, 4 blocks, 4 heads, 64 tokens; same data and steps unless noted):
+Arms (the demo presets' architecture at the study's width D=64, where the demo itself runs D=128: 4 blocks, 4 heads,
+64 tokens; the demo's data and steps unless noted):
     dense ViT; dense ViTs of matched inference FLOPs (depth 2: 0.5x; D=32: 0.3x);
     MoNE at a fixed capacity 0.5; MoNE adaptive; MatViT (nested, each width alone); MatViT -> MoNE adaptive
     fine-tuning; a trained MoNE evaluated with a random router; MoNE trained with a random router;
@@ -23,26 +24,35 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Arm, Stage, parser, run_study, select_arms, setup, study_preset  # noqa: E402
+from common import (  # noqa: E402
+    CAPACITIES,
+    UPCYCLED_MONE,
+    UPCYCLED_NESTED,
+    WIDE_LR,
+    WIDTH_LABELS,
+    WIDTHS,
+    Arm,
+    Stage,
+    parser,
+    run_study,
+    select_arms,
+    setup,
+    study_preset,
+)
 
 from mone import create_model  # noqa: E402
 from mone.capacity import greedy_distribution, proportionate_distribution, uniform_distribution  # noqa: E402
 from mone.train.config import TrainConfig  # noqa: E402
 
-CAPACITIES = (0.25, 0.5, 0.75, 1.0)
 MOD_CAPACITIES = (0.125, 0.25, 0.5)  # fraction of tokens processed by every other block (the paper's MoD: 0.125)
-WIDTHS = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
-WIDTH_LABELS = ("width 1/8", "width 1/4", "width 1/2", "width 1")
 ALLOCATIONS = (proportionate_distribution(), uniform_distribution(), greedy_distribution(0.5))
 ALLOCATION_LABELS = ("proportionate (0.267)", "uniform (0.469)", "greedy (0.5)")
-LOWER_LRS = (1e-3, 5e-4)
+LOWER_LRS = (WIDE_LR, 5e-4)
 LATE_ROUTER_CAPACITIES = (0.125, 1 / 3, 0.5, 0.75, 1.0)  # of the routed blocks 1-3 (block 0 dense): 1/3 costs
 # about what 0.5 costs with the router at block 0 (realised 0.49 at D=128, 4 blocks)
 ALPHA_INIT, ALPHA_LR = 0.5, 1e-2  # alpha's start value; its learning rate (20x the fine-tuning lr)
 GREEDY_CAPACITIES = (0.25, 0.5, 0.75)  # MoD-greedy: fraction of tokens on the full-width path (trained at 0.5)
 FINE_TUNE_LRS = (2e-4, 1e-4)
-UPCYCLED_NESTED, UPCYCLED_MONE = "dense -> MatViT (nested)", "dense -> MatViT -> MoNE adaptive, isoFLOPs"
-WIDE_LR = LOWER_LRS[0]  # D=192: every pre-training at the dense ViT's learning rate chosen at D=128 (2e-3 unstable)
 
 
 def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
@@ -152,7 +162,7 @@ def arms(quick: bool, embed_dim: int | None = None) -> list[Arm]:
 
 if __name__ == "__main__":
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--embed-dim", type=int, default=None, help="width D of every model (default: the presets' 64)")
+    p.add_argument("--embed-dim", type=int, default=None, help="width D of every model (default: the study's 64)")
     p.add_argument("--arms", nargs="+", default=None, help="run only these arms (and the arms they start from)")
     args = p.parse_args()
     setup(args)
