@@ -50,6 +50,16 @@ def run_block(block: nn.Module, *args: Any, grad_checkpointing: bool = False) ->
     return block(*args)
 
 
+def mlp_scale(alpha: torch.Tensor, expert_probs: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
+    """``alpha * r + 1`` per token (docs/method.md); with ``straight_through`` the same value plus ``r - r.detach()``.
+
+    The paper's scale gives the router no gradient while alpha is 0. The straight-through term adds 0 to the value
+    and a gradient of ``(alpha + 1) * update`` to ``r``, so the router learns from the first step on.
+    """
+    scale = alpha * expert_probs + 1
+    return scale + (expert_probs - expert_probs.detach()) if straight_through else scale
+
+
 class SortedTokens:
     """Tokens [B, L, D] sorted by a routing plan into contiguous per-expert row groups, as the nested blocks take them.
 
@@ -58,14 +68,17 @@ class SortedTokens:
     (:meth:`mean`), so a classifier never pays for the unsort.
     """
 
-    def __init__(self, x: torch.Tensor, plan: RoutingPlan, alpha: torch.Tensor, expert_widths: Sequence[int]) -> None:
+    def __init__(
+        self, x: torch.Tensor, plan: RoutingPlan, alpha: torch.Tensor, expert_widths: Sequence[int],
+        straight_through: bool = False,
+    ) -> None:
         self.plan = plan
         present = [j for j, n in enumerate(plan.counts) if n > 0]
         self.layout = GroupLayout(
             tuple(expert_widths[j] for j in present), tuple(plan.counts[j] for j in present), plan.batch_size
         )
         self.rows = plan.sort(x)  # [B * L, D], group-major
-        self.scale = (alpha * plan.expert_probs + 1).unsqueeze(-1)  # [B * L, 1]: alpha * r + 1 of each row
+        self.scale = mlp_scale(alpha, plan.expert_probs, straight_through).unsqueeze(-1)  # [B * L, 1]
 
     def apply(self, block: NestedBlock, grad_checkpointing: bool = False) -> None:
         """Run one nested block on the rows."""
@@ -91,12 +104,14 @@ def nested_blocks_forward(
     expert_widths: Sequence[int],
     pool: bool = False,
     grad_checkpointing: bool = False,
+    straight_through: bool = False,
 ) -> torch.Tensor:
-    """Run ``blocks`` on tokens [B, L, D] routed by ``plan`` (see :class:`SortedTokens`).
+    """Run ``blocks`` on tokens [B, L, D] routed by ``plan`` (see :class:`SortedTokens`; ``straight_through``: see
+    :func:`mlp_scale`).
 
     Returns tokens [B, L, D] in input order, or with ``pool`` their mean over the L tokens [B, D].
     """
-    tokens = SortedTokens(x, plan, alpha, expert_widths)
+    tokens = SortedTokens(x, plan, alpha, expert_widths, straight_through)
     for block in blocks:
         tokens.apply(block, grad_checkpointing)
     return tokens.mean() if pool else tokens.unsorted()

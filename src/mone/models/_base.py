@@ -5,8 +5,12 @@ otherwise), and one scalar alpha; EPR runs on one group of tokens at a time (an 
 clip). Blocks before the router block are dense; the routing is reused by every later block. :class:`MoneModelMixin`
 holds the methods that only depend on those pieces, so each model file keeps just its own layout.
 
-Baselines (docs/method.md): ``router="random"`` replaces the learned router's probabilities by random ones with the
-same EPR capacities (see :meth:`MoneModelMixin.router_probs`).
+Routers (docs/method.md, :meth:`MoneModelMixin.router_probs`): ``"learned"`` (the paper's linear router),
+``"random"`` (the paper's random-router baseline: random probabilities with the same EPR capacities) and
+``"attention"`` (no parameters: tokens ranked by the full-width attention they receive in the router block, as EViT).
+How a learned router is trained is the trainer's choice (``router_gradient``, ``router_target`` in
+:class:`mone.train.TrainConfig`); ``router_gradient`` is also a model attribute because the straight-through
+gradient lives in the forward (the forward's values are the same either way).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ..capacity import (
     validate_capacity,
     validate_distribution,
 )
+from ..importance import attention_received, importance_probs
 from ..layers import dense_blocks_forward, nested_blocks_forward
 from ..routing import Router, RoutingPlan, routing_plan
 from ._contract import TimmContractMixin, check_global_pool
@@ -34,6 +39,7 @@ __all__ = [
     "ALPHA_MAX",
     "CapacityLike",
     "MoneModelMixin",
+    "ROUTER_GRADIENTS",
     "ROUTER_MODES",
     "check_images",
     "init_vit_weights",
@@ -42,7 +48,8 @@ __all__ = [
 ]
 
 ALPHA_MAX = 0.999  # alpha lives in [0, 1) (docs/method.md)
-ROUTER_MODES = ("learned", "random")
+ROUTER_MODES = ("learned", "random", "attention")
+ROUTER_GRADIENTS = ("paper", "straight_through")  # see mone.layers.block.mlp_scale
 
 CapacityLike = float | Sequence[float]
 
@@ -139,6 +146,7 @@ class MoneModelMixin(TimmContractMixin):
     alpha: nn.Parameter
     router_block: int
     router_mode: str
+    router_gradient: str = "paper"
     num_prefix_tokens: int = 0
     global_pool: str = "avg"
     global_pools: tuple[str, ...] = ("avg",)  # what reset_classifier accepts
@@ -206,16 +214,25 @@ class MoneModelMixin(TimmContractMixin):
         self.set_router(router)
 
     def set_router(self, router: str) -> None:
-        """Route with the ``"learned"`` router or a ``"random"`` one (the paper's random-router baseline).
+        """Route with the ``"learned"`` router, a ``"random"`` one (the paper's random-router baseline) or by
+        ``"attention"`` received (see :meth:`router_probs`).
 
         Switch a trained model to ``"random"`` to evaluate it with random routing. The router's parameters are kept
-        but take no part in a random forward, so this also sets their ``requires_grad`` to ``router == "learned"``
-        (an unused parameter would otherwise stall DistributedDataParallel).
+        but take no part in a random or attention forward, so this also sets their ``requires_grad`` to
+        ``router == "learned"`` (an unused parameter would otherwise stall DistributedDataParallel).
         """
         if router not in ROUTER_MODES:
             raise ValueError(f"router must be one of {', '.join(ROUTER_MODES)}, got {router!r}")
         self.router_mode = router
         self.router.requires_grad_(router == "learned")
+
+    def set_router_gradient(self, gradient: str) -> None:
+        """How a learned router gets its gradient in training: ``"paper"`` (only through ``alpha * r + 1``, zero while
+        alpha is 0) or ``"straight_through"`` (the same forward, plus ``r - r.detach()`` in the MLP scale, so the
+        router learns at alpha = 0). Outputs are the same either way; only gradients differ."""
+        if gradient not in ROUTER_GRADIENTS:
+            raise ValueError(f"router_gradient must be one of {', '.join(ROUTER_GRADIENTS)}, got {gradient!r}")
+        self.router_gradient = gradient
 
     def router_probs(self, tokens: torch.Tensor) -> torch.Tensor:
         """Router probabilities [G, N, E] for the tokens [G, N, D] that enter block ``router_block``.
@@ -224,12 +241,20 @@ class MoneModelMixin(TimmContractMixin):
         the softmax of standard normals drawn from torch's global RNG on the tokens' device (so seeding, checkpointed
         RNG states and DDP work as for any random op). EPR then gives every expert its exact capacity from a random
         ranking, and the MLP scaling ``alpha * r_j + 1`` uses these random probabilities; no gradient reaches the
-        router. Shapes are the same either way.
+        router. ``"attention"``: every expert ranks tokens by the full-width attention they receive in the router
+        block (:func:`mone.importance.attention_received` of its norm1 output, the router's input;
+        :func:`mone.importance.importance_probs`), computed without autograd: one q/k projection and one attention
+        map over the router block's tokens, on top of the nested blocks. Shapes are the same either way.
         """
         if self.router_mode == "random":
             noise = torch.randn(*tokens.shape[:-1], self.num_experts, dtype=tokens.dtype, device=tokens.device)
             return noise.softmax(dim=-1)  # [G, N, E]
-        return self.router(self.blocks[self.router_block].norm1(tokens))  # [G, N, E]
+        block = self.blocks[self.router_block]
+        if self.router_mode == "attention":
+            with torch.no_grad():
+                importance = attention_received(block.attn, block.norm1(tokens))  # [G, N]
+            return importance_probs(importance.float(), self.num_experts)  # [G, N, E]
+        return self.router(block.norm1(tokens))  # [G, N, E]
 
     def route(self, tokens: torch.Tensor, capacity: CapacityLike | None = None) -> RoutingPlan:
         """Router and EPR for the tokens [G, P + N, D] entering the router block, each of the G groups on its own.
@@ -252,7 +277,9 @@ class MoneModelMixin(TimmContractMixin):
         x = dense_blocks_forward(self.blocks[: self.router_block], x, checkpointing)  # [G, L, D]
         plan = self.route(x, capacity)
         routed = self.blocks[self.router_block :]
-        x = nested_blocks_forward(routed, x, plan, self.alpha_value, self.expert_widths, pool, checkpointing)
+        straight_through = self.router_gradient == "straight_through" and self.router_mode == "learned"
+        x = nested_blocks_forward(routed, x, plan, self.alpha_value, self.expert_widths, pool, checkpointing,
+                                  straight_through)
         return x, plan
 
     def realised_capacity(self, capacity: CapacityLike | None = None) -> float:

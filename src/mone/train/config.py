@@ -9,10 +9,12 @@ from typing import Any
 
 from .._checks import check_int
 from .._settings import setting
+from ..models._base import ROUTER_GRADIENTS
 
-__all__ = ["CAPACITY_MODES", "PAPER_CAPACITIES", "PRECISIONS", "TrainConfig"]
+__all__ = ["CAPACITY_MODES", "PAPER_CAPACITIES", "PRECISIONS", "ROUTER_GRADIENTS", "ROUTER_TARGETS", "TrainConfig"]
 
 CAPACITY_MODES = ("fixed", "adaptive", "nested")
+ROUTER_TARGETS = ("none", "attention")
 PRECISIONS = ("fp32", "bf16")
 PAPER_CAPACITIES = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)  # docs/method.md, adaptive training
 
@@ -59,6 +61,16 @@ class TrainConfig:
     iso_flops: bool = setting(False, help="scale the steps by dense FLOPs / mean MoNE FLOPs per step, to spend the "
                                           "dense training compute")
     init_from: str | None = setting(None, help="start from this checkpoint's weights (e.g. a nested run)")
+    # router
+    router_gradient: str = setting(
+        "paper", choices=ROUTER_GRADIENTS,
+        help="paper: the router learns only through alpha * r + 1 (no gradient while alpha is 0); straight_through: "
+             "the same forward plus r - r.detach() in the MLP scale")
+    router_target: str = setting(
+        "none", choices=ROUTER_TARGETS,
+        help="none: the paper's router; attention: also train the router towards EPR's routing of the tokens "
+             "ranked by the full-width attention they receive in the router block (cross-entropy)")
+    router_loss_weight: float = setting(1.0, help="weight of the router_target loss, added to the classification loss")
     # bookkeeping
     seed: int = setting(0, help="seed of the initialisation, the data order and the capacity draws")
     output_dir: str = setting("runs/train", flag="--output",
@@ -97,6 +109,16 @@ class TrainConfig:
             raise ValueError(f"capacity_mode must be one of {', '.join(CAPACITY_MODES)}, got {self.capacity_mode!r}")
         if not self.capacities:
             raise ValueError("capacities must name at least one capacity for adaptive training")
+        if self.router_gradient not in ROUTER_GRADIENTS:
+            raise ValueError(f"router_gradient must be one of {', '.join(ROUTER_GRADIENTS)}, "
+                             f"got {self.router_gradient!r}")
+        if self.router_target not in ROUTER_TARGETS:
+            raise ValueError(f"router_target must be one of {', '.join(ROUTER_TARGETS)}, got {self.router_target!r}")
+        if not self.router_loss_weight > 0:
+            raise ValueError(f"router_loss_weight must be > 0, got {self.router_loss_weight}")
+        if self.router_target != "none" and self.capacity_mode == "nested":
+            raise ValueError("router_target needs routed training (capacity_mode fixed or adaptive); nested training "
+                             "puts every token of a step on one expert")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

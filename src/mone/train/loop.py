@@ -33,9 +33,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .._device import resolve_device
 from .._io import atomic_write_text
 from .._progress import progress as progress_display
-from ..capacity import validate_capacity
+from ..capacity import token_counts, validate_capacity
 from ..data import build_dataset
 from ..flops import count_flops
+from ..importance import attention_received, importance_routing, router_distillation_loss
 from ..models import create_model, load_dense_weights, needs_upcycling
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -75,6 +76,8 @@ _logger = logging.getLogger(__name__)
 
 # Fields that may differ between a run and its resumption without changing what is computed.
 _RESUME_MAY_CHANGE = {"output_dir", "log_every", "num_workers", "device", "data_dir", "checkpoint_every"}
+# Fields added after runs were saved without them, with the value those runs trained with.
+_ADDED_FIELDS = {"router_gradient": "paper", "router_target": "none", "router_loss_weight": 1.0}
 
 
 # -- what to train on at each step --------------------------------------------------------------------------------
@@ -254,6 +257,16 @@ def _param_groups(model: nn.Module, weight_decay: float, alpha_lr_scale: float |
     return groups
 
 
+def _check_router_settings(model: nn.Module, config: TrainConfig) -> None:
+    """ValueError when a router setting asks for a learned router the model does not have."""
+    asked = [f"{name}={getattr(config, name)}" for name, default in (("router_gradient", "paper"),
+                                                                     ("router_target", "none"))
+             if getattr(config, name) != default]
+    if asked and getattr(model, "router_mode", None) != "learned":
+        raise ValueError(f"{' and '.join(asked)} need a model with a learned router; {config.model} has "
+                         f"{getattr(model, 'router_mode', 'no MoNE router')!r}")
+
+
 def _check_alpha_settings(model: nn.Module, config: TrainConfig) -> None:
     """ValueError when ``alpha_init`` or ``alpha_lr`` is set for a model without alpha (it would be ignored)."""
     given = [name for name in ("alpha_init", "alpha_lr") if getattr(config, name) is not None]
@@ -270,6 +283,7 @@ def start_step_of(checkpoint: Checkpoint | None) -> int:
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, source: Path) -> None:
     now = config.to_dict()
+    saved = {**_ADDED_FIELDS, **saved}  # a run saved before a field existed trained with its default
     for key in sorted(set(saved) | set(now)):
         if key not in _RESUME_MAY_CHANGE and saved.get(key) != now.get(key):
             raise ValueError(
@@ -420,6 +434,26 @@ class _Run:
         self.metrics = _StepMetrics(next(self.model.parameters()).device)
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config.precision == "bf16"
                          else contextlib.nullcontext())
+        self.router_io: tuple[torch.Tensor, torch.Tensor] | None = None  # the router's input and output, last forward
+        if self.config.router_target != "none":
+            self.model.router.register_forward_hook(self._keep_router_io)
+
+    def _keep_router_io(self, module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        self.router_io = (args[0], output)
+
+    def router_loss(self, capacity: float | tuple[float, ...]) -> torch.Tensor | None:
+        """``router_loss_weight`` x the cross-entropy of the last forward's router probabilities against EPR's
+        routing of the tokens ranked by attention received (:mod:`mone.importance`); None when the capacity puts
+        every token on one expert (nothing to rank)."""
+        model = self.model
+        distribution = model.resolve_distribution(capacity)
+        x, probs = self.router_io  # [G, N, D] normalised tokens, [G, N, E]
+        if max(token_counts(distribution, x.shape[1])) == x.shape[1]:
+            return None
+        with torch.no_grad():
+            importance = attention_received(model.blocks[model.router_block].attn, x.detach())  # [G, N]
+            target = importance_routing(importance.float(), distribution)  # [G, N]
+        return self.config.router_loss_weight * router_distillation_loss(probs, target)
 
     @property
     def output_dir(self) -> Path:
@@ -451,7 +485,9 @@ class _Run:
                 with self.autocast:
                     logits = self.train_model(images, capacity=capacity)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-                (loss / len(capacities)).backward()
+                router_loss = self.router_loss(capacity) if config.router_target != "none" else None
+                total = loss if router_loss is None else loss + router_loss
+                (total / len(capacities)).backward()
             step_loss += loss.detach() / len(capacities)
         if config.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
@@ -561,6 +597,9 @@ def _train(
     if checkpoint is None and config.init_from is not None:
         _load_initial_weights(model, config.init_from)
     _check_alpha_settings(model, config)
+    _check_router_settings(model, config)
+    if config.router_gradient != "paper":
+        model.set_router_gradient(config.router_gradient)
     if checkpoint is None and config.alpha_init is not None:
         with torch.no_grad():
             model.alpha.fill_(config.alpha_init)

@@ -1,0 +1,140 @@
+"""Does the router learn which tokens matter? Router-training recipes on cluttered digits, 3 seeds; writes ``--output``.
+
+Every arm fine-tunes the demo's shipped nested model (the dense ViT at D=128 upcycled through 400 nested steps,
+seed 0: ``mone/assets/demo_upcycle_seed0.safetensors``) with the demo's fine-tuning recipe (adaptive capacities,
+isoFLOPs, lr 5e-4); only the router's training differs. The seeds vary the fine-tuning (data order, capacity
+draws, router initialisation), not the shared starting model. Arms:
+
+    paper router (the demo's recipe today); straight-through router gradient; router supervised by the tokens'
+    attention received (``router_target="attention"``), alone and with the straight-through gradient;
+    attention-scored routing with no router parameters (``router="attention"``, EViT); the paper router evaluated
+    with a random router; and the supervised router with capacity 1.0 among the sampled budgets.
+
+Each trained model is evaluated at capacities 0.25 / 0.5 / 0.75 / 1.0 on the val and test splits (2,000 images each),
+and its localisation measured: the share of digit tokens and of background tokens that EPR sends to the two largest
+experts (``routing.json``; the digit boxes are read only here, never in training). The shipped dense ViT and the
+nested model's half-width ViT are evaluated on the same images as references (``references.json``).
+
+    python experiments/study_router.py --output experiments/results/router        # about 1 h on 2 CPU cores
+    python experiments/study_router.py --output /tmp/quick --quick --seeds 0       # a minute, end to end
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Arm, Stage, parser, run_study, select_arms, setup, train_arm  # noqa: E402
+
+from mone._io import atomic_write_text  # noqa: E402
+from mone.configs import demo  # noqa: E402
+from mone.data import build_dataset  # noqa: E402
+from mone.train.checkpoint import load_model  # noqa: E402
+from mone.train.config import TrainConfig  # noqa: E402
+from mone.train.evaluate import evaluate  # noqa: E402
+from mone.viz import object_routing_share  # noqa: E402
+
+CAPACITIES = (0.25, 0.5, 0.75, 1.0)
+SHARE_CAPACITIES = (0.25, 0.5, 0.75)
+HALF_WIDTH = (0.0, 0.0, 1.0, 0.0)
+ASSETS = files("mone") / "assets"
+PAPER = "paper router"
+
+
+def arms(quick: bool) -> list[Arm]:
+    """The study's arms, each a fine-tuning of the shipped nested model (``quick``: the presets' tiny models, trained
+    from scratch)."""
+    def fine_tune(router: str = "learned", **changes) -> Stage:
+        def stage(seed: int, previous: str | None) -> TrainConfig:
+            config = demo("finetune", quick)
+            init = previous if quick else str(ASSETS / "demo_upcycle_seed0.safetensors")
+            config = config.replace(seed=seed, init_from=init, model_kwargs=dict(config.model_kwargs, router=router))
+            return config.replace(**changes)
+        return stage
+
+    def with_full(stage: Stage) -> Stage:
+        def full(seed: int, previous: str | None) -> TrainConfig:
+            config = stage(seed, previous)
+            return config.replace(capacities=(*config.capacities, 1.0))
+        return full
+
+    def quick_nested(seed: int, previous: str | None) -> TrainConfig:
+        return demo("upcycle", True).replace(seed=0, init_from=None)
+
+    init = "nested (quick)" if quick else None
+    supervised = fine_tune(router_target="attention")
+    listed = [
+        Arm(PAPER, (fine_tune(),), CAPACITIES, init=init),
+        Arm("straight-through gradient", (fine_tune(router_gradient="straight_through"),), CAPACITIES, init=init),
+        Arm("attention-supervised router", (supervised,), CAPACITIES, init=init),
+        Arm("attention-supervised router, straight-through",
+            (fine_tune(router_target="attention", router_gradient="straight_through"),), CAPACITIES, init=init),
+        Arm("attention router (no parameters)", (fine_tune(router="attention"),), CAPACITIES, init=init),
+        Arm(f"{PAPER}, random router at eval", (), CAPACITIES, router="random", reuse=PAPER, family="random"),
+        Arm("attention-supervised router, capacities to 1.0", (with_full(supervised),), CAPACITIES, init=init),
+    ]
+    if quick:
+        listed.insert(0, Arm("nested (quick)", (quick_nested,), family="matvit"))
+    return listed
+
+
+def routing(chosen: list[Arm], seeds: list[int], root: Path, num_samples: int) -> None:
+    """Digit and background shares on the two largest experts for every trained arm, seed, split and capacity."""
+    by_name = {arm.name: arm for arm in chosen}
+    path = root / "routing.json"
+    rows = [r for r in (json.loads(path.read_text()) if path.exists() else []) if r["arm"] not in by_name]
+    for split in ("val", "test"):
+        dataset = None
+        for arm in chosen:
+            if arm.family not in ("mone", "random"):
+                continue
+            source = by_name[arm.reuse] if arm.reuse else arm
+            for seed in seeds:
+                checkpoint, _ = train_arm(source, seed, root, False, by_name)
+                model, ckpt = load_model(checkpoint)
+                if dataset is None:
+                    config = ckpt.meta["config"]
+                    dataset = build_dataset("cluttered_digits", split, **dict(config["dataset_kwargs"],
+                                                                               num_samples=num_samples))
+                model.set_router(arm.router if arm.router != "learned" else model.router_mode)
+                for capacity in SHARE_CAPACITIES:
+                    torch.manual_seed(0)
+                    share = object_routing_share(model, dataset, capacity, num_samples=num_samples)
+                    rows.append({"arm": arm.name, "seed": seed, "split": split, "capacity": capacity,
+                                 "object_share": share["object_share"],
+                                 "background_share": share["background_share"],
+                                 "alpha": float(model.alpha_value.detach())})
+    atomic_write_text(path, json.dumps(rows, indent=2) + "\n")
+
+
+def references(root: Path, num_samples: int) -> None:
+    """The shipped dense ViT and the nested model's half-width ViT on the same val and test images."""
+    dense, _ = load_model(Path(str(ASSETS / "demo_dense_seed0.safetensors")))
+    nested, ckpt = load_model(Path(str(ASSETS / "demo_upcycle_seed0.safetensors")))
+    out = {}
+    for split in ("val", "test"):
+        dataset = build_dataset("cluttered_digits", split, **dict(ckpt.meta["config"]["dataset_kwargs"],
+                                                                   num_samples=num_samples))
+        out[split] = {"dense ViT": evaluate(dense, dataset, (1.0,), batch_size=500)[0]["top1"],
+                      "MatViT half-width": evaluate(nested, dataset, (HALF_WIDTH,), batch_size=500)[0]["top1"]}
+    atomic_write_text(root / "references.json", json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--arms", nargs="+", default=None, help="run only these arms (and the arms they start from)")
+    args = p.parse_args()
+    setup(args)
+    chosen = select_arms(arms(args.quick), args.arms)
+    samples = 256 if args.quick else 2000
+    run_study("router training, cluttered digits", chosen, args.seeds, args.output, progress=args.progress,
+              num_samples=samples)
+    routing(chosen, args.seeds, args.output, 256 if args.quick else 1000)
+    if not args.quick:
+        references(args.output, samples)

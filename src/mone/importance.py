@@ -1,0 +1,72 @@
+"""Token importance from the model's own attention, and the router losses trained against it (docs/method.md).
+
+The paper's router learns only through the ``alpha * r + 1`` scaling of the MLP update, which rewards "amplify this
+token's update", not "this token needs the wide expert". The pieces here give it a signal for the latter:
+
+* :func:`attention_received`: how much attention each token receives at full width in one block (EViT's score,
+  averaged over heads and over every query, since the models pool without a class token);
+* :func:`importance_routing`: the experts EPR would give the tokens if they were ranked by that importance;
+* :func:`router_distillation_loss`: cross-entropy of the router's probabilities against those experts, the
+  supervised router of Mixture-of-Depths' auxiliary predictor and DynamicViT's distillation.
+
+A model with ``router="attention"`` routes by :func:`attention_received` itself (no router parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from .capacity import token_counts
+from .routing import _expert_preferred_routing
+
+__all__ = ["attention_received", "importance_probs", "importance_routing", "router_distillation_loss"]
+
+
+def attention_received(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Full-width attention each token receives from the tokens of its group, averaged over heads and queries.
+
+    Args:
+        attn: a :class:`mone.layers.NestedAttention` (its ``qkv`` weights at full width are used).
+        x: normalised tokens [G, N, D] (the block's ``norm1`` output: what the router reads).
+
+    Returns:
+        [G, N], non-negative, each row summing to 1: ``mean_{h, q} softmax_k(q_hq . k_hk / sqrt(d_h))``.
+    """
+    G, N, D = x.shape
+    H, hd = attn.num_heads, attn.head_dim
+    weight = attn.qkv.weight[: 2 * D]  # q and k only: [2D, D]
+    bias = None if attn.qkv.bias is None else attn.qkv.bias[: 2 * D]
+    qk = nn.functional.linear(x, weight, bias).view(G, N, 2, H, hd).permute(2, 0, 3, 1, 4)  # [2, G, H, N, hd]
+    q, k = qk.unbind(0)
+    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # [G, H, N(query), N(key)]
+    return weights.mean(dim=(1, 2))  # [G, N]
+
+
+def importance_probs(importance: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Router probabilities [G, N, E] that make EPR rank tokens by ``importance`` [G, N] for every expert.
+
+    Each token gets ``importance / max(importance of its group)`` (in [0, 1]) in every column, so each expert takes
+    the most important tokens still free, and the MLP scale ``alpha * r + 1`` grows with importance.
+    """
+    scores = importance / importance.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(importance.dtype).tiny)
+    return scores.unsqueeze(-1).expand(*importance.shape, num_experts)
+
+
+def importance_routing(importance: torch.Tensor, distribution: Sequence[float]) -> torch.Tensor:
+    """The expert of each token [G, N] (0 = smallest) when EPR ranks the tokens of each group by ``importance``
+    [G, N] at ``distribution`` (a validated per-expert token fraction, smallest first)."""
+    probs = importance_probs(importance, len(distribution))
+    return _expert_preferred_routing(probs, token_counts(distribution, importance.shape[-1]))
+
+
+def router_distillation_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of router probabilities [G, N, E] against target experts [G, N] (int64).
+
+    Minimised when the router puts all its probability on each token's target expert; EPR then reproduces the
+    target routing, and across budgets ``probs[..., j]`` orders tokens by how often they belong on expert ``j``.
+    """
+    log_probs = probs.float().clamp_min(torch.finfo(torch.float32).tiny).log()
+    return -log_probs.gather(-1, target.unsqueeze(-1)).mean()
