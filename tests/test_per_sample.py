@@ -79,8 +79,33 @@ def test_a_tuple_is_one_distribution_a_list_of_batch_size_is_per_sample():
         torch.testing.assert_close(per_sample, model(x, capacity=0.25), rtol=0, atol=0)
         one_distribution = model(x, capacity=(0.25,) * 4)  # a quarter of the tokens on each expert
         assert effective_differs(one_distribution, per_sample)
-        y = batch(model, 3)  # length 4 != batch 3: a list is one distribution, as before
-        torch.testing.assert_close(model(y, capacity=[0.25] * 4), model(y, capacity=(0.25,) * 4), rtol=0, atol=0)
+        y = batch(model, 3)  # a list is never a distribution: length 4 for a batch of 3 is refused, not reread
+        with pytest.raises(ValueError, match=r"needs 3 entries \(the batch size\), got 4; .* distribution as a tuple"):
+            model(y, capacity=[0.25] * 4)
+
+
+@pytest.mark.parametrize("capacity, message", [
+    ([0.5, 0.5, 0.25], "a capacity list holds one budget per image, so it needs 8 entries (the batch size), got 3"),
+    ([0.5] * 9, "a capacity list holds one budget per image, so it needs 8 entries (the batch size), got 9"),
+    ([0.25] * 4, "a capacity list holds one budget per image, so it needs 8 entries (the batch size), got 4"),
+    (np.full(4, 0.25), "a capacity ndarray holds one budget per image, so it needs 8 entries (the batch size), got 4"),
+    (torch.full((2, 4), 0.5), "a capacity Tensor holds one budget per image, shape [B] = [8]; got shape (2, 4)"),
+    (np.full((8, 1), 0.5), "a capacity ndarray holds one budget per image, shape [B] = [8]; got shape (8, 1)"),
+], ids=["3-for-8", "9-for-8", "4-summing-to-1", "numpy-4", "tensor-2d", "numpy-2d"])
+@pytest.mark.parametrize("model_cls", ["mone", "mod"])
+def test_budgets_that_do_not_fit_the_batch_are_one_line_errors(capacity, message, model_cls):
+    model = vit() if model_cls == "mone" else MoDVisionTransformer(img_size=20, patch_size=4, embed_dim=32, depth=2,
+                                                                     num_heads=4).double()
+    with pytest.raises(ValueError) as error:
+        model(batch(model, 8), capacity=capacity)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_an_empty_batch_is_refused_in_the_models_own_words_whatever_the_capacity():
+    model = vit()
+    for capacity in ([], torch.zeros(0), 0.5):
+        with pytest.raises(ValueError, match=r"empty batch: got images of shape \(0, 3, 20, 20\)"):
+            model(batch(model, 0), capacity=capacity)
 
 
 def effective_differs(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -7,10 +7,13 @@ interact in a forward (EPR, attention and pooling are per sample), so every samp
 its budget: bit for bit what its group's own batch gives, and what a batch of one gives up to round-off (BLAS may
 sum in another order for another number of rows).
 
-Which capacities are per-sample: a ``list`` of B numbers, or a 1-d NumPy array or tensor of B numbers, B being the
-batch size. A ``tuple`` is always one per-expert distribution (as :func:`mone.capacity_distribution` returns), and a
-list, array or tensor of another length keeps its old meaning (one distribution). So with as many samples as
-experts, ``[0.25] * 4`` is four budgets and ``(0.25,) * 4`` one distribution.
+Which capacities are per-sample, precisely: a ``list``, or a 1-d NumPy array or tensor, always is, and must hold
+exactly B entries, B being the batch size (each a number, or a per-expert tuple); any other length is a ValueError
+that names both, as is an array or tensor of more than one dimension. A ``tuple`` is always one per-expert
+distribution for the whole batch (as :func:`mone.capacity_distribution` returns), and a number or a 0-d array one
+budget. So ``[0.25] * 4`` is four budgets (for a batch of 4; an error for any other batch, even though its entries
+would sum to 1) and ``(0.25,) * 4`` one distribution. An empty batch is refused by the model's input check, whatever
+the capacity.
 """
 
 from __future__ import annotations
@@ -21,19 +24,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..capacity import is_scalar_capacity
-
 __all__ = ["group_by_capacity", "is_per_sample", "run_by_group"]
 
 
-def is_per_sample(capacity: Any, batch_size: int) -> bool:
-    """Whether ``capacity`` holds one budget per sample of a batch of ``batch_size`` (see the module docstring)."""
+def is_per_sample(capacity: Any) -> bool:
+    """Whether ``capacity`` is meant as one budget per sample: a list, or an array or tensor of at least one
+    dimension (see the module docstring); :func:`group_by_capacity` checks that it fits the batch."""
     if isinstance(capacity, (torch.Tensor, np.ndarray)):  # isinstance only: torch.compile traces this for every call
-        if capacity.ndim != 1:
-            return False
-    elif not isinstance(capacity, list):
-        return False
-    return len(capacity) == batch_size and all(is_scalar_capacity(c) for c in capacity)
+        return capacity.ndim >= 1
+    return isinstance(capacity, list)
+
+
+def _check_fits(capacity: Any, batch_size: int) -> None:
+    """ValueError unless the per-sample ``capacity`` holds exactly one entry per sample."""
+    kind = "list" if isinstance(capacity, list) else type(capacity).__name__
+    if kind != "list" and capacity.ndim != 1:
+        raise ValueError(f"a capacity {kind} holds one budget per image, shape [B] = [{batch_size}]; got shape "
+                         f"{tuple(capacity.shape)}")
+    if len(capacity) != batch_size:
+        raise ValueError(f"a capacity {kind} holds one budget per image, so it needs {batch_size} entries (the batch "
+                         f"size), got {len(capacity)}; pass one number for the whole batch, or a per-expert "
+                         f"distribution as a tuple")
 
 
 def group_by_capacity(
@@ -50,9 +61,16 @@ def group_by_capacity(
     Returns:
         ``None`` when ``capacity`` is one budget for the whole batch; else ``(resolved capacity, sample indices)``
         pairs in order of first appearance.
+
+    Raises:
+        ValueError: for a list, array or tensor whose length is not ``batch_size``, or of more than one dimension;
+            for a bad entry, naming the sample.
     """
-    if not is_per_sample(capacity, batch_size):
+    if not is_per_sample(capacity):
         return None
+    _check_fits(capacity, batch_size)
+    if batch_size == 0:  # no budgets for no images: the ordinary path refuses the empty batch in its own words
+        return [(resolve(None), [])]
     groups: dict[Hashable, list[int]] = {}
     for i, entry in enumerate(capacity):
         try:
