@@ -165,7 +165,7 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
     video = report.read_text().split("## Video: moving digits", 1)[1]
     claims = re.findall(r"^\| (Dense ViViT accuracy at|Better than the dense ViViT of) .*? \| \*\*(.+?)\*\* \|", video,
                         flags=re.MULTILINE)
-    assert len(claims) == 4 and {word for _, word in claims} <= {"holds", "holds partly", "does not hold"}
+    assert len(claims) == 4 and {word for _, word in claims} <= {"holds", "not resolved", "does not hold"}
     assert "| MatViT (nested) ViViT | width 1/2 |" in video and "video/accuracy_vs_gflops.png" in video
     assert "Best MoNE recipe on the validation split at capacity 0.5: **" in video
     assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 4
@@ -196,3 +196,20 @@ def test_an_interrupted_run_is_not_taken_for_a_finished_one(tmp_path):
     iso = train(base.replace(steps=2, iso_flops=True, output_dir=str(tmp_path / "iso")), progress=False)
     assert iso.total_steps > 2 and _finished(tmp_path / "iso")  # finished at its scaled step count, not at "steps"
     assert not _finished(tmp_path / "never_started")
+
+
+def test_one_verdict_rule_for_every_claim():
+    """The cases that the earlier rules got wrong (issue 23), and the rule's edges."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from report import MATCH, judge, judge_all
+
+    assert judge(-1.37, 1.19) == "not resolved"  # inside two standard errors: neither "beats" nor "does not"
+    assert judge(-2.37, 1.75) == "not resolved"
+    assert judge(+1.52, 6.37, MATCH) == "not resolved"  # a wide interval settles nothing
+    assert judge(+1.0, 0.4) == "holds" and judge(-1.0, 0.4) == "does not hold"
+    assert judge(-0.5, 0.2, MATCH) == "holds"  # at most 1 point behind, clearly
+    assert judge(-2.0, 0.4, MATCH) == "does not hold" and judge(-1.5, 0.4, MATCH) == "not resolved"
+    assert judge(0.3, 0.0) == "holds" and judge(-0.3, 0.0) == "does not hold"  # one seed: the means alone
+    assert judge_all(["holds", "holds"]) == "holds"
+    assert judge_all(["holds", "not resolved"]) == "not resolved"
+    assert judge_all(["not resolved", "does not hold"]) == "does not hold"
