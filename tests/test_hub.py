@@ -119,12 +119,74 @@ def test_timm_loads_a_registered_model_folder(tmp_path):
     assert torch.equal(outputs(loaded, 0.5), outputs(model, 0.5))
 
 
-def test_saving_twice_replaces_the_files(tmp_path):
+def test_saving_over_another_model_or_a_file_is_refused(tmp_path):
+    # the rule of mone export: a new or empty folder only; what is there stays as it was
     save_pretrained(small("mone_vit_test", num_classes=3), tmp_path)
-    model = small("mone_vit_test", num_classes=7)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match=f"output folder {tmp_path} exists and is not empty; refusing to overwrite"):
+        save_pretrained(small("mone_vit_test", num_classes=7), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError, match="afile is a file, not a folder"):
+        save_pretrained(small("mone_vit_test"), tmp_path / "afile")
+
+
+@pytest.mark.parametrize("failing", ["weights", "config"])
+def test_a_full_disk_names_the_file_and_leaves_no_folder(tmp_path, monkeypatch, failing):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    if failing == "weights":
+        monkeypatch.setattr(mone.hub, "save_file", full)
+    else:
+        monkeypatch.setattr(mone.hub.Path, "write_text", full)
+    out = tmp_path / "new" / "model"
+    name = "model.safetensors" if failing == "weights" else "config.json"
+    with pytest.raises(OSError, match=f"^cannot write {out / name}: No space left on device$"):
+        save_pretrained(small("mone_vit_test"), out)
+    assert not out.exists()  # no empty folder, no temporary files
+    assert list((tmp_path / "new").iterdir()) == []
+
+
+def test_a_config_larger_than_its_weights_is_refused_before_allocating(tmp_path):
+    # embed_dim 10**9 would need 768 GB: the model is built on the meta device and compared with the file's header
+    save_pretrained(small("mone_vit_test"), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model_args"].update(embed_dim=10**6, num_heads=1)  # 3 TB of qkv weights alone
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model.safetensors does not match .*config.json \(mone_vit_test\): "
+                                         r"pos_embed has shape \(1, 16, 64\), the model needs \(1, 16, 1000000\)"):
+        from_pretrained(tmp_path)
+    config["model_args"].update(embed_dim=10**9)  # more bytes than torch can even count
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config.json does not describe a model: Storage size calculation overflow"):
+        from_pretrained(tmp_path)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    model = small("mone_vit_test")
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(float("nan"))
     save_pretrained(model, tmp_path)
-    assert from_pretrained(tmp_path).num_classes == 7
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    with pytest.raises(ValueError, match=r"model.safetensors holds non-finite weights \(alpha has NaN or inf"):
+        from_pretrained(tmp_path)
+
+
+def test_timm_local_dir_checks_the_folder_before_allocating(tmp_path):
+    timm = pytest.importorskip("timm")
+    save_pretrained(small("mone_vit_test"), tmp_path / "big")
+    config = json.loads((tmp_path / "big" / "config.json").read_text())
+    config["model_args"].update(embed_dim=10**6, num_heads=1)
+    (tmp_path / "big" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"does not match .*: pos_embed has shape \(1, 16, 64\)"):
+        timm.create_model(f"local-dir:{tmp_path / 'big'}", pretrained=True)
+    nan = small("mone_vit_test")
+    with torch.no_grad():
+        nan.head.weight.fill_(float("nan"))
+    save_pretrained(nan, tmp_path / "nan")
+    with pytest.raises(ValueError, match=r"holds non-finite weights \(head.weight has NaN or inf values\)"):
+        timm.create_model(f"local-dir:{tmp_path / 'nan'}", pretrained=True)
 
 
 def test_models_the_config_cannot_rebuild_are_refused(tmp_path):

@@ -3,16 +3,20 @@ half of one)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "atomic_write_text",
+    "check_new_output_dir",
     "check_output_dir",
     "check_output_file",
     "fsync_replace",
+    "output_folder",
     "prepare_output_dir",
     "save_figure",
 ]
@@ -65,6 +69,18 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_new_output_dir(path: str | os.PathLike) -> Path:
+    """:func:`check_output_dir`, and refuse a folder that already holds anything (never overwrite another output).
+
+    Raises NotADirectoryError or PermissionError (see :func:`check_output_dir`), or ValueError for a folder that
+    exists and is not empty.
+    """
+    path = check_output_dir(path)
+    if path.is_dir() and any(path.iterdir()):
+        raise ValueError(f"output folder {path} exists and is not empty; refusing to overwrite it")
+    return path
+
+
 def check_output_file(path: str | os.PathLike) -> Path:
     """Check, without creating anything, that the file ``path`` can be written (its folder created if needed).
 
@@ -102,6 +118,48 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike) -> Iterator[Callable[[str], Path]]:
+    """Write a command's files into the folder ``path``, all of them or none.
+
+    Yields ``stage(name)``, which returns a temporary path in the folder to write the file ``name`` to. When the
+    block ends normally the staged files are moved into place in the order they were staged (renames, which need no
+    free space): stage the file that marks the output complete last. When the block raises, the temporary files are
+    removed, files of an earlier run are left as they were, and the folder is removed if this call created it (so a
+    failed command leaves no empty folder). An OSError (a full disk) is re-raised naming the file being written.
+    """
+    path = Path(path)
+    created = not path.exists()
+    prepare_output_dir(path)
+    staged: list[tuple[Path, Path]] = []  # (temporary, final)
+
+    def stage(name: str) -> Path:
+        final = path / name
+        staged.append((final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}"), final))
+        return staged[-1][0]
+
+    done = False
+    try:
+        yield stage
+        for tmp, final in staged:
+            fsync_replace(tmp, final)
+        done = True
+    except OSError as error:
+        message = str(error)
+        for tmp, final in staged:  # name the files as the user knows them, not their temporaries
+            message = message.replace(str(tmp), str(final))
+        target = str(staged[-1][1] if staged else path)
+        if target not in message:
+            message = f"cannot write {target}: {error.strerror or error}"
+        raise type(error)(message) from None
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        if created and not done:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only when empty: nothing of anyone else's is removed
+
+
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Write a matplotlib figure atomically (temporary file + ``os.replace``).
 
@@ -114,6 +172,8 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     try:
         fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)
+    except OSError as error:  # e.g. a full disk: name the file
+        raise type(error)(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         tmp.unlink(missing_ok=True)
         pyplot = sys.modules.get("matplotlib.pyplot")

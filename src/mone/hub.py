@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from ._io import atomic_write_text, fsync_replace, prepare_output_dir
+from ._io import check_new_output_dir, output_folder
+from ._weights import check_finite_weights, header_shapes, mismatch, read_tensors
 from .models import MoDVisionTransformer, MoneVisionTransformer, MoneViViT, create_model, list_models
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "from_pretrained", "save_pretrained"]
@@ -69,28 +70,21 @@ def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in state.items()}
 
 
-def _mismatch(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]]) -> str | None:
-    """How ``found`` (names and shapes) differs from ``expected``, in a few words; ``None`` when it does not."""
-    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    if missing or unexpected:
-        return f"missing {missing[:3]}, unexpected {unexpected[:3]}"
-    for key, shape in expected.items():
-        if found[key] != shape:
-            return f"{key} has shape {found[key]}, the model needs {shape}"
-    return None
-
-
 def _jsonable_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in ("state_dict", "file", "source", "url", "hf_hub_id")}
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Write ``model`` to ``directory`` as ``config.json`` and ``model.safetensors`` (created if needed; files there
-    are replaced atomically). Returns the folder.
+    """Write ``model`` to ``directory`` as ``config.json`` and ``model.safetensors``: a new or empty folder, created
+    if needed; a folder that holds anything (another model, say) is refused, never overwritten, as ``mone export``
+    refuses it. ``config.json`` is moved into place last: a folder with it is complete. A failed write (a full disk)
+    leaves no files and no folder it created. Returns the folder.
 
     Raises:
         ValueError: for a model that is not one of mone's, or whose config would not rebuild it (e.g. pruned for
-            feature extraction).
+            feature extraction), or a ``directory`` that exists and is not empty.
+        NotADirectoryError, PermissionError: for a ``directory`` that is a file or cannot be written.
+        OSError: when writing fails, naming the file.
     """
     if not hasattr(model, "model_args"):
         raise ValueError(f"save_pretrained saves mone models, got a {type(model).__name__}")
@@ -98,7 +92,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     with torch.device("meta"):  # build the model the config describes, without allocating it, and compare
         rebuilt = _build(architecture, args)
-    problem = _mismatch(_shapes(rebuilt.state_dict()), _shapes(state))
+    problem = mismatch(_shapes(rebuilt.state_dict()), _shapes(state))
     if problem:
         raise ValueError(f"cannot save this {type(model).__name__}: its config does not rebuild it ({problem})")
     config = {
@@ -114,17 +108,13 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
         text = json.dumps(config, indent=2)
     except TypeError as error:
         raise ValueError(f"cannot save this {type(model).__name__}: a setting is not JSON ({error})") from None
-    directory = prepare_output_dir(directory)
-    weights = directory / WEIGHTS_NAME
-    tmp = weights.with_name(f".{weights.name}.tmp{os.getpid()}")
-    try:
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        fsync_replace(tmp, weights)
-    except (OSError, SafetensorError) as error:
-        raise OSError(f"cannot write {weights}: {getattr(error, 'strerror', None) or error}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    atomic_write_text(directory / CONFIG_NAME, text + "\n")
+    directory = check_new_output_dir(directory)
+    with output_folder(directory) as stage:
+        try:
+            save_file(state, str(stage(WEIGHTS_NAME)), metadata={"format": "pt"})
+        except SafetensorError as error:  # safetensors reports some write failures as its own error type
+            raise OSError(f"cannot write {directory / WEIGHTS_NAME}: {error}") from None
+        stage(CONFIG_NAME).write_text(text + "\n")
     return directory
 
 
@@ -143,36 +133,56 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (save_pretrained writes {CONFIG_NAME} and {WEIGHTS_NAME})")
+def _weights_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, RuntimeError) as error:
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"{path} is corrupt or truncated, not a readable safetensors file ({reason})") from None
+        return header_shapes(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist (save_pretrained writes {CONFIG_NAME} and {WEIGHTS_NAME})"
+                                ) from None
+
+
+def check_against_weights(
+    architecture: str, args: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], mismatch_prefix: str,
+    build_prefix: str,
+) -> nn.Module:
+    """The model ``architecture(**args)`` built on the meta device (nothing allocated), after checking that its
+    parameter names and shapes are ``shapes`` (a weights file's header): a config cannot make a loader allocate
+    more than its weights file holds. ValueError ``"<mismatch_prefix>: <what differs>"`` otherwise, or
+    ``"<build_prefix>: <why>"`` when the arguments build no model."""
+    try:
+        with torch.device("meta"):
+            model = _build(architecture, args)
+    except (ValueError, TypeError, RuntimeError) as error:  # RuntimeError: sizes too large even to describe
+        raise ValueError(f"{build_prefix}: {error}") from None
+    problem = mismatch(_shapes(model.state_dict()), shapes)
+    if problem:
+        raise ValueError(f"{mismatch_prefix}: {problem}")
+    return model
 
 
 def from_pretrained(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model saved in ``directory`` by :func:`save_pretrained`, in eval mode on ``device``, with the
     saved weights' dtype.
 
+    The model is built on the meta device and checked against the weights file's header (names and shapes) before
+    anything is allocated, so a config that asks for more than the file holds (``embed_dim=10**9``) is refused, not
+    allocated.
+
     Raises:
         FileNotFoundError: when ``config.json`` or ``model.safetensors`` is missing.
-        ValueError: when either is corrupt or truncated, or they do not match (names, shapes), naming the file.
+        ValueError: when either is corrupt or truncated, they do not match (names, shapes), or the weights hold NaN
+            or infinite values, naming the file.
     """
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     config = _read_config(config_path)
-    try:
-        model = _build(config["architecture"], config["model_args"])
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{config_path} does not describe a model: {error}") from None
-    state = _read_weights(weights_path)
-    problem = _mismatch(_shapes(model.state_dict()), _shapes(state))
-    if problem:
-        raise ValueError(f"{weights_path} does not match {config_path} ({config['architecture']}): {problem}")
+    shapes = _weights_shapes(weights_path)
+    model = check_against_weights(config["architecture"], config["model_args"], shapes,
+                                  f"{weights_path} does not match {config_path} ({config['architecture']})",
+                                  f"{config_path} does not describe a model")
+    state = read_tensors(weights_path)
+    check_finite_weights(state, str(weights_path))
+    model.to_empty(device="cpu")  # allocated now that the file is known to match, and filled from it
     dtypes = {value.dtype for value in state.values() if value.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())

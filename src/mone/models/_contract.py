@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 import torch.nn as nn
 
 __all__ = [
@@ -120,6 +121,25 @@ def _default(model_cls: type, name: str) -> Any:
     return inspect.signature(model_cls).parameters[name].default
 
 
+def _check_local_dir(model_cls: type[nn.Module], args: dict[str, Any], folder: Path) -> None:
+    """A ``local-dir:`` folder checked as :func:`mone.from_pretrained` checks it, before timm allocates the model:
+    the model its config describes, built on the meta device, must have the weights file's names and shapes (read
+    from its header), and the weights must be finite. ValueError naming the file otherwise."""
+    from .._weights import check_finite_file, header_shapes, mismatch
+
+    config, weights = folder / "config.json", folder / "model.safetensors"  # timm's names, and save_pretrained's
+    shapes = header_shapes(weights)
+    try:
+        with torch.device("meta"):
+            model = model_cls(**args)
+    except (ValueError, TypeError, RuntimeError) as error:  # RuntimeError: sizes too large even to describe
+        raise ValueError(f"{config} does not describe a model: {error}") from None
+    problem = mismatch({key: tuple(value.shape) for key, value in model.state_dict().items()}, shapes)
+    if problem:
+        raise ValueError(f"{weights} does not match {config}: {problem}")
+    check_finite_file(weights)
+
+
 def build_registered_model(
     model_cls: type[nn.Module],
     variant: str,
@@ -153,6 +173,8 @@ def build_registered_model(
             f"no pretrained MoNE weights are published for {variant}; load a folder written by save_pretrained "
             f"with mone.from_pretrained(dir), or a dense timm ViT with mone.from_timm(vit)"
         )
+    if pretrained and cfg.get("source") == "local-dir":  # before timm builds the model the config asks for
+        _check_local_dir(model_cls, args, Path(cfg["file"]))
     if timm_args.get("features_only") and not features:
         raise ValueError(f"{variant} does not support features_only=True: it has no forward_intermediates")
     if not timm_available():

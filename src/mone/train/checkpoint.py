@@ -30,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .._io import fsync_replace
+from .._weights import check_finite_weights  # shared with mone.hub; re-exported here
 from ..models import create_model
 
 __all__ = [
@@ -199,13 +200,6 @@ def load_checkpoint(path: str | os.PathLike, tensors: bool = True) -> Checkpoint
         raise ValueError(f"checkpoint {path} has incomplete metadata: it needs a JSON object with 'model' (a name), "
                          f"'model_kwargs' (an object) and 'step' (an integer >= 0)")
     return Checkpoint(path, meta, values)
-
-
-def check_finite_weights(state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Raise ValueError naming the first floating-point tensor of ``state`` that holds a NaN or an infinity."""
-    for key, value in state.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{source} holds non-finite weights ({key} has NaN or inf values): its run diverged")
 
 
 def check_same_architecture(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
