@@ -64,6 +64,51 @@ def test_train_eval_viz_end_to_end(trained, tmp_path, capsys):
     assert [s["capacity"] for s in shares] == [0.25, 0.5] and shares[0]["num_samples"] == 16
 
 
+def no_space(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("command, failing", [("eval", "accuracy_vs_gflops.png"), ("eval", "results.json"),
+                                              ("viz", "routing_maps.png"), ("viz", "routing_share.json")])
+def test_a_full_disk_names_the_file_and_leaves_nothing_that_looks_finished(trained, tmp_path, capsys, monkeypatch,
+                                                                           command, failing):
+    import matplotlib.figure
+
+    if failing.endswith(".png"):
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", no_space)
+    else:
+        real = Path.write_text
+        stem, suffix = failing.split(".")  # written as a temporary (.results.tmp<pid>.json), then renamed
+        monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: no_space() if stem in self.name
+                            and self.suffix == f".{suffix}" else real(self, *a, **k))
+    out = tmp_path / "out"
+    extra = ["--num-images", "2", "--share-samples", "16"] if command == "viz" else []
+    assert main([command, str(trained), "--capacities", "0.25", "1.0", *extra, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
+    assert err == f"mone {command}: error: cannot write {out / failing}: No space left on device"
+    assert not out.exists()  # no results without their plot, no empty folder
+    existing = tmp_path / "existing"  # an earlier output in the folder stays as it was
+    existing.mkdir()
+    (existing / "results.json").write_bytes(b"earlier")
+    assert main([command, str(trained), "--capacities", "0.25", *extra, "--output", str(existing)]) == 2
+    assert [p.name for p in existing.iterdir()] == ["results.json"]
+    assert (existing / "results.json").read_bytes() == b"earlier"
+
+
+def test_ctrl_c_is_one_line_at_any_moment(monkeypatch, capsys):
+    import mone.cli
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mone.flops_cli, "run", interrupt)  # a bare Ctrl-C inside a command: no empty message
+    assert main(["flops"]) == 130
+    assert capsys.readouterr().err == "mone flops: interrupted\n"
+    monkeypatch.setattr(mone.cli, "build_parser", interrupt)  # while the subcommands load: no traceback
+    assert main(["flops"]) == 130
+    assert capsys.readouterr().err == "mone: interrupted\n"
+
+
 def test_train_resume_continues_a_finished_run(trained, capsys):
     # the run is complete: --resume with no other flags reloads its configuration and has nothing left to do
     assert main(["train", "--output", str(trained), "--resume", "--no-progress"]) == 0

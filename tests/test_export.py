@@ -70,6 +70,24 @@ def test_a_tiny_export_runs_at_its_capacity_not_the_default():
         assert not torch.allclose(tiny(x), expected, rtol=1e-3, atol=1e-3)
 
 
+def test_a_bad_example_is_named_with_its_real_shape(model):
+    # under torch.export the batch size is a symbol (s77): the eager check names the example's shape instead
+    with pytest.raises(ValueError) as error:
+        mone.export_model(model, torch.randn(2, 1, 32, 32), capacity=0.5)
+    assert str(error.value) == "expected 3 input channels, got 1 (shape (2, 1, 32, 32))"
+
+
+def test_onnx_under_a_file_is_refused_before_exporting(model, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError, match=f"cannot write {tmp_path / 'afile' / 'm.onnx'}: "
+                                                 f"{tmp_path / 'afile'} is a file, not a folder"):
+        mone.export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "afile" / "m.onnx")
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        mone.export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path)
+
+
 @pytest.mark.parametrize("capacity", [[0.25, 0.5], torch.tensor([0.25, 0.5]), "0.5"])
 def test_per_image_budgets_are_refused_with_the_reason(model, capacity):
     with pytest.raises(ValueError, match="one capacity for the whole batch.*export once per capacity"):

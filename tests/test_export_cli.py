@@ -62,7 +62,8 @@ def test_refuses_a_non_empty_output_folder(run_dir, tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    assert "exists and is not empty" in one_line_error(capsys, ["export", str(run_dir[0]), str(a_file)])
+    err = one_line_error(capsys, ["export", str(run_dir[0]), str(a_file)])
+    assert f"{a_file} is a file, not a folder" in err and a_file.read_text() == "x"  # not "a non-empty folder"
 
 
 def test_bad_checkpoints(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,3 +178,32 @@ def test_cli_unreachable_target_keeps_the_measurement_and_exits_2(tmp_path, caps
     assert "no capacity meets latency <= 1e-06 ms at batch size 1: measured" in err
     assert "over capacities 0.5-1" in err
     assert LatencyCurve.load(out / "latency_curve.json").capacities == (0.5, 1.0)
+
+
+def test_cli_never_replaces_an_earlier_curve(tmp_path, capsys):
+    out = tmp_path / "calibration"
+    argv = ["calibrate", "mone_vit_test", *SMALL, "--capacities", "0.5", "--repeats", "1", "--no-plot", "--no-progress",
+            "--output", str(out)]
+    assert main(argv) == 0
+    before = (out / "latency_curve.json").read_bytes()
+    err = one_line_error(capsys, argv)
+    assert f"output folder {out} exists and is not empty; refusing to overwrite it" in err
+    assert (out / "latency_curve.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("failing", ["latency_curve.json", "latency_curve.png"])
+def test_cli_full_disk_names_the_file_and_leaves_no_folder(tmp_path, capsys, monkeypatch, failing):
+    matplotlib_figure = pytest.importorskip("matplotlib.figure")
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    if failing.endswith(".json"):
+        monkeypatch.setattr(Path, "write_text", full)
+    else:
+        monkeypatch.setattr(matplotlib_figure.Figure, "savefig", full)
+    out = tmp_path / "calibration"
+    err = one_line_error(capsys, ["calibrate", "mone_vit_test", *SMALL, "--capacities", "0.5", "--repeats", "1",
+                                  "--no-progress", "--output", str(out)])
+    assert err == f"mone calibrate: error: cannot write {out / failing}: No space left on device"
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:  # Ctrl-C while the subcommands' modules load: one line, no traceback
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print("mone: interrupted", file=sys.stderr)
+        return 130
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     _, _, extra, needs = _SUBCOMMANDS[args.command]
     try:
@@ -58,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mone {args.command} needs {error.package}: pip install 'mone[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt as error:
-        print(f"mone {args.command}: {error or 'interrupted'}", file=sys.stderr)
+        print(f"mone {args.command}: {str(error) or 'interrupted'}", file=sys.stderr)  # a bare Ctrl-C has no text
         return 130
     except (ValueError, OSError, FloatingPointError) as error:
         print(f"mone {args.command}: error: {error}", file=sys.stderr)

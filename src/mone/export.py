@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from ._extras import require
+from ._io import check_output_file, output_folder
 from .capacity import is_scalar_capacity
 
 __all__ = ["export_model", "export_onnx"]
@@ -91,6 +92,9 @@ def export_model(
     model.eval()
     try:
         with torch.no_grad():
+            # One eager call first: a bad example or capacity fails in the model's own words, with the example's
+            # real shape (under torch.export the batch size would read as a symbol such as s77).
+            _FixedCapacity(model, capacity)(example)
             program = torch.export.export(_FixedCapacity(model, capacity), (example,), dynamic_shapes=dynamic_shapes)
     finally:
         model.train(was_training)
@@ -121,15 +125,19 @@ def export_onnx(
 
     Returns:
         ``path``.
+
+    Raises:
+        IsADirectoryError, NotADirectoryError, PermissionError: when ``path`` cannot be written (checked before the
+            export), naming it; OSError naming it when writing fails (a full disk), leaving no partial file.
     """
     require("onnx", "ONNX export", "export")
     require("onnxscript", "ONNX export", "export")
+    path = check_output_file(path)  # before the export: a folder, or a file where a folder should be, is refused
     program = export_model(model, example, capacity, dynamic_batch)
     onnx_program = torch.onnx.export(
         program, (example,), dynamo=True, verbose=False,
         custom_translation_table={torch.ops.aten.sort.stable: _sort_as_top_k},
     )  # fmt: skip
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx_program.save(str(path))
+    with output_folder(path.parent) as stage:  # written whole or not at all; a folder created here goes on failure
+        onnx_program.save(str(stage(path.name)))
     return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._io import check_new_output_dir
 from .hub import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 
 __all__ = ["add_arguments", "export", "run"]
@@ -25,14 +26,13 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Load the checkpoint of ``run_dir`` and write it to ``out_dir`` with :func:`mone.save_pretrained`.
 
     Raises:
-        ValueError: when ``out_dir`` exists and is not an empty folder, or the checkpoint is not readable.
+        ValueError: when ``out_dir`` exists and is not empty, or the checkpoint is not readable.
+        NotADirectoryError: when ``out_dir`` is a file.
         FileNotFoundError: when the checkpoint does not exist.
     """
     from .train.checkpoint import load_model  # the trainer's reader; imported here, the CLI loads every subcommand
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ValueError(f"output folder {out_dir} exists and is not empty; refusing to overwrite it")
+    check_new_output_dir(out_dir)  # before the checkpoint is read; save_pretrained checks again
     model, _ = load_model(run_dir)
     return save_pretrained(model, out_dir)
 

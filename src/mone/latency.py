@@ -34,7 +34,7 @@ import torch.nn as nn
 from ._checks import check_int
 from ._device import resolve_device
 from ._extras import require
-from ._io import atomic_write_text, check_output_dir, prepare_output_dir, save_figure
+from ._io import check_new_output_dir, output_folder, save_figure
 from ._settings import add_setting_arguments, setting, setting_changes
 from ._timing import DTYPES, check_timing_settings, environment, synchronizer, time_round_robin
 from .capacity import feasible_capacity_range, validate_capacity
@@ -296,7 +296,8 @@ class CalibrateConfig:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="registered model name, or a folder written by save_pretrained")
     add_setting_arguments(parser, CalibrateConfig)
-    parser.add_argument("--output", required=True, help=f"folder for {JSON_NAME} and {PLOT_NAME}")
+    parser.add_argument("--output", required=True,
+                        help=f"new (or empty) folder for {JSON_NAME} and {PLOT_NAME}; never overwritten")
     parser.add_argument("--no-plot", action="store_true", help=f"skip {PLOT_NAME} (no matplotlib needed)")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -316,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
     config = CalibrateConfig(**setting_changes(args, CalibrateConfig))
     if not args.no_plot:
         require("matplotlib", "mone calibrate's plot (or --no-plot)", "viz")
-    check_output_dir(args.output)
+    check_new_output_dir(args.output)  # an earlier curve is never replaced
     model = _build(args.model, config.model_kwargs)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -326,12 +327,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"{curve.model} on {env['hardware']} ({curve.device}, {curve.dtype}, batch {curve.batch_size}, "
           f"threads={env['threads']}, torch {env['torch']}, median of {curve.repeats})")
     print(curve.format_table())
-    output = prepare_output_dir(args.output)
-    atomic_write_text(output / JSON_NAME, json.dumps(curve.to_dict(), indent=2) + "\n")
-    written = [output / JSON_NAME]
-    if not args.no_plot:
-        written.append(plot_latency_curve(curve, output / PLOT_NAME, config.latency_ms, config.images_per_s))
-    print("wrote " + ", ".join(map(str, written)))
+    with output_folder(args.output) as stage:  # both files or none; the curve, which marks completion, last
+        if not args.no_plot:
+            plot_latency_curve(curve, stage(PLOT_NAME), config.latency_ms, config.images_per_s)
+        stage(JSON_NAME).write_text(json.dumps(curve.to_dict(), indent=2) + "\n")
+    written = [JSON_NAME] if args.no_plot else [JSON_NAME, PLOT_NAME]
+    print("wrote " + ", ".join(str(Path(args.output) / name) for name in written))
     if config.latency_ms is not None or config.images_per_s is not None:
         capacity = curve.capacity_for(config.latency_ms, config.images_per_s)  # ValueError (exit 2) when none does
         print(f"largest capacity meeting the target: {capacity:g}")

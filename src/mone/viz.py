@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from ._checks import check_int
 from ._extras import require
-from ._io import atomic_write_text, save_figure
+from ._io import save_figure
 from .capacity import validate_capacity
 
 __all__ = [
@@ -261,7 +261,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ._device import resolve_device
-    from ._io import check_output_dir, prepare_output_dir
+    from ._io import check_output_dir, output_folder
     from .train.checkpoint import load_model
     from .train.evaluate import batch_must_fit, checkpoint_dataset
 
@@ -285,19 +285,20 @@ def run(args: argparse.Namespace) -> int:
         with batch_must_fit(args.batch_size, device):
             shares = [object_routing_share(model, dataset, c, args.share_samples, args.batch_size, device=device)
                       for c in args.capacities]
-    output_dir = prepare_output_dir(args.output)
-    if images.dim() == 5:  # clips [B, C, T, H, W]: one frame grid
-        path = save_video_routing_maps(model, images, args.capacities, output_dir / "routing_maps.png", titles)
-    else:
-        path = save_routing_maps(model, images, args.capacities, output_dir / "routing_maps.png", boxes, titles)
-    print(f"wrote {path}")
+    with output_folder(args.output) as stage:  # both files or none (a full disk names the file, leaves no folder)
+        if images.dim() == 5:  # clips [B, C, T, H, W]: one frame grid
+            save_video_routing_maps(model, images, args.capacities, stage("routing_maps.png"), titles)
+        else:
+            save_routing_maps(model, images, args.capacities, stage("routing_maps.png"), boxes, titles)
+        if shares:
+            stage("routing_share.json").write_text(json.dumps(shares, indent=2) + "\n")
+    output_dir = Path(args.output)
+    print(f"wrote {output_dir / 'routing_maps.png'}")
     if shares:
         print(f"share of tokens on the {shares[0]['top_experts']} largest experts ({shares[0]['num_samples']} images)")
         print(f"{'capacity':>9} {'object':>8} {'background':>11} {'all tokens':>11}")
         for share in shares:
             print(f"{share['capacity']:>9.3f} {share['object_share']:>8.3f} {share['background_share']:>11.3f} "
                   f"{share['expected_share']:>11.3f}")
-        share_path = output_dir / "routing_share.json"
-        atomic_write_text(share_path, json.dumps(shares, indent=2) + "\n")
-        print(f"wrote {share_path}")
+        print(f"wrote {output_dir / 'routing_share.json'}")
     return 0

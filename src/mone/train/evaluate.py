@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from .._device import resolve_device
 from .._checks import check_int
 from .._extras import require
-from .._io import atomic_write_text, check_output_dir, prepare_output_dir, save_figure
+from .._io import atomic_write_text, check_output_dir, output_folder, save_figure
 from .._progress import progress as progress_display
 from ..capacity import feasible_capacity_range, validate_capacity
 from ..data import build_dataset
@@ -164,18 +164,27 @@ def format_table(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def write_results(results: Mapping[str, Sequence[Mapping[str, Any]]], output_dir: str | os.PathLike) -> list[Path]:
-    """Write ``results.csv`` (a ``model`` column plus one row per capacity) and ``results.json``; returns the paths."""
-    output_dir = Path(output_dir)
+RESULTS_CSV, RESULTS_JSON, PLOT_NAME = "results.csv", "results.json", "accuracy_vs_gflops.png"
+
+
+def _results_texts(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[str, str]:
+    """The text of ``results.csv`` (a ``model`` column plus one row per capacity) and of ``results.json``."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["model", *COLUMNS, "num_samples"], lineterminator="\n")
     writer.writeheader()
     for label, rows in results.items():
         for row in rows:
             writer.writerow({"model": label, **row})
-    csv_path, json_path = output_dir / "results.csv", output_dir / "results.json"
-    atomic_write_text(csv_path, buffer.getvalue())
-    atomic_write_text(json_path, json.dumps({k: list(v) for k, v in results.items()}, indent=2) + "\n")
+    return buffer.getvalue(), json.dumps({k: list(v) for k, v in results.items()}, indent=2) + "\n"
+
+
+def write_results(results: Mapping[str, Sequence[Mapping[str, Any]]], output_dir: str | os.PathLike) -> list[Path]:
+    """Write ``results.csv`` (a ``model`` column plus one row per capacity) and ``results.json``; returns the paths."""
+    output_dir = Path(output_dir)
+    csv_text, json_text = _results_texts(results)
+    csv_path, json_path = output_dir / RESULTS_CSV, output_dir / RESULTS_JSON
+    atomic_write_text(csv_path, csv_text)
+    atomic_write_text(json_path, json_text)
     return [csv_path, json_path]
 
 
@@ -270,8 +279,13 @@ def run(args: argparse.Namespace) -> int:
         rows = evaluate(model, dataset, capacities, args.batch_size, device, bf16=args.bf16, progress=True)
         results[label] = rows
         print(format_table(rows, title=f"{label} ({path}, {args.split} split, {rows[0]['num_samples']} samples)"))
-    output_dir = prepare_output_dir(args.output)
-    paths = write_results(results, output_dir)
-    paths.append(plot_accuracy_vs_flops(results, output_dir / "accuracy_vs_gflops.png"))
-    print("wrote " + ", ".join(str(p) for p in paths))
+    # All three files or none (a full disk names the file): the plot first, results.json, which marks a finished
+    # evaluation, last; a folder created here is removed again on failure.
+    csv_text, json_text = _results_texts(results)
+    with output_folder(args.output) as stage:
+        plot_accuracy_vs_flops(results, stage(PLOT_NAME))
+        stage(RESULTS_CSV).write_text(csv_text)
+        stage(RESULTS_JSON).write_text(json_text)
+    output_dir = Path(args.output)
+    print("wrote " + ", ".join(str(output_dir / name) for name in (RESULTS_CSV, RESULTS_JSON, PLOT_NAME)))
     return 0
