@@ -12,6 +12,12 @@ n - 1, seeds independent), the claim *holds* when the whole interval difference 
 
 A study may run a subset of the image study's arms (the Fashion-MNIST study does): a claim is judged when the arms
 it needs exist, and the evidence names only the arms that exist.
+
+The document opens with one claims table gathered from every section. Each section function returns a
+:class:`Section`: its markdown lines and its :class:`Claim` rows, each judged once where the section computes it (the
+section's own tables print the same rows at more length). To add a study (a router-training section reading
+``experiments/results/router``, say), write a function that returns ``Section(lines, claims)`` with ``study`` set on
+each claim, and append its result to ``sections`` in :func:`main`: its claims join the table with no other change.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +62,33 @@ def judge_all(words: Sequence[str]) -> str:
     if all(word == "holds" for word in words):
         return "holds"
     return "does not hold" if "does not hold" in words else "not resolved"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim judged in one study: a row of the claims table that opens the document.
+
+    ``recipe`` is the MoNE recipe the verdict is about (the one best on validation, or the recipe the claim names);
+    ``numbers`` the short form of the evidence for the claims table (test split, means over seeds, differences ±
+    standard error); ``evidence`` the long form for the section's own table (``numbers`` when empty).
+    """
+
+    claim: str
+    verdict: str
+    recipe: str
+    numbers: str
+    evidence: str = ""
+    study: str = ""
+
+
+@dataclass
+class Section:
+    """A section of the document: its markdown ``lines`` and the ``claims`` it judged (for the claims table)."""
+
+    lines: list[str]
+    claims: list[Claim] = field(default_factory=list)
+
+
 MONE_RECIPES = ("MatViT -> MoNE adaptive", "MoNE adaptive", "MoNE fixed 0.5", "dense -> MoNE adaptive (upcycled)",
                 "MatViT -> MoNE fixed 0.5", UPCYCLED_MONE)
 
@@ -69,8 +103,31 @@ VERDICT_RULE = (
 )
 
 
+INTRO = (
+    "# Does MoNE hold up? Results of the small-scale study\n\n"
+    "The claims of the MoNE paper (Jain et al., NeurIPS 2024; [method.md](method.md)), each judged on small models "
+    "trained on a 2-core CPU: cluttered digits at D=64, 128 and 192, Fashion-MNIST and moving-digit video, 3 seeds "
+    "per arm. Written by `experiments/report.py` from the study folders under `experiments/results/`; the set-up and "
+    "the commands follow the table, the studies' own tables follow the set-up, and how each recipe was found is in "
+    "the [lab notebook](lab-notebook.md)."
+)
+
+
+def claims_table(claims: Sequence[Claim]) -> list[str]:
+    """The table that opens the document: every section's claims, in the order of the sections."""
+    return ["| claim | study | verdict | MoNE recipe (best on validation, or the one the claim names) "
+            "| numbers (test split: top-1 means over seeds; difference ± standard error, points) |",
+            "|---|---|---|---|---|",
+            *(f"| {c.claim} | {c.study} | **{c.verdict}** | {c.recipe} | {c.numbers} |" for c in claims)]
+
+
 def _fmt(mean: float, se: float) -> str:
     return f"{mean:+.2f} ± {se:.2f}"
+
+
+def _against(mine: float, where: str, name: str, theirs: float, gap: float, se: float, note: str = "") -> str:
+    """The claims table's numbers for one comparison: MoNE's side (at capacity ``where``) against ``name``."""
+    return f"{mine:.2f}% at {where} vs {name}: {theirs:.2f}%{note}; difference {_fmt(gap, se)}"
 
 
 def _has(summary: Sequence[dict[str, Any]], *arms: str) -> bool:
@@ -97,8 +154,8 @@ def best_recipe(summary: Sequence[dict[str, Any]]) -> str:
     return best_on_val(summary, recipes(summary), "0.5")
 
 
-def verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[tuple[str, str, str]]:
-    """(claim, verdict, evidence) for each claim of the paper that the study's arms can test.
+def verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[Claim]:
+    """A :class:`Claim` for each claim of the paper that the study's arms can test (``study`` left to the caller).
 
     Needs the arms ``dense ViT`` and ``best``; a claim whose reference arms did not run is left out, and optional
     comparisons (narrower dense ViT, Mixture-of-Depths, MoNE trained with a random router) appear only when run.
@@ -107,25 +164,28 @@ def verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[tuple[str, st
     dense = lookup(summary, "dense ViT", "1")
     half = lookup(summary, best, "0.5")
     gap, se = difference(half, dense)
-    word = judge(gap, se, MATCH)
-    out.append((
+    ratio = dense["gflops"] / half["gflops"]
+    out.append(Claim(
         "Dense accuracy at about half the FLOPs",
-        word,
+        judge(gap, se, MATCH),
+        best,
+        _against(half["top1_mean"], "0.5", "dense ViT", dense["top1_mean"], gap, se, f" at {ratio:.2f}x the FLOPs"),
         f"{best} at capacity 0.5: {half['top1_mean']:.2f} ± {half['top1_std']:.2f}% at {1e3 * half['gflops']:.2f} "
         f"MFLOPs; dense ViT {dense['top1_mean']:.2f} ± {dense['top1_std']:.2f}% at {1e3 * dense['gflops']:.2f} "
-        f"MFLOPs ({dense['gflops'] / half['gflops']:.2f}x); difference {_fmt(gap, se)} points.",
+        f"MFLOPs ({ratio:.2f}x); difference {_fmt(gap, se)} points.",
     ))
 
     if _has(summary, "dense ViT, depth 2"):
         matched = lookup(summary, "dense ViT, depth 2", "1")
         gap_m, se_m = difference(half, matched)
-        word = judge(gap_m, se_m)
         narrow = (f" Narrower dense (D=32, {1e3 * lookup(summary, 'dense ViT, D=32', '1')['gflops']:.2f} MFLOPs): "
                   f"{lookup(summary, 'dense ViT, D=32', '1')['top1_mean']:.2f}% against {best} at 0.25: "
                   f"{lookup(summary, best, '0.25')['top1_mean']:.2f}%." if _has(summary, "dense ViT, D=32") else "")
-        out.append((
+        out.append(Claim(
             "Better than a dense ViT of the same inference FLOPs (the model a user would otherwise pick)",
-            word,
+            judge(gap_m, se_m),
+            best,
+            _against(half["top1_mean"], "0.5", "dense ViT, depth 2", matched["top1_mean"], gap_m, se_m),
             f"{best} at 0.5 ({1e3 * half['gflops']:.2f} MFLOPs) against a dense ViT of depth 2 "
             f"({1e3 * matched['gflops']:.2f} MFLOPs, {matched['top1_mean']:.2f} ± {matched['top1_std']:.2f}%): "
             f"{_fmt(gap_m, se_m)} points.{narrow}",
@@ -136,28 +196,34 @@ def verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[tuple[str, st
         ("0.5", "Mixture-of-Depths", "0.125")) if _has(summary, arm)]
     names = " and ".join(dict.fromkeys(
         "MatViT's nested models" if arm == "MatViT (nested)" else arm for _, arm, _ in pairs))
-    words, parts = [], []
+    words, parts, short = [], [], []
     for capacity, arm, label in pairs:
         mine, theirs = lookup(summary, best, capacity), lookup(summary, arm, label)
         g, s = difference(mine, theirs)
         words.append(judge(g, s))
         parts.append(f"at {capacity} ({1e3 * mine['gflops']:.2f} MFLOPs) vs {arm} {label} "
                      f"({1e3 * theirs['gflops']:.2f} MFLOPs): {_fmt(g, s)}")
+        short.append(f"{capacity} vs {'MatViT' if arm == 'MatViT (nested)' else 'MoD'} {label}: {_fmt(g, s)}")
     if pairs:
-        word = judge_all(words)
-        out.append((f"Beats {names} at equal FLOPs", word, f"{best} " + "; ".join(parts) + " points."))
+        out.append(Claim(f"Beats {names} at equal FLOPs", judge_all(words), best, "; ".join(short),
+                         f"{best} " + "; ".join(parts) + " points."))
 
     adaptive = [arm for arm in recipes(summary) if "fixed" not in arm]
     if _has(summary, "MoNE fixed 0.5") and adaptive:
         fixed = lookup(summary, "MoNE fixed 0.5", "0.5")
         adaptive_best = best_on_val(summary, adaptive, "0.5")
-        g, s = difference(lookup(summary, adaptive_best, "0.5"), fixed)
-        word = judge(g, s, MATCH)
+        mine = lookup(summary, adaptive_best, "0.5")
+        g, s = difference(mine, fixed)
         off_budget = ", ".join(f"{c}: {lookup(summary, 'MoNE fixed 0.5', c)['top1_mean']:.1f}%"
                                for c in ("0.25", "1"))
-        out.append(("One adaptively trained model stays close to a model trained for the budget", word,
-                    f"{adaptive_best} (the adaptive recipe best on validation) at 0.5 against MoNE trained at a "
-                    f"fixed 0.5: {_fmt(g, s)} points. The fixed model serves its budget only (at {off_budget})."))
+        out.append(Claim(
+            "One adaptively trained model stays close to a model trained for the budget",
+            judge(g, s, MATCH),
+            adaptive_best,
+            _against(mine["top1_mean"], "0.5", "MoNE fixed 0.5", fixed["top1_mean"], g, s),
+            f"{adaptive_best} (the adaptive recipe best on validation) at 0.5 against MoNE trained at a fixed 0.5: "
+            f"{_fmt(g, s)} points. The fixed model serves its budget only (at {off_budget}).",
+        ))
 
     # the model also evaluated with a random router: the best recipe where it is, else MatViT -> MoNE
     twins = [(best, f"{best}, random router at eval"),
@@ -175,17 +241,26 @@ def verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[tuple[str, st
                 f"{c}: "
                 f"{_fmt(*difference(lookup(summary, 'MoNE adaptive', c), lookup(summary, trained_with_random, c)))}"
                 for c in ("0.25", "0.5", "0.75")) + " points.")
-        out.append((
+        by_capacity = ", ".join(f"{c}: {_fmt(g, s)}" for c, g, s in leads)
+        out.append(Claim(
             "The learned router beats a random one (judged at capacity 0.25; the paper: more so at low capacity)",
             word,
-            f"{routed}, learned minus random router on the same weights: "
-            + ", ".join(f"{c}: {_fmt(g, s)}" for c, g, s in leads) + f" points.{trained_random}",
+            routed,
+            f"learned minus random router, same weights: {by_capacity}",
+            f"{routed}, learned minus random router on the same weights: {by_capacity} points.{trained_random}",
         ))
     return out
 
 
-def section(title: str, folder: Path, docs: Path, intro: str = "") -> list[str]:
-    """A study's section: best recipe on validation, verdicts, recipes at 0.5, plots, test and validation tables.
+def claim_rows(claims: Sequence[Claim]) -> list[str]:
+    """A section's own claims table: claim, verdict, evidence."""
+    return ["| claim | verdict | evidence (test split, mean ± standard error over seeds) |", "|---|---|---|",
+            *(f"| {c.claim} | **{c.verdict}** | {c.evidence or c.numbers} |" for c in claims)]
+
+
+def section(title: str, folder: Path, docs: Path, study: str, intro: str = "") -> Section:
+    """A study's section: best recipe on validation, verdicts, recipes at 0.5, plots, test and validation tables;
+    its claims carry the label ``study`` in the claims table.
 
     ``intro`` (markdown) follows the title. The study needs the arms ``dense ViT`` and ``dense ViT, depth 2`` and at
     least one MoNE recipe of :data:`MONE_RECIPES`; the rest is judged where it exists (see :func:`verdicts`).
@@ -198,9 +273,9 @@ def section(title: str, folder: Path, docs: Path, intro: str = "") -> list[str]:
     best = best_recipe(summary)
     rel = Path(os.path.relpath(folder, docs.parent))
     lines = [f"## {title}", "", *([intro, ""] if intro else []),
-             f"Best MoNE recipe on the validation split at capacity 0.5: **{best}**.", "",
-             "| claim | verdict | evidence (test split, mean ± standard error over seeds) |", "|---|---|---|"]
-    lines += [f"| {claim} | **{word}** | {evidence} |" for claim, word, evidence in verdicts(summary, best)]
+             f"Best MoNE recipe on the validation split at capacity 0.5: **{best}**.", ""]
+    claims = [replace(claim, study=study) for claim in verdicts(summary, best)]
+    lines += claim_rows(claims)
     dense, matched = lookup(summary, "dense ViT", "1"), lookup(summary, "dense ViT, depth 2", "1")
     lines += ["", "Every MoNE recipe at capacity 0.5 (test, mean ± std over seeds; per seed; difference to the "
               "dense ViT and to the dense ViT of depth 2, mean ± standard error):", "",
@@ -229,7 +304,7 @@ def section(title: str, folder: Path, docs: Path, intro: str = "") -> list[str]:
                              f" | {background['mean']:.3f} ± {background['std']:.3f} | "
                              f"{r['expected_share']['mean']:.3f} |")
         lines.append("")
-    return lines
+    return Section(lines, claims)
 
 
 DEMO_ARM = "MatViT seed 0 -> MoNE adaptive"  # the earlier demo: one shipped nested model, fine-tuning seeds vary
@@ -262,8 +337,9 @@ def router_lead(summary: Sequence[dict[str, Any]], arm: str, random: str) -> str
     return f"Learned minus random router on the same weights ({arm}): {leads} points."
 
 
-def width_section(folder: Path, docs: Path) -> list[str]:
-    """The width study (same arms at a larger D): the two accuracy claims, with the same rules, per recipe."""
+def width_section(folder: Path, docs: Path) -> Section:
+    """The width study (same arms at a larger D): the two accuracy claims, with the same rules, per recipe; the
+    claims table gets the best recipe's two and those of :func:`more_recipes` (study "images, D=...")."""
     document = json.loads((folder / "summary.json").read_text())
     summary = document["rows"]
     test = [s for s in summary if s["split"] == "test"]
@@ -277,6 +353,7 @@ def width_section(folder: Path, docs: Path) -> list[str]:
     # DEMO_ARM is not a recipe of its own (one pre-training seed for every fine-tuning seed)
     best = best_on_val(summary, [arm for arm in recipes if arm != DEMO_ARM], "0.5")
     rel = Path(os.path.relpath(folder, docs.parent))
+    study = f"images, D={D}"
     title = f"## Width: every model at D={D} (smallest expert {D // 8} features)"
     tried = "; ".join(f"{arm}: {lookup(summary, arm, '1', 'val')['top1_mean']:.2f}% "
                       f"({lookup(summary, arm, '1', 'val')['seeds']} seeds)"
@@ -300,6 +377,7 @@ def width_section(folder: Path, docs: Path) -> list[str]:
              "| vs its MatViT model, width 1/2 (same FLOPs) | dense accuracy at half the FLOPs "
              "| better than the same-FLOPs dense ViT |",
              "|---|---|---|---|---|---|---|---|"]
+    claims = []
     for arm in recipes:
         r, matvit = lookup(summary, arm, "0.5"), lookup(summary, starts[arm], "width 1/2")
         gap, se = difference(r, dense)
@@ -308,12 +386,23 @@ def width_section(folder: Path, docs: Path) -> list[str]:
         per_seed = " / ".join(f"{v:.1f}" for v in r["top1_per_seed"])
         lines.append(f"| {arm} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {per_seed} | {_fmt(gap, se)} | "
                      f"{_fmt(gap_m, se_m)} | {_fmt(*difference(r, matvit))} | {half} | {better} |")
+        if arm == best:
+            few = "" if seeds >= 3 else f" ({seeds} seed{'s' if seeds > 1 else ''}: means alone, indicative)"
+            claims += [
+                Claim("Dense accuracy at about half the FLOPs", half, arm,
+                      _against(r["top1_mean"], "0.5", dense_arm, dense["top1_mean"], gap, se,
+                               f" at {dense['gflops'] / r['gflops']:.2f}x the FLOPs") + few, study=study),
+                Claim("Better than a dense ViT of the same inference FLOPs (the model a user would otherwise pick)",
+                      better, arm, _against(r["top1_mean"], "0.5", matched_arm, matched["top1_mean"], gap_m, se_m)
+                      + few, study=study)]
     lines += [line for arm in recipes if _has(summary, f"{arm}, random router at eval")
               for line in ("", router_lead(summary, arm, f"{arm}, random router at eval"))]
-    lines += more_recipes(summary, dense)
+    more = more_recipes(summary, dense, study)
+    lines += more.lines
+    claims += more.claims
     lines += ["", f"![accuracy against GFLOPs]({rel}/accuracy_vs_gflops.png)", "",
               "### Test split", "", markdown_table(test), ""]
-    return lines
+    return Section(lines, claims)
 
 
 BASE_RECIPE = "MatViT -> MoNE adaptive"
@@ -322,23 +411,25 @@ MOD_GREEDY = ("MoD-greedy, lr 0.001", "MoD-greedy, lr 0.0005")  # learning rates
 # "MoD-greedy" stands for the learning rate of MOD_GREEDY chosen on validation
 ALTERNATIVES = (
     (f"{BASE_RECIPE}, router at block 1", "0.333 (",
-     "a router at a later block, after one dense block (spec: we choose block 0), does better at equal FLOPs"),
-    (f"{BASE_RECIPE}, isoFLOPs", "0.5", "isoFLOPs training (as many fine-tuning FLOPs as dense steps) does better"),
+     "A router at a later block, after one dense block (spec: we choose block 0), does better at equal FLOPs"),
+    (f"{BASE_RECIPE}, isoFLOPs", "0.5",
+     "Fine-tuning for isoFLOPs (as many fine-tuning FLOPs as dense steps) does better"),
     ("MoD-greedy", "0.5", "MoNE beats MoD-greedy (every token runs the full block or skips it) at equal FLOPs"),
-    (f"{BASE_RECIPE}, alpha from 0.5", "0.5", "alpha (the MLP scaling alpha * r + 1) started at 0.5, not 0, does "
+    (f"{BASE_RECIPE}, alpha from 0.5", "0.5", "Alpha (the MLP scaling alpha * r + 1) started at 0.5, not 0, does "
      "better"),
-    (f"{BASE_RECIPE}, alpha lr 0.01", "0.5", "alpha trained at 20x the learning rate does better"),
+    (f"{BASE_RECIPE}, alpha lr 0.01", "0.5", "Alpha trained at 20x the learning rate does better"),
 )
 
 
-def more_recipes(summary: Sequence[dict[str, Any]], dense: dict[str, Any]) -> list[str]:
-    """The recipes and baselines added to the width study, each against the base recipe at about its FLOPs."""
+def more_recipes(summary: Sequence[dict[str, Any]], dense: dict[str, Any], study: str) -> Section:
+    """The recipes and baselines added to the width study, each against the base recipe at about its FLOPs; one
+    claim per row (its recipe: the arm, or the base recipe for the MoD baseline, where the claim is MoNE's)."""
     greedy = [arm for arm in MOD_GREEDY if _has(summary, arm)]
     alternatives = [(best_on_val(summary, greedy, "0.5") if arm == "MoD-greedy" and greedy else arm, label, claim)
                     for arm, label, claim in ALTERNATIVES]
     present = [(arm, label, claim) for arm, label, claim in alternatives if _has(summary, arm, BASE_RECIPE)]
     if not present:
-        return []
+        return Section([])
     base = lookup(summary, BASE_RECIPE, "0.5")
     lines = ["", f"More recipes and baselines, each against **{BASE_RECIPE}** at capacity 0.5 "
              f"({base['top1_mean']:.2f} ± {base['top1_std']:.2f}%, {1e3 * base['gflops']:.2f} MFLOPs) at about the "
@@ -347,6 +438,7 @@ def more_recipes(summary: Sequence[dict[str, Any]], dense: dict[str, Any]) -> li
              "| arm | capacity | MFLOPs | top-1 % | per seed | vs the base recipe | vs the dense ViT | claim "
              "| verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
+    claims = []
     for arm, start, claim in present:
         label = next(s["capacity"] for s in summary if s["arm"] == arm and s["capacity"].startswith(start))
         r = lookup(summary, arm, label)
@@ -356,14 +448,20 @@ def more_recipes(summary: Sequence[dict[str, Any]], dense: dict[str, Any]) -> li
         per_seed = " / ".join(f"{v:.1f}" for v in r["top1_per_seed"])
         lines.append(f"| {arm} | {label} | {1e3 * r['gflops']:.2f} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | "
                      f"{per_seed} | {_fmt(gap, se)} | {_fmt(*difference(r, dense))} | {claim} | **{word}** |")
-    return lines
+        if arm.startswith("MoD"):
+            recipe, numbers = BASE_RECIPE, _against(base["top1_mean"], "0.5", f"{arm} at {label}", r["top1_mean"],
+                                                    lead, se)
+        else:
+            recipe, numbers = arm, _against(r["top1_mean"], label, f"{BASE_RECIPE} at 0.5", base["top1_mean"],
+                                            lead, se)
+        claims.append(Claim(claim, word, recipe, numbers, study=study))
+    return Section(lines, claims)
 
 
-
-def video_verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[tuple[str, str, str]]:
-    """(claim, verdict, evidence) for the paper's video claim, MoNE recipe ``best`` at capacities 0.5 and 0.25, with
-    the image section's rules: against the dense ViViT as "dense accuracy at fewer FLOPs", against the dense ViViT of
-    about half the FLOPs as "better than the dense model a user would otherwise pick"."""
+def video_verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[Claim]:
+    """A :class:`Claim` (study "video") for each part of the paper's video claim, MoNE recipe ``best`` at capacities
+    0.5 and 0.25, with the image section's rules: against the dense ViViT as "dense accuracy at fewer FLOPs", against
+    the dense ViViT of about half the FLOPs as "better than the dense model a user would otherwise pick"."""
     dense, half = lookup(summary, VIDEO_DENSE, "1"), lookup(summary, VIDEO_HALF, "1")
     out = []
     for reference, ref in ((VIDEO_DENSE, dense), (VIDEO_HALF, half)):
@@ -378,15 +476,17 @@ def video_verdicts(summary: Sequence[dict[str, Any]], best: str) -> list[tuple[s
                 claim = f"Better than the dense ViViT of {dense['gflops'] / half['gflops']:.1f}x fewer FLOPs " \
                         f"(MoNE at {capacity}, {fewer:.1f}x fewer)"
                 word = judge(gap, se)
-            out.append((claim, word,
-                        f"{best} at {capacity}: {mone['top1_mean']:.2f} ± {mone['top1_std']:.2f}% at "
-                        f"{1e3 * mone['gflops']:.2f} MFLOPs; {reference} {ref['top1_mean']:.2f} ± "
-                        f"{ref['top1_std']:.2f}% at {1e3 * ref['gflops']:.2f} MFLOPs; difference {_fmt(gap, se)} "
-                        "points."))
+            out.append(Claim(
+                claim, word, best,
+                _against(mone["top1_mean"], capacity, reference, ref["top1_mean"], gap, se),
+                f"{best} at {capacity}: {mone['top1_mean']:.2f} ± {mone['top1_std']:.2f}% at "
+                f"{1e3 * mone['gflops']:.2f} MFLOPs; {reference} {ref['top1_mean']:.2f} ± {ref['top1_std']:.2f}% at "
+                f"{1e3 * ref['gflops']:.2f} MFLOPs; difference {_fmt(gap, se)} points.",
+                study="video"))
     return out
 
 
-def video_section(folder: Path, docs: Path) -> list[str]:
+def video_section(folder: Path, docs: Path) -> Section:
     """The video study: verdicts for "MoNE fine-tuned from a nested model matches dense at 2-3x fewer FLOPs" for
     the recipe best on validation, every recipe at 0.5 beside its nested model, the router against a random one,
     the plot and the tables."""
@@ -394,16 +494,16 @@ def video_section(folder: Path, docs: Path) -> list[str]:
     test = [s for s in summary if s["split"] == "test"]
     val = [s for s in summary if s["split"] == "val"]
     rel = Path(os.path.relpath(folder, docs.parent))
-    study = video_arms(quick=False)  # the study's own arms: which are MoNE recipes, what each starts from
-    nested = {arm.name: arm.init for arm in study if arm.family == "mone" and _has(summary, arm.name)}
-    randoms = {arm.reuse: arm.name for arm in study if arm.router == "random" and _has(summary, arm.name)}
+    arms = video_arms(quick=False)  # the study's own arms: which are MoNE recipes, what each starts from
+    nested = {arm.name: arm.init for arm in arms if arm.family == "mone" and _has(summary, arm.name)}
+    randoms = {arm.reuse: arm.name for arm in arms if arm.router == "random" and _has(summary, arm.name)}
     best = best_on_val(summary, list(nested), "0.5")
     dense, half = lookup(summary, VIDEO_DENSE, "1"), lookup(summary, VIDEO_HALF, "1")
     lines = ["## Video: moving digits", "",
              "The paper's video claim: MoNE fine-tuned from a nested (MatViT) model matches a dense ViViT at 2-3x "
-             f"fewer FLOPs. Best MoNE recipe on the validation split at capacity 0.5: **{best}**.", "",
-             "| claim | verdict | evidence (test split, mean ± standard error over seeds) |", "|---|---|---|"]
-    lines += [f"| {claim} | **{word}** | {evidence} |" for claim, word, evidence in video_verdicts(summary, best)]
+             f"fewer FLOPs. Best MoNE recipe on the validation split at capacity 0.5: **{best}**.", ""]
+    claims = video_verdicts(summary, best)
+    lines += claim_rows(claims)
     lines += ["", "Every MoNE recipe at capacity 0.5 beside the nested model it starts from at full width (test, mean "
               "± std over seeds; per seed; differences mean ± standard error):", "",
               f"| recipe | top-1 % | per seed | its nested model, width 1 | vs its nested model, width 1/2 (same "
@@ -419,7 +519,7 @@ def video_section(folder: Path, docs: Path) -> list[str]:
     lines += [line for arm, random in randoms.items() for line in ("", router_lead(summary, arm, random))]
     lines += ["", f"![accuracy against GFLOPs]({rel}/accuracy_vs_gflops.png)", "",
               "### Test split", "", markdown_table(test), "", "### Validation split", "", markdown_table(val), ""]
-    return lines
+    return Section(lines, claims)
 
 
 def main() -> None:
@@ -432,15 +532,16 @@ def main() -> None:
     p.add_argument("--video", type=Path, default=None, help="video study folder (study_video.py)")
     p.add_argument("--preamble", type=Path, default=Path(__file__).with_name("results_preamble.md"))
     args = p.parse_args()
-    lines = [args.preamble.read_text().rstrip(), ""] if args.preamble.exists() else []
-    lines += [VERDICT_RULE, ""]
-    lines += section("Images: cluttered digits", args.images, args.output)
-    for folder in args.width:
-        lines += width_section(folder, args.output)
+    sections = [section("Images: cluttered digits", args.images, args.output, "images, D=64")]
+    sections += [width_section(folder, args.output) for folder in args.width]
     if args.fashion is not None:
-        lines += section("Fashion-MNIST (real data)", args.fashion, args.output, FASHION_INTRO)
+        sections.append(section("Fashion-MNIST (real data)", args.fashion, args.output, "Fashion-MNIST, D=64",
+                                FASHION_INTRO))
     if args.video is not None:
-        lines += video_section(args.video, args.output)
+        sections.append(video_section(args.video, args.output))
+    lines = [INTRO, "", *claims_table([claim for s in sections for claim in s.claims]), "", VERDICT_RULE, ""]
+    lines += [args.preamble.read_text().rstrip(), ""] if args.preamble.exists() else []
+    lines += [line for s in sections for line in s.lines]
     atomic_write_text(args.output, "\n".join(lines) + "\n")
 
 

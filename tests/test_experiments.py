@@ -97,15 +97,19 @@ def test_fashion_study_quick_runs_end_to_end_and_report_renders_its_section(tmp_
     assert (study / "accuracy_vs_gflops.png").stat().st_size > 0
 
     # The report: the image section from the committed image study (copied: the report redraws its plots), then
-    # the Fashion-MNIST section with every claim its arms can test; the image section is the same with or without.
+    # the Fashion-MNIST section with every claim its arms can test; the image section is the same with or without,
+    # and the claims table that opens the document gains the Fashion-MNIST claims.
     images = tmp_path / "images"
     shutil.copytree(ROOT / "experiments" / "results" / "images", images)
     report = [sys.executable, str(ROOT / "experiments" / "report.py"), "--images", str(images)]
     subprocess.run([*report, "--output", str(tmp_path / "without.md")], check=True, capture_output=True, text=True)
     subprocess.run([*report, "--output", str(tmp_path / "with.md"), "--fashion", str(study)], check=True,
                    capture_output=True, text=True)
-    without, text = (tmp_path / "without.md").read_text(), (tmp_path / "with.md").read_text()
+    (head, without), (head_with, text) = (
+        (t[:t.index("## Images: cluttered digits")], t[t.index("## Images: cluttered digits"):])
+        for t in ((tmp_path / "without.md").read_text(), (tmp_path / "with.md").read_text()))
     assert text.startswith(without)
+    assert "| Fashion-MNIST, D=64 |" in head_with and "| Fashion-MNIST, D=64 |" not in head
     fashion = text[len(without):]
     assert fashion.startswith("## Fashion-MNIST (real data)")
     assert "Best MoNE recipe on the validation split at capacity 0.5: **" in fashion
@@ -213,3 +217,48 @@ def test_one_verdict_rule_for_every_claim():
     assert judge_all(["holds", "holds"]) == "holds"
     assert judge_all(["holds", "not resolved"]) == "not resolved"
     assert judge_all(["not resolved", "does not hold"]) == "does not hold"
+
+
+def test_the_report_opens_with_one_claims_table_gathered_from_every_section(tmp_path, monkeypatch):
+    """docs/results.md's layout: title and intro, the claims table (every section's claims, the verdict they print
+    in their own section), the verdict rule, the set-up, then the sections; from the committed study folders."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import report
+
+    folders = {name: shutil.copytree(ROOT / "experiments" / "results" / name, tmp_path / name)  # plots redrawn there
+               for name in ("images", "images_d128", "images_d192", "fashion", "video")}
+    output = tmp_path / "docs" / "results.md"
+    output.parent.mkdir()
+    monkeypatch.setattr(sys, "argv", [
+        "report.py", "--images", str(folders["images"]), "--width", str(folders["images_d128"]),
+        str(folders["images_d192"]), "--fashion", str(folders["fashion"]), "--video", str(folders["video"]),
+        "--output", str(output)])
+    report.main()
+    text = output.read_text()
+    assert text.startswith("# Does MoNE hold up?")
+    order = [text.index(marker) for marker in (
+        "| claim | study | verdict |", "Verdict rule (one for every claim", "## Set-up", "## Images: cluttered digits",
+        "## Width: every model at D=128", "## Width: every model at D=192", "## Fashion-MNIST (real data)",
+        "## Video: moving digits")]
+    assert order == sorted(order)
+    head, sections = text[:order[1]], text[order[3]:]
+    assert len(head[:order[0]].strip().splitlines()) <= 4  # the title and a short intro before the table
+    rows = re.findall(r"^\| (.+?) \| (.+?) \| \*\*(holds|does not hold|not resolved)\*\* \| (.+?) \| (.+?) \|$", head,
+                      flags=re.MULTILINE)
+    studies = [study for _, study, *_ in rows]
+    assert list(dict.fromkeys(studies)) == ["images, D=64", "images, D=128", "images, D=192", "Fashion-MNIST, D=64",
+                                            "video"]
+    assert studies.count("video") == 4 and studies.count("images, D=128") == 2 + len(report.ALTERNATIVES)
+    width = {study: sections[sections.index(f"## Width: every model at {study[8:]} "):] for study in studies
+             if study.startswith("images, D=1")}
+    for claim, study, verdict, recipe, _ in rows:  # each printed with the same verdict in its study's section
+        if study not in width:
+            assert f"| {claim} | **{verdict}** |" in sections
+        elif claim.startswith(("Dense accuracy", "Better than")):  # the recipe's row: both verdicts, unbolded
+            half, better = re.search(rf"^\| {re.escape(recipe)} \|.* \| ([a-z ]+) \| ([a-z ]+) \|$", width[study],
+                                     flags=re.MULTILINE).groups()
+            assert verdict == (half if claim.startswith("Dense accuracy") else better)
+        else:  # a row of "More recipes"
+            assert re.search(rf"^\|.* \| {re.escape(claim)} \| \*\*{verdict}\*\* \|$",
+                             width[study], flags=re.MULTILINE)
+    assert "holds partly" not in text
