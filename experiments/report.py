@@ -7,8 +7,8 @@ n - 1, seeds independent), the claim *holds* when the whole interval difference 
 ``-tolerance``, *does not hold* when it lies wholly below, and is *not resolved* otherwise.
 
     python experiments/report.py --images experiments/results/images --output docs/results.md \
-        [--width experiments/results/images_d128] [--fashion experiments/results/fashion] \
-        [--video experiments/results/video]
+        [--width experiments/results/images_d128 experiments/results/images_d192] \
+        [--fashion experiments/results/fashion] [--video experiments/results/video]
 
 A study may run a subset of the image study's arms (the Fashion-MNIST study does): a claim is judged when the arms
 it needs exist, and the evidence names only the arms that exist.
@@ -17,7 +17,8 @@ The document opens with one claims table gathered from every section. Each secti
 :class:`Section`: its markdown lines and its :class:`Claim` rows, each judged once where the section computes it (the
 section's own tables print the same rows at more length). To add a study (a router-training section reading
 ``experiments/results/router``, say), write a function that returns ``Section(lines, claims)`` with ``study`` set on
-each claim, and append its result to ``sections`` in :func:`main`: its claims join the table with no other change.
+each claim, and append its result to ``sections`` in :func:`main` (behind its own flag): its claims join the table,
+in section order, with no other change.
 """
 
 from __future__ import annotations
