@@ -2,8 +2,9 @@
 
 What timm's own tests check of its models: a pretrained config that timm's data helpers resolve, forward and
 backward with a gradient for every parameter, classifier surgery, parameter groups for layer-wise decay, gradient
-checkpointing with unchanged outputs, ``forward_intermediates`` and ``features_only``; fx tracing is refused for a
-reason the last tests pin down. Without timm, mone builds the same models (``build_registered_model``'s own branch).
+checkpointing with unchanged outputs, ``forward_intermediates``, ``features_only``, ``head_hidden_size`` and
+torch.fx tracing (plain and through timm's and torchvision's feature extraction). Without timm, mone builds the same
+models (``build_registered_model``'s own branch).
 """
 
 from __future__ import annotations
@@ -235,16 +236,50 @@ def test_mone_prune_keeps_the_router_block():
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_fx_symbolic_trace_is_refused_for_a_documented_reason(name):
-    """Not fx-traceable, by design: the MoNE forward computes every slice size in Python from a tensor's shape and
-    the capacity (EPR's per-expert token counts, the per-expert groups, the input checks on shape and dtype), and
-    torch.fx's symbolic tracing turns shapes into proxies that Python cannot branch or count on. Dynamo-based
-    capture specialises on shapes and handles the same code (tests/test_compile.py: fullgraph, one graph per
-    capacity). Should tracing ever succeed, this test fails and the documented reason must change."""
+def test_fx_symbolic_trace_runs_the_same_ops_as_eager(name):
+    """torch.fx traces every model (no timm needed): the Python-shaped steps are torch.fx.wrap leaves taking the
+    model's submodules, and the capacity stays a graph input, so one traced graph serves every budget (one budget
+    per call: per-image budgets are grouped in Python before the traced forward, so the graph has no such path)."""
+    model = build(name, capacity=0.5).eval()
+    traced = torch.fx.symbolic_trace(model)
+    targets = {getattr(node.target, "__name__", node.target) for node in traced.graph.nodes}
+    x = inputs(model)
+    other = 0.25 if hasattr(model, "distribution") else 0.75
+    with torch.no_grad():
+        assert torch.equal(traced(x), model(x))
+        assert torch.equal(traced(x, other), model(x, other))
+        assert not torch.equal(traced(x, other), traced(x))  # the budget reaches the graph
+    if hasattr(model, "distribution"):
+        assert {"route_tokens", "SortedTokens", "run_block"} <= targets  # one node per routed block
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+def test_fx_through_timm_and_torchvision_feature_extraction(name):
+    """timm's fx test: torchvision's feature extractor with timm's leaf registries, in eval and train mode."""
+    feature_extraction = pytest.importorskip("torchvision.models.feature_extraction")
     model = build(name).eval()
-    with pytest.raises(torch.fx.proxy.TraceError, match="symbolically traced variables cannot be used as inputs to "
-                                                        "control flow"):
-        torch.fx.symbolic_trace(model)
+    tracer_kwargs = dict(leaf_modules=timm.models.get_notrace_modules(),
+                         autowrap_functions=timm.models.get_notrace_functions(), param_shapes_constant=True)
+    train_nodes, eval_nodes = feature_extraction.get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    fx_model = feature_extraction.create_feature_extractor(
+        model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs)
+    x = inputs(model, batch=1)
+    with torch.inference_mode():
+        assert torch.equal(torch.cat(tuple(fx_model(x).values())), model(x))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_head_hidden_size_and_pre_logits(name):
+    """timm's cfg test for non-spatial models: num_features, head_hidden_size, pre-logits and a removed head."""
+    model = build(name).eval()
+    assert model.num_features == model.head_hidden_size == model.embed_dim > 0
+    x = inputs(model, batch=1)
+    with torch.no_grad():
+        pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert pre_logits.shape == (1, model.head_hidden_size)
+        model.reset_classifier(0)
+        assert model.num_classes == 0 and model(x).shape == pre_logits.shape
+        assert build(name, num_classes=0).eval()(x).shape == (1, model.num_features)
 
 
 def test_without_timm_the_builder_attaches_the_same_cfg(monkeypatch):

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from ._io import check_new_output_dir, output_folder
 from ._weights import check_finite_weights, header_shapes, mismatch, read_tensors
 from .models import MoDVisionTransformer, MoneVisionTransformer, MoneViViT, create_model, list_models
+from .models._contract import set_pretrained_writer
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "from_pretrained", "save_pretrained"]
 
@@ -192,3 +193,6 @@ def from_pretrained(directory: str | os.PathLike, device: str | torch.device = "
         cfg = {k: tuple(v) if k in TUPLE_CFG_KEYS and isinstance(v, list) else v for k, v in cfg.items()}
         model.pretrained_cfg = model.default_cfg = cfg
     return model.to(device).eval()
+
+
+set_pretrained_writer(save_pretrained)  # every model's save_pretrained method writes through this

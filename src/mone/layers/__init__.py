@@ -1,7 +1,14 @@
 """Nested-expert layers: attention, MLP and the transformer block, with timm's parameter names."""
 
 from .attention import NestedAttention
-from .block import NestedBlock, SortedTokens, dense_blocks_forward, nested_blocks_forward, run_block
+from .block import (
+    NestedBlock,
+    SortedTokens,
+    dense_block_forward,
+    dense_blocks_forward,
+    nested_blocks_forward,
+    run_block,
+)
 from .linear import GroupLayout, nested_input_linear, nested_output_linear
 from .mlp import NestedMlp
 from .patch_embed import PatchEmbed
@@ -13,6 +20,7 @@ __all__ = [
     "NestedMlp",
     "PatchEmbed",
     "SortedTokens",
+    "dense_block_forward",
     "dense_blocks_forward",
     "nested_blocks_forward",
     "nested_input_linear",

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
@@ -13,6 +14,8 @@ from ..routing import RoutingPlan
 from .attention import NestedAttention
 from .linear import GroupLayout
 from .mlp import NestedMlp
+
+torch.fx.wrap("dense_block_forward")  # torch.fx leaf: its layout depends on the batch size (docs/api.md, "torch.fx")
 
 
 class NestedBlock(nn.Module):
@@ -38,8 +41,13 @@ class NestedBlock(nn.Module):
 
         ``mlp_scale`` [R, 1] is ``alpha * r_j + 1`` of each row, or ``None`` where no router scales.
         """
+        # The two residual lines, x = x + Pad(SA_j(...)) and x = x + s * Pad(MLP_j(...)), with "x +" passed as
+        # ``residual=x``: proj and fc2 add each group's d_j outputs straight into its rows of the residual inside
+        # the GEMM (beta = 1), instead of building the zero-padded [R, D] update and adding it in a second full pass
+        # over the rows (docs/lab-notebook.md, round 5, "What changed" 1; mone/layers/linear.py, _gemm_adds_residual).
         x = self.attn(self.norm1(x), layout, residual=x)
-        return self.mlp(self.norm2(x), layout, residual=x, scale=mlp_scale)
+        x = self.mlp(self.norm2(x), layout, residual=x, scale=mlp_scale)
+        return x
 
 
 def run_block(block: nn.Module, *args: Any, grad_checkpointing: bool = False) -> Any:
@@ -117,15 +125,18 @@ def nested_blocks_forward(
     return tokens.mean() if pool else tokens.unsorted()
 
 
+def dense_block_forward(block: NestedBlock, x: torch.Tensor, grad_checkpointing: bool = False) -> torch.Tensor:
+    """Run ``block`` with every token at full width and MLP scale 1 (a plain pre-LN block): [B, L, D] -> [B, L, D]."""
+    B, L, D = x.shape
+    layout = GroupLayout.dense(B, L, D)  # one group: the largest expert, all L tokens of each example in input order
+    rows = run_block(block, x.reshape(B * L, D), layout, None, grad_checkpointing=grad_checkpointing)
+    return rows.reshape(B, L, D)
+
+
 def dense_blocks_forward(
     blocks: Sequence[NestedBlock], x: torch.Tensor, grad_checkpointing: bool = False
 ) -> torch.Tensor:
     """Run ``blocks`` with every token at full width and MLP scale 1 (a plain pre-LN transformer): [B, L, D]."""
-    if len(blocks) == 0:
-        return x
-    B, L, D = x.shape
-    layout = GroupLayout.dense(B, L, D)  # one group: the largest expert, all L tokens of each example in input order
-    rows = x.reshape(B * L, D)
     for block in blocks:
-        rows = run_block(block, rows, layout, None, grad_checkpointing=grad_checkpointing)
-    return rows.reshape(B, L, D)
+        x = dense_block_forward(block, x, grad_checkpointing)
+    return x

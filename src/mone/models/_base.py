@@ -15,10 +15,14 @@ gradient lives in the forward (the forward's values are the same either way).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
+import torch.fx
 import torch.nn as nn
 
 from .._checks import check_input_tensor, check_int
@@ -30,19 +34,24 @@ from ..capacity import (
     validate_distribution,
 )
 from ..importance import attention_received, importance_probs
-from ..layers import dense_blocks_forward, nested_blocks_forward
+from ..layers import NestedBlock, SortedTokens, dense_block_forward, run_block
 from ..routing import Router, RoutingPlan, routing_plan
-from ._contract import TimmContractMixin, check_global_pool
-from ._per_sample import group_by_capacity
+from ._contract import TimmContractMixin
+from ._per_sample import group_by_capacity, run_by_group
 
 __all__ = [
     "ALPHA_MAX",
+    "AlphaMixin",
     "CapacityLike",
     "MoneModelMixin",
+    "RoutingSettings",
     "ROUTER_GRADIENTS",
     "ROUTER_MODES",
     "check_images",
     "init_vit_weights",
+    "per_sample_capacity",
+    "route_tokens",
+    "score_tokens",
     "straight_through_clamp",
     "validate_vit_args",
 ]
@@ -52,6 +61,15 @@ ROUTER_MODES = ("learned", "random", "attention")
 ROUTER_GRADIENTS = ("paper", "straight_through")  # see mone.layers.block.mlp_scale
 
 CapacityLike = float | Sequence[float]
+ForwardT = TypeVar("ForwardT", bound=Callable[..., Any])
+
+# torch.fx leaves (docs/api.md, "torch.fx"): routing depends on Python values (EPR's token counts, the expert groups),
+# so symbolic tracing records these calls as graph nodes instead of tracing into them. The nodes take the model's
+# submodules as arguments and run the same code when the traced graph runs.
+torch.fx.wrap("route_tokens")
+torch.fx.wrap("dense_block_forward")
+torch.fx.wrap("run_block")
+torch.fx.wrap("SortedTokens")
 
 
 def straight_through_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -128,7 +146,98 @@ def check_images(x: torch.Tensor, in_chans: int, img_size: int, model_dtype: tor
     check_input_tensor(x, model_dtype, "images")
 
 
-class MoneModelMixin(TimmContractMixin):
+def resolve_distribution(
+    capacity: CapacityLike | None, num_experts: int, beta: float, delta: float, default: tuple[float, ...] | None
+) -> tuple[float, ...]:
+    """Per-expert token fractions for ``capacity`` (a float budget, or a distribution); ``None``: ``default``."""
+    if capacity is None:
+        return default
+    if is_scalar_capacity(capacity):
+        return capacity_distribution(_specialised(capacity), num_experts, beta=beta, delta=delta)
+    distribution = validate_distribution(capacity)
+    if len(distribution) != num_experts:
+        raise ValueError(f"distribution has {len(distribution)} entries, the model has {num_experts} experts")
+    return distribution
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """What routing reads of a MoNE model besides its modules (:meth:`MoneModelMixin.routing_settings`)."""
+
+    router_mode: str
+    num_experts: int
+    num_prefix_tokens: int
+    beta: float
+    delta: float
+    distribution: tuple[float, ...]  # the default budget's
+
+
+def score_tokens(
+    tokens: torch.Tensor, block: NestedBlock, router: Router, router_mode: str, num_experts: int
+) -> torch.Tensor:
+    """Router probabilities [G, N, E] of the tokens [G, N, D] entering ``block``, the router block (see
+    :meth:`MoneModelMixin.router_probs`)."""
+    if router_mode == "random":
+        noise = torch.randn(*tokens.shape[:-1], num_experts, dtype=tokens.dtype, device=tokens.device)
+        return noise.softmax(dim=-1)  # [G, N, E]
+    if router_mode == "attention":
+        with torch.no_grad():
+            importance = attention_received(block.attn, block.norm1(tokens))  # [G, N]
+        return importance_probs(importance.float(), num_experts)  # [G, N, E]
+    return router(block.norm1(tokens))  # [G, N, E]
+
+
+def route_tokens(
+    tokens: torch.Tensor, capacity: CapacityLike | None, block: NestedBlock, router: Router, settings: RoutingSettings
+) -> RoutingPlan:
+    """Router and EPR for the tokens [G, P + N, D] entering ``block`` (see :meth:`MoneModelMixin.route`)."""
+    P = settings.num_prefix_tokens
+    probs = score_tokens(tokens[:, P:] if P else tokens, block, router, settings.router_mode, settings.num_experts)
+    distribution = resolve_distribution(capacity, settings.num_experts, settings.beta, settings.delta,
+                                        settings.distribution)
+    return routing_plan(probs, distribution, P)  # probs [G, N, E]
+
+
+def per_sample_capacity(forward: ForwardT) -> ForwardT:
+    """Decorator for a model's ``forward`` and ``forward_features``: a ``capacity`` holding one budget per sample
+    (:mod:`mone.models._per_sample`) runs ``forward`` once per budget on that budget's samples and puts the outputs
+    back in input order; one budget for the whole batch calls ``forward`` directly.
+
+    The model provides ``capacity_groups(capacity, batch_size)``. ``return_plan=True`` needs one budget.
+    """
+
+    @functools.wraps(forward)
+    def wrapper(self: nn.Module, x: torch.Tensor, capacity: Any = None, **kwargs: Any) -> Any:
+        groups = self.capacity_groups(capacity, x.shape[0])
+        if groups is None:
+            return forward(self, x, capacity, **kwargs)
+        if kwargs.get("return_plan"):
+            raise ValueError("return_plan needs one capacity for the whole batch: one routing plan per budget")
+        return run_by_group(lambda samples, budget: forward(self, samples, budget, **kwargs), x, groups)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class AlphaMixin:
+    """The MLP-scaling coefficient ``alpha`` of a model that has one (MoNE, MoD-greedy): a scalar parameter whose
+    value used in the forward is clamped to ``[0, ALPHA_MAX]`` (docs/method.md)."""
+
+    alpha: nn.Parameter
+
+    @property
+    def alpha_value(self) -> torch.Tensor:
+        """The MLP-scaling coefficient actually used, in ``[0, ALPHA_MAX]``."""
+        return straight_through_clamp(self.alpha, 0.0, ALPHA_MAX)
+
+    @torch.no_grad()
+    def project_alpha_(self) -> None:
+        """Project the stored ``alpha`` back into ``[0, ALPHA_MAX]`` (call after each optimiser step; a no-op for a
+        model without alpha)."""
+        if getattr(self, "alpha", None) is not None:
+            self.alpha.clamp_(0.0, ALPHA_MAX)
+
+
+class MoneModelMixin(AlphaMixin, TimmContractMixin):
     """Capacity, routing and alpha for an ``nn.Module`` with nested experts.
 
     The host module sets ``embed_dim``, ``num_experts``, ``beta``, ``delta``, ``blocks`` (the encoder whose blocks
@@ -148,20 +257,11 @@ class MoneModelMixin(TimmContractMixin):
     router_mode: str
     router_gradient: str = "paper"
     num_prefix_tokens: int = 0
-    global_pool: str = "avg"
-    global_pools: tuple[str, ...] = ("avg",)  # what reset_classifier accepts
-    has_class_token: bool = False
 
     def resolve_distribution(self, capacity: CapacityLike | None = None) -> tuple[float, ...]:
         """Per-expert token fractions for ``capacity`` (a float budget, or a distribution); ``None``: the default."""
-        if capacity is None:
-            return self.distribution
-        if is_scalar_capacity(capacity):
-            return capacity_distribution(_specialised(capacity), self.num_experts, beta=self.beta, delta=self.delta)
-        distribution = validate_distribution(capacity)
-        if len(distribution) != self.num_experts:
-            raise ValueError(f"distribution has {len(distribution)} entries, the model has {self.num_experts} experts")
-        return distribution
+        default = getattr(self, "distribution", None)
+        return resolve_distribution(capacity, self.num_experts, self.beta, self.delta, default)
 
     def capacity_groups(self, capacity: object, batch_size: int) -> list[tuple[tuple[float, ...], list[int]]] | None:
         """Per-sample capacities grouped by distribution, or ``None`` for one capacity (see :mod:`._per_sample`)."""
@@ -175,11 +275,6 @@ class MoneModelMixin(TimmContractMixin):
         self.capacity = capacity
 
     @property
-    def alpha_value(self) -> torch.Tensor:
-        """The MLP-scaling coefficient actually used, in ``[0, ALPHA_MAX]``."""
-        return straight_through_clamp(self.alpha, 0.0, ALPHA_MAX)
-
-    @property
     def expert_widths(self) -> tuple[int, ...]:
         """Feature width of each expert, smallest first: ``D / 2**(E-1-i)``."""
         return tuple(self.embed_dim // 2 ** (self.num_experts - 1 - i) for i in range(self.num_experts))
@@ -188,20 +283,6 @@ class MoneModelMixin(TimmContractMixin):
         """timm's default ViT init (:func:`init_vit_weights`) and alpha = 0."""
         init_vit_weights(self)
         nn.init.zeros_(self.alpha)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head with a fresh ``num_classes``-way linear layer (``0``: no head), on the model's device and
-        dtype; ``global_pool`` (one of ``global_pools``) also changes the pooling, keeping the norm layers."""
-        self.num_classes = check_int("num_classes", num_classes, 0)
-        if global_pool is not None:
-            self.global_pool = check_global_pool(global_pool, self.global_pools, self.has_class_token)
-        like = dict(device=self.alpha.device, dtype=self.alpha.dtype)
-        self.head = nn.Linear(self.embed_dim, num_classes, **like) if num_classes > 0 else nn.Identity()
-
-    @torch.no_grad()
-    def project_alpha_(self) -> None:
-        """Project the stored ``alpha`` back into ``[0, ALPHA_MAX]`` (call after each optimiser step)."""
-        self.alpha.clamp_(0.0, ALPHA_MAX)
 
     def init_routing(self, router: str, router_block: int) -> None:
         """Check and set the router mode and the block whose input is routed (blocks before it are dense)."""
@@ -246,15 +327,18 @@ class MoneModelMixin(TimmContractMixin):
         :func:`mone.importance.importance_probs`), computed without autograd: one q/k projection and one attention
         map over the router block's tokens, on top of the nested blocks. Shapes are the same either way.
         """
-        if self.router_mode == "random":
-            noise = torch.randn(*tokens.shape[:-1], self.num_experts, dtype=tokens.dtype, device=tokens.device)
-            return noise.softmax(dim=-1)  # [G, N, E]
-        block = self.blocks[self.router_block]
-        if self.router_mode == "attention":
-            with torch.no_grad():
-                importance = attention_received(block.attn, block.norm1(tokens))  # [G, N]
-            return importance_probs(importance.float(), self.num_experts)  # [G, N, E]
-        return self.router(block.norm1(tokens))  # [G, N, E]
+        return score_tokens(tokens, self.blocks[self.router_block], self.router, self.router_mode, self.num_experts)
+
+    @property
+    def routing_settings(self) -> RoutingSettings:
+        """The model's current router mode, prefix tokens, experts and default budget, as routing reads them."""
+        return RoutingSettings(self.router_mode, self.num_experts, self.num_prefix_tokens, self.beta, self.delta,
+                               self.distribution)
+
+    @property
+    def straight_through(self) -> bool:
+        """Whether the MLP scale carries the straight-through router gradient (see :meth:`set_router_gradient`)."""
+        return self.router_gradient == "straight_through" and self.router_mode == "learned"
 
     def route(self, tokens: torch.Tensor, capacity: CapacityLike | None = None) -> RoutingPlan:
         """Router and EPR for the tokens [G, P + N, D] entering the router block, each of the G groups on its own.
@@ -262,9 +346,25 @@ class MoneModelMixin(TimmContractMixin):
         Only the N tokens after the ``P = num_prefix_tokens`` prefix tokens are scored and routed (docs/method.md);
         the prefix tokens join the largest expert (see :func:`mone.make_routing_plan`).
         """
-        P = self.num_prefix_tokens
-        probs = self.router_probs(tokens[:, P:] if P else tokens)  # [G, N, E]
-        return routing_plan(probs, self.resolve_distribution(capacity), P)
+        return route_tokens(tokens, capacity, self.blocks[self.router_block], self.router, self.routing_settings)
+
+    def dense_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks before ``router_block`` (none by default), every token at full width: [G, L, D] -> [G, L, D]."""
+        for block in self.blocks[: self.router_block]:
+            x = dense_block_forward(block, x, self.grad_checkpointing)
+        return x
+
+    def nested_blocks(self, x: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+        """The blocks from ``router_block`` on, each token on its expert: tokens [G, L, D] -> [G, L, D], in input order.
+
+        The tokens are sorted once into one row group per expert (:class:`mone.layers.SortedTokens`), every block
+        runs on those rows, and the rows are put back in input order once at the end.
+        """
+        tokens = SortedTokens(x, plan, self.alpha_value, self.expert_widths, self.straight_through)
+        rows = tokens.rows  # [G * L, D], grouped by expert
+        for block in self.blocks[self.router_block :]:
+            rows = run_block(block, rows, tokens.layout, tokens.scale, grad_checkpointing=self.grad_checkpointing)
+        return plan.unsort(rows)  # [G, L, D]
 
     def encode(
         self, x: torch.Tensor, capacity: CapacityLike | None = None, pool: bool = False
@@ -273,14 +373,10 @@ class MoneModelMixin(TimmContractMixin):
 
         Returns the tokens [G, L, D] in input order (with ``pool`` their mean [G, D]) and the routing plan.
         """
-        checkpointing = self.grad_checkpointing
-        x = dense_blocks_forward(self.blocks[: self.router_block], x, checkpointing)  # [G, L, D]
+        x = self.dense_blocks(x)  # [G, L, D]
         plan = self.route(x, capacity)
-        routed = self.blocks[self.router_block :]
-        straight_through = self.router_gradient == "straight_through" and self.router_mode == "learned"
-        x = nested_blocks_forward(routed, x, plan, self.alpha_value, self.expert_widths, pool, checkpointing,
-                                  straight_through)
-        return x, plan
+        x = self.nested_blocks(x, plan)  # [G, L, D]
+        return (x.mean(dim=1) if pool else x), plan
 
     def realised_capacity(self, capacity: CapacityLike | None = None) -> float:
         """Fraction of the dense encoder's linear-layer compute spent at ``capacity``, from the floored token counts

@@ -9,14 +9,18 @@
   ``FeatureGetterNet`` (which calls ``forward_intermediates``) and ``timm.create_model("local-dir:DIR",
   pretrained=True)`` loads a folder written by ``save_pretrained``. Without timm the same config is attached by hand
   and everything but ``features_only`` works.
-* :class:`TimmContractMixin`: ``get_classifier``, ``no_weight_decay``, ``set_grad_checkpointing`` and
-  ``save_pretrained``; each model adds ``group_matcher``, ``reset_classifier(num_classes, global_pool)`` and, for the
+* :class:`TimmContractMixin`: ``get_classifier``, ``reset_classifier(num_classes, global_pool)``,
+  ``no_weight_decay``, ``set_grad_checkpointing`` and ``save_pretrained``; each model sets ``num_features`` and
+  ``head_hidden_size`` (the width of ``forward_head(..., pre_logits=True)``) and adds ``group_matcher`` and, for the
   image models, ``forward_intermediates`` / ``prune_intermediate_layers``.
-* Not torch.fx: the forward computes EPR's token counts, the per-expert groups and its input checks in Python from
-  tensor shapes and the capacity, and fx's symbolic tracing makes shapes proxies that Python cannot count or branch
-  on. Dynamo (``torch.compile``) specialises on shapes and captures the same code in one graph per capacity
-  (tests/test_compile.py), and so does ``torch.export`` (``mone.export_model``, tests/test_export.py).
-  ``tests/test_timm_contract.py`` pins this reason.
+* torch.fx: ``torch.fx.symbolic_trace`` (and timm's fx feature extraction) trace every model. The steps whose shapes
+  depend on Python values (input checks, routing and EPR's token counts, the per-expert row groups of a block) are
+  registered with ``torch.fx.wrap`` where they are called, so they stay single graph nodes that take the model's
+  submodules as arguments (timm's ``register_notrace_function`` does the same; mone needs no timm for it). The
+  graph keeps ``capacity`` as an input. See docs/api.md, "torch.fx".
+* ``save_pretrained`` writes through the function that :mod:`mone.hub` registers with
+  :func:`set_pretrained_writer` when it is imported (``import mone`` does): the models never import the hub, which
+  imports them.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ import functools
 import importlib.util
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
+
+from .._checks import check_int
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -40,6 +46,7 @@ __all__ = [
     "default_cfg",
     "feature_take_indices",
     "records_init_args",
+    "set_pretrained_writer",
     "timm_available",
 ]
 
@@ -51,6 +58,15 @@ TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrai
                "out_indices", "feature_cls")
 
 ModelT = TypeVar("ModelT", bound=type)
+PretrainedWriter = Callable[[nn.Module, "str | os.PathLike"], Path]
+_pretrained_writer: PretrainedWriter | None = None
+
+
+def set_pretrained_writer(writer: PretrainedWriter) -> None:
+    """Set the function behind every model's ``save_pretrained`` (:func:`mone.save_pretrained`, set by
+    :mod:`mone.hub`)."""
+    global _pretrained_writer
+    _pretrained_writer = writer
 
 
 def timm_available() -> bool:
@@ -193,14 +209,29 @@ def build_registered_model(
 
 
 class TimmContractMixin:
-    """timm's model methods that only need ``head``, the parameter names and a ``grad_checkpointing`` flag."""
+    """timm's model methods that only need ``head``, ``head_hidden_size``, ``pos_embed``, the parameter names and a
+    ``grad_checkpointing`` flag."""
 
     grad_checkpointing: bool = False
     head: nn.Module
+    head_hidden_size: int
+    num_classes: int
+    global_pool: str = "avg"
+    global_pools: tuple[str, ...] = ("avg",)  # what reset_classifier accepts
+    has_class_token: bool = False
 
     def get_classifier(self) -> nn.Module:
         """The classifier head (``nn.Identity`` without one)."""
         return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head with a fresh ``num_classes``-way linear layer (``0``: no head), on the model's device and
+        dtype; ``global_pool`` (one of ``global_pools``) also changes the pooling, keeping the norm layers."""
+        self.num_classes = check_int("num_classes", num_classes, 0)
+        if global_pool is not None:
+            self.global_pool = check_global_pool(global_pool, self.global_pools, self.has_class_token)
+        like = dict(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+        self.head = nn.Linear(self.head_hidden_size, num_classes, **like) if num_classes > 0 else nn.Identity()
 
     def no_weight_decay(self) -> set[str]:
         """Parameters that take no weight decay: position embeddings, prefix tokens and alpha (as mone's trainer)."""
@@ -213,9 +244,9 @@ class TimmContractMixin:
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` to ``directory`` (see :func:`mone.save_pretrained`)."""
-        from ..hub import save_pretrained
-
-        return save_pretrained(self, directory)
+        if _pretrained_writer is None:  # mone/__init__ imports mone.hub, which sets it
+            raise RuntimeError("import mone.hub to save models")
+        return _pretrained_writer(self, directory)
 
 
 def check_global_pool(global_pool: str, allowed: Sequence[str], has_class_token: bool = False) -> str:

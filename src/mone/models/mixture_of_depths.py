@@ -31,20 +31,22 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx
 import torch.nn as nn
 
-from .._checks import check_bool, check_int
-from ..layers import GroupLayout, NestedBlock, PatchEmbed, dense_blocks_forward, run_block
-from ._base import ALPHA_MAX, check_images, init_vit_weights, straight_through_clamp, validate_vit_args
-from ._contract import (
-    TimmContractMixin,
-    build_registered_model,
-    check_global_pool,
-    feature_take_indices,
-    records_init_args,
-)
-from ._per_sample import group_by_capacity, run_by_group
+from .._checks import check_bool
+from ..layers import GroupLayout, NestedBlock, PatchEmbed, dense_block_forward, run_block
+from ._base import AlphaMixin, check_images, init_vit_weights, per_sample_capacity, validate_vit_args
+from ._contract import TimmContractMixin, build_registered_model, feature_take_indices, records_init_args
+from ._per_sample import group_by_capacity
 from ._registry import register_model
+
+# torch.fx leaves (docs/api.md, "torch.fx"): shape checks, and blocks whose token selection sets Python shapes
+torch.fx.wrap("check_images")
+torch.fx.wrap("dense_block_forward")
+torch.fx.wrap("selected_tokens")
+torch.fx.wrap("mod_block_forward")
+torch.fx.wrap("greedy_blocks_forward")
 
 __all__ = ["MoDVisionTransformer", "top_k_tokens"]
 
@@ -55,7 +57,7 @@ def top_k_tokens(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @records_init_args
-class MoDVisionTransformer(TimmContractMixin, nn.Module):
+class MoDVisionTransformer(AlphaMixin, TimmContractMixin, nn.Module):
     """Vision Transformer with Mixture-of-Depths routing; ``greedy`` gives the MoNE paper's MoD-greedy allocation.
 
     Args:
@@ -94,7 +96,7 @@ class MoDVisionTransformer(TimmContractMixin, nn.Module):
         self.img_size = img_size
         self.in_chans = in_chans
         self.num_classes = num_classes
-        self.embed_dim = self.num_features = embed_dim
+        self.embed_dim = self.num_features = self.head_hidden_size = embed_dim
         self.greedy = check_bool("greedy", greedy)
         self.routed_blocks = tuple(range(depth)) if self.greedy else tuple(range(1, depth, 2))
         self.global_pool = "avg"
@@ -121,20 +123,15 @@ class MoDVisionTransformer(TimmContractMixin, nn.Module):
         """``(C, H, W)`` of one input sample."""
         return (self.in_chans, self.img_size, self.img_size)
 
+    global_pools = ("", "avg")
+
     def resolve_capacity(self, capacity: float | None = None) -> float:
         """``capacity`` checked (a fraction in ``(0, 1]`` that keeps at least one token); ``None``: the default."""
-        if capacity is None:
-            return self.capacity
-        try:
-            value = float(capacity)
-        except (TypeError, ValueError):
-            raise ValueError(f"capacity must be a number in (0, 1], got {capacity!r}") from None
-        if not (math.isfinite(value) and 0 < value <= 1) or math.floor(value * self.num_patches) < 1:
-            raise ValueError(
-                f"capacity must be a finite number in [1/N, 1] = [{1 / self.num_patches:g}, 1] (N = "
-                f"{self.num_patches} tokens), got {capacity!r}"
-            )
-        return value
+        return resolve_capacity(capacity, self.num_patches, getattr(self, "capacity", None))
+
+    def capacity_groups(self, capacity: object, batch_size: int) -> list[tuple[float, list[int]]] | None:
+        """Per-sample token fractions grouped by value, or ``None`` for one capacity (see :mod:`._per_sample`)."""
+        return group_by_capacity(capacity, batch_size, self.resolve_capacity)
 
     def set_capacity(self, capacity: float) -> None:
         """Set the default fraction of tokens that a routed block processes."""
@@ -142,32 +139,12 @@ class MoDVisionTransformer(TimmContractMixin, nn.Module):
 
     def num_selected(self, capacity: float | None = None) -> int:
         """Tokens per image that a routed block processes: ``floor(capacity * N)``."""
-        return math.floor(self.resolve_capacity(capacity) * self.num_patches)
+        return selected_tokens(capacity, self.num_patches, self.capacity)
 
     def realised_capacity(self, capacity: float | None = None) -> float:
         """Fraction of the dense model's block linear-layer compute spent at ``capacity`` (floored token counts)."""
         depth, routed = len(self.blocks), len(self.routed_blocks)
         return ((depth - routed) + routed * self.num_selected(capacity) / self.num_patches) / depth
-
-    @property
-    def alpha_value(self) -> torch.Tensor:
-        """MoD-greedy's MLP-scaling coefficient actually used, in ``[0, ALPHA_MAX]``."""
-        return straight_through_clamp(self.alpha, 0.0, ALPHA_MAX)
-
-    @torch.no_grad()
-    def project_alpha_(self) -> None:
-        """MoD-greedy: project the stored ``alpha`` back into ``[0, ALPHA_MAX]`` (a no-op for MoD)."""
-        if self.greedy:
-            self.alpha.clamp_(0.0, ALPHA_MAX)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head with a fresh ``num_classes``-way linear layer (``0``: no head) on the model's device and
-        dtype; ``global_pool``: ``"avg"``, or ``""`` for none (the head sees every token)."""
-        self.num_classes = check_int("num_classes", num_classes, 0)
-        if global_pool is not None:
-            self.global_pool = check_global_pool(global_pool, ("", "avg"))
-        like = dict(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
-        self.head = nn.Linear(self.embed_dim, num_classes, **like) if num_classes > 0 else nn.Identity()
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups for timm's layer-wise decay: embeddings, one group per block with its router (MoD-greedy's
@@ -180,18 +157,19 @@ class MoDVisionTransformer(TimmContractMixin, nn.Module):
 
     # -- forward --------------------------------------------------------------------------------------------
 
+    @per_sample_capacity
     def forward_features(self, x: torch.Tensor, capacity: float | None = None) -> torch.Tensor:
         """Images [B, C, H, W] -> tokens [B, N, D] in input order; ``capacity`` may hold one fraction per image."""
-        groups = group_by_capacity(capacity, x.shape[0], self.resolve_capacity)
-        if groups is not None:
-            return run_by_group(self.forward_features, x, groups)
-        return self._forward_blocks(self._embed(x), self.num_selected(capacity))[0]
+        x = self._embed(x)  # [B, N, D]
+        k = selected_tokens(capacity, self.num_patches, self.capacity)  # tokens a routed block processes per image
+        return self._forward_blocks(x, k)[0]  # [B, N, D]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens [B, N, D] -> logits [B, num_classes] (global average pool, LayerNorm, linear)."""
         x = self.fc_norm(x.mean(dim=1) if self.global_pool == "avg" else x)
         return x if pre_logits else self.head(x)
 
+    @per_sample_capacity
     def forward(self, x: torch.Tensor, capacity: float | None = None) -> torch.Tensor:
         """Images [B, C, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``; one per image
         with a list, array or tensor of B fractions)."""
@@ -245,51 +223,89 @@ class MoDVisionTransformer(TimmContractMixin, nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Every block on tokens [B, N, D] with ``k`` selected tokens per routed block; returns the tokens and those
         after the blocks in ``take`` [B, N, D], all in input order."""
+        checkpointing = self.grad_checkpointing
         if self.greedy:
-            return self._greedy_blocks(x, k, take)
-        checkpointing, intermediates = self.grad_checkpointing, []
+            return greedy_blocks_forward(self.blocks, self.router, self.alpha_value, x, k, checkpointing, take)
+        intermediates = []
         for i, block in enumerate(self.blocks):
-            if str(i) in self.routers:
-                x = run_block(self._routed_block, block, self.routers[str(i)], x, k, grad_checkpointing=checkpointing)
+            if str(i) in self.routers:  # the top-k tokens run the block, the others skip it
+                x = mod_block_forward(block, self.routers[str(i)], x, k, checkpointing)
             else:
-                x = dense_blocks_forward([block], x, checkpointing)
+                x = dense_block_forward(block, x, checkpointing)
             if i in take:
                 intermediates.append(x)
         return x, intermediates
 
-    def _routed_block(self, block: NestedBlock, router: nn.Linear, x: torch.Tensor, k: int) -> torch.Tensor:
-        """MoD block on tokens [B, N, D]: the top-k tokens add sigmoid(score) x the block's update, the rest skip."""
-        B, N, D = x.shape
-        scores = router(x).squeeze(-1)  # [B, N]
-        index = top_k_tokens(scores, k)  # [B, k]
-        rows_index = index.unsqueeze(-1).expand(B, k, D)
-        rows = x.gather(1, rows_index).reshape(B * k, D)  # selected tokens, rows b * k + s
-        layout = GroupLayout.dense(B, k, D)
-        attn_update = block.attn(block.norm1(rows), layout)  # attention among the selected tokens
-        z = rows + attn_update
-        mlp_update = block.mlp(block.norm2(z), layout)
-        weight = scores.gather(1, index).sigmoid().reshape(B * k, 1)
-        update = weight * (attn_update + mlp_update)  # [B * k, D]
-        return x.scatter_add(1, rows_index, update.view(B, k, D))  # skipped tokens unchanged
 
-    def _greedy_blocks(
-        self, x: torch.Tensor, k: int, take: list[int] | tuple[int, ...] = ()
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """MoD-greedy on tokens [B, N, D]: the router's top-k tokens run every block, the others skip them all.
-        Returns the tokens [B, N, D] and those after the blocks in ``take``."""
-        B, N, D = x.shape
-        probs = self.router(self.blocks[0].norm1(x)).squeeze(-1).sigmoid()  # [B, N]: P(full width) vs skip
-        index = top_k_tokens(probs, k)  # [B, k]
-        rows_index = index.unsqueeze(-1).expand(B, k, D)
-        rows = x.gather(1, rows_index).reshape(B * k, D)  # one full-width group, rows b * k + s
-        layout = GroupLayout.dense(B, k, D)
-        scale = (self.alpha_value * probs.gather(1, index) + 1).reshape(B * k, 1)  # alpha * r + 1
-        intermediates = []
-        for i, block in enumerate(self.blocks):
-            rows = run_block(block, rows, layout, scale, grad_checkpointing=self.grad_checkpointing)
-            if i in take:
-                intermediates.append(x.scatter(1, rows_index, rows.view(B, k, D)))
-        return x.scatter(1, rows_index, rows.view(B, k, D)), intermediates  # [B, N, D]
+def resolve_capacity(capacity: float | None, num_patches: int, default: float | None) -> float:
+    """``capacity`` checked: a fraction in ``(0, 1]`` that keeps at least one of ``num_patches`` tokens; ``None``:
+    ``default``."""
+    if capacity is None:
+        return default
+    try:
+        value = float(capacity)
+    except (TypeError, ValueError):
+        raise ValueError(f"capacity must be a number in (0, 1], got {capacity!r}") from None
+    if not (math.isfinite(value) and 0 < value <= 1) or math.floor(value * num_patches) < 1:
+        raise ValueError(
+            f"capacity must be a finite number in [1/N, 1] = [{1 / num_patches:g}, 1] (N = {num_patches} tokens), "
+            f"got {capacity!r}"
+        )
+    return value
+
+
+def selected_tokens(capacity: float | None, num_patches: int, default: float) -> int:
+    """Tokens per image that a routed block processes at ``capacity`` (``None``: ``default``): ``floor(c * N)``."""
+    return math.floor(resolve_capacity(capacity, num_patches, default) * num_patches)
+
+
+def mod_block_forward(
+    block: NestedBlock, router: nn.Linear, x: torch.Tensor, k: int, grad_checkpointing: bool = False
+) -> torch.Tensor:
+    """A MoD block on tokens [B, N, D]: the top-k tokens by ``router`` add sigmoid(score) x the block's update, the
+    others skip it."""
+    return run_block(_routed_block, block, router, x, k, grad_checkpointing=grad_checkpointing)
+
+
+def _routed_block(block: NestedBlock, router: nn.Linear, x: torch.Tensor, k: int) -> torch.Tensor:
+    B, N, D = x.shape
+    scores = router(x).squeeze(-1)  # [B, N]
+    index = top_k_tokens(scores, k)  # [B, k]
+    rows_index = index.unsqueeze(-1).expand(B, k, D)
+    rows = x.gather(1, rows_index).reshape(B * k, D)  # selected tokens, rows b * k + s
+    layout = GroupLayout.dense(B, k, D)
+    attn_update = block.attn(block.norm1(rows), layout)  # attention among the selected tokens
+    z = rows + attn_update
+    mlp_update = block.mlp(block.norm2(z), layout)
+    weight = scores.gather(1, index).sigmoid().reshape(B * k, 1)
+    update = weight * (attn_update + mlp_update)  # [B * k, D]
+    return x.scatter_add(1, rows_index, update.view(B, k, D))  # skipped tokens unchanged
+
+
+def greedy_blocks_forward(
+    blocks: nn.ModuleList,
+    router: nn.Linear,
+    alpha: torch.Tensor,
+    x: torch.Tensor,
+    k: int,
+    grad_checkpointing: bool = False,
+    take: list[int] | tuple[int, ...] = (),
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """MoD-greedy on tokens [B, N, D]: the router's top-k tokens run every block with MLP scale ``alpha * r + 1``,
+    the others skip them all. Returns the tokens [B, N, D] and those after the blocks in ``take``."""
+    B, N, D = x.shape
+    probs = router(blocks[0].norm1(x)).squeeze(-1).sigmoid()  # [B, N]: P(full width) vs skip
+    index = top_k_tokens(probs, k)  # [B, k]
+    rows_index = index.unsqueeze(-1).expand(B, k, D)
+    rows = x.gather(1, rows_index).reshape(B * k, D)  # one full-width group, rows b * k + s
+    layout = GroupLayout.dense(B, k, D)
+    scale = (alpha * probs.gather(1, index) + 1).reshape(B * k, 1)  # alpha * r + 1
+    intermediates = []
+    for i, block in enumerate(blocks):
+        rows = run_block(block, rows, layout, scale, grad_checkpointing=grad_checkpointing)
+        if i in take:
+            intermediates.append(x.scatter(1, rows_index, rows.view(B, k, D)))
+    return x.scatter(1, rows_index, rows.view(B, k, D)), intermediates  # [B, N, D]
 
 
 def _create(variant: str, defaults: dict, pretrained: bool = False, **kwargs) -> MoDVisionTransformer:

@@ -13,15 +13,17 @@ over the patch tokens only.
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn as nn
 
 from .._checks import check_int
-from ..layers import NestedBlock, PatchEmbed, SortedTokens, dense_blocks_forward
+from ..layers import NestedBlock, PatchEmbed, SortedTokens, dense_block_forward
 from ..routing import Router, RoutingPlan
-from ._base import ALPHA_MAX, CapacityLike, MoneModelMixin, check_images, validate_vit_args
+from ._base import ALPHA_MAX, CapacityLike, MoneModelMixin, check_images, per_sample_capacity, validate_vit_args
 from ._contract import build_registered_model, check_global_pool, feature_take_indices, records_init_args
-from ._per_sample import run_by_group
 from ._registry import register_model
+
+torch.fx.wrap("check_images")  # torch.fx leaf: checks the input's shape in Python (docs/api.md, "torch.fx")
 
 __all__ = ["ALPHA_MAX", "MoneVisionTransformer", "CapacityLike"]
 
@@ -86,7 +88,7 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         self.img_size = img_size
         self.in_chans = in_chans
         self.num_classes = num_classes
-        self.embed_dim = self.num_features = embed_dim
+        self.embed_dim = self.num_features = self.head_hidden_size = embed_dim
         self.num_experts = num_experts
         self.beta, self.delta = float(beta), float(delta)
         self.has_class_token = bool(class_token)
@@ -135,18 +137,17 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
 
     # -- forward --------------------------------------------------------------------------------------------
 
+    @per_sample_capacity
     def forward_features(
         self, x: torch.Tensor, capacity: CapacityLike | None = None, return_plan: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, RoutingPlan]:
         """Images [B, C, H, W] -> tokens [B, P + N, D] in input order, prefix tokens first (and the routing plan if
         ``return_plan``). ``capacity`` may hold one budget per image (see :meth:`forward`), without ``return_plan``.
         """
-        groups = self.capacity_groups(capacity, x.shape[0])
-        if groups is not None:
-            if return_plan:
-                raise ValueError("return_plan needs one capacity for the whole batch: one routing plan per budget")
-            return run_by_group(self.forward_features, x, groups)
-        x, plan = self.encode(self._embed(x), capacity)
+        x = self._embed(x)  # [B, P + N, D]: prefix tokens, patch tokens, position embeddings
+        x = self.dense_blocks(x)  # blocks before router_block (none by default): every token at full width
+        plan = self.route(x, capacity)  # router + EPR: each image's patch tokens go to one expert each
+        x = self.nested_blocks(x, plan)  # each token at its expert's width; back in input order, [B, P + N, D]
         x = self.norm(x)
         return (x, plan) if return_plan else x
 
@@ -162,25 +163,18 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens [B, P + N, D] -> logits [B, num_classes] (pool, ``fc_norm``, linear)."""
-        return self._pooled_head(self.pool(x), pre_logits)
+        x = self.fc_norm(self.pool(x))
+        return x if pre_logits else self.head(x)
 
+    @per_sample_capacity
     def forward(self, x: torch.Tensor, capacity: CapacityLike | None = None) -> torch.Tensor:
         """Images [B, C, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``).
 
         ``capacity`` may give every image its own budget: a list, 1-d array or 1-d tensor of B numbers. Images are
         grouped by budget and each group runs at static shapes, so each image gets its output when run alone (to
         float round-off). A tuple is always one distribution for the whole batch (see :mod:`mone.models._per_sample`).
-
-        Same result as ``forward_head(forward_features(x))``; without prefix tokens it pools the expert-sorted
-        tokens directly.
         """
-        groups = self.capacity_groups(capacity, x.shape[0])
-        if groups is not None:
-            return run_by_group(self.forward, x, groups)
-        if self.num_prefix_tokens or self.global_pool != "avg":
-            return self.forward_head(self.forward_features(x, capacity))
-        x, _ = self.encode(self._embed(x), capacity, pool=True)  # [B, D]
-        return self._pooled_head(x)
+        return self.forward_head(self.forward_features(x, capacity))
 
     def forward_intermediates(
         self,
@@ -220,12 +214,12 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         blocks = self.blocks[: last + 1] if stop_early else self.blocks
         intermediates = []
         for i, block in enumerate(blocks[: self.router_block]):
-            x = dense_blocks_forward([block], x, self.grad_checkpointing)
+            x = dense_block_forward(block, x, self.grad_checkpointing)
             if i in take:
                 intermediates.append(x)
         plan = self.route(x, capacity)
         if len(blocks) > self.router_block:
-            tokens = SortedTokens(x, plan, self.alpha_value, self.expert_widths)
+            tokens = SortedTokens(x, plan, self.alpha_value, self.expert_widths, self.straight_through)
             for i, block in enumerate(blocks[self.router_block :], start=self.router_block):
                 tokens.apply(block, self.grad_checkpointing)
                 if i in take:
@@ -273,17 +267,12 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         check_images(x, self.in_chans, self.img_size, self.pos_embed.dtype)
         x = self.patch_embed(x)  # [B, N, D]
         if not self.num_prefix_tokens:
-            return x + self.pos_embed
+            return x + self.pos_embed  # [B, N, D]
         B = x.shape[0]
         prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]  # [B, 1 | R, D]
         if self.no_embed_class:
             return torch.cat([*prefix, x + self.pos_embed], dim=1)
         return torch.cat([*prefix, x], dim=1) + self.pos_embed  # [B, P + N, D]
-
-    def _pooled_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pooled features [B, D] -> logits [B, num_classes] (``fc_norm``, linear)."""
-        x = self.fc_norm(x)
-        return x if pre_logits else self.head(x)
 
 
 def _create(variant: str, defaults: dict, pretrained: bool = False, **kwargs) -> MoneVisionTransformer:

@@ -19,14 +19,14 @@ spatial tokens are per temporal index ([B, T', N, D]), which none of timm's outp
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn as nn
 
 from .._checks import check_input_tensor, check_int
 from ..layers import NestedBlock, dense_blocks_forward
 from ..routing import Router, RoutingPlan
-from ._base import CapacityLike, MoneModelMixin, validate_vit_args
+from ._base import CapacityLike, MoneModelMixin, per_sample_capacity, validate_vit_args
 from ._contract import build_registered_model, records_init_args
-from ._per_sample import run_by_group
 from ._registry import register_model
 
 __all__ = ["MoneViViT", "TubeletEmbed"]
@@ -113,7 +113,7 @@ class MoneViViT(MoneModelMixin, nn.Module):
         self.num_frames = num_frames
         self.tubelet_size = tubelet_size
         self.num_classes = num_classes
-        self.embed_dim = self.num_features = embed_dim
+        self.embed_dim = self.num_features = self.head_hidden_size = embed_dim
         self.num_experts = num_experts
         self.beta, self.delta = float(beta), float(delta)
 
@@ -159,20 +159,7 @@ class MoneViViT(MoneModelMixin, nn.Module):
 
     # -- forward --------------------------------------------------------------------------------------------
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 5:
-            raise ValueError(f"expected clips [B, C, T, H, W] (rank 5), got a tensor of shape {tuple(x.shape)}")
-        B, C, T, H, W = x.shape
-        if C != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got {C} (shape {tuple(x.shape)})")
-        if T % self.tubelet_size != 0:
-            raise ValueError(f"number of frames ({T}) must be divisible by tubelet_size ({self.tubelet_size})")
-        if T != self.num_frames:
-            raise ValueError(f"expected num_frames={self.num_frames} frames, got {T} (shape {tuple(x.shape)})")
-        if (H, W) != self.patch_embed.img_size:
-            raise ValueError(f"expected {self.img_size}x{self.img_size} frames, got {H}x{W}")
-        check_input_tensor(x, self.pos_embed.dtype, "clips")
-
+    @per_sample_capacity
     def forward_features(
         self, x: torch.Tensor, capacity: CapacityLike | None = None, return_plan: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, RoutingPlan]:
@@ -182,54 +169,60 @@ class MoneViViT(MoneModelMixin, nn.Module):
         batch-major order: ``plan.expert`` is [B * T', N] (reshape to [B, T', N] for per-clip maps).
         ``capacity`` may hold one budget per clip (see :meth:`forward`), without ``return_plan``.
         """
-        groups = self.capacity_groups(capacity, x.shape[0])
-        if groups is not None:
-            if return_plan:
-                raise ValueError("return_plan needs one capacity for the whole batch: one routing plan per budget")
-            return run_by_group(self.forward_features, x, groups)
         B = x.shape[0]
-        x, plan = self.encode(self._embed(x), capacity)  # [B * T', N, D]
-        x = x.reshape(B, -1, *x.shape[1:])  # [B, T', N, D]
+        x = self._embed(x)  # [B * T', N, D]: every temporal index is routed on its own
+        x = self.dense_blocks(x)  # spatial blocks before router_block (none by default), full width
+        plan = self.route(x, capacity)  # router + EPR per temporal index
+        x = self.nested_blocks(x, plan)  # [B * T', N, D] in input order
+        x = x.unflatten(0, (B, -1))  # [B, T', N, D]
         return (x, plan) if return_plan else x
 
     def forward_temporal(self, x: torch.Tensor) -> torch.Tensor:
         """Spatial tokens [B, T', N, D] -> temporal tokens [B, T', D] (spatial GAP, LayerNorm, dense encoder)."""
-        return self._temporal_encoder(x.mean(dim=2))
+        x = self.spatial_norm(x.mean(dim=2)) + self.temporal_pos_embed  # [B, T', D]
+        return dense_blocks_forward(self.temporal_blocks, x, self.grad_checkpointing)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Spatial tokens [B, T', N, D] -> logits [B, num_classes] (temporal encoder, GAP over time, LN, linear)."""
-        return self._clip_head(self.forward_temporal(x), pre_logits)
+        x = self.fc_norm(self.forward_temporal(x).mean(dim=1))  # [B, D]
+        return x if pre_logits else self.head(x)
 
+    @per_sample_capacity
     def forward(self, x: torch.Tensor, capacity: CapacityLike | None = None) -> torch.Tensor:
         """Clips [B, C, T, H, W] -> logits [B, num_classes] at ``capacity`` (default ``self.capacity``).
 
         ``capacity`` may give every clip its own budget (a list, array or tensor of B entries; every temporal index
         of a clip runs at the clip's budget), as :meth:`MoneVisionTransformer.forward` does for images.
-
-        Same result as ``forward_head(forward_features(x))``, but pools the expert-sorted tokens directly.
         """
-        groups = self.capacity_groups(capacity, x.shape[0])
-        if groups is not None:
-            return run_by_group(self.forward, x, groups)
-        B = x.shape[0]
-        x, _ = self.encode(self._embed(x), capacity, pool=True)  # [B * T', D]
-        return self._clip_head(self._temporal_encoder(x.reshape(B, -1, x.shape[-1])))
+        return self.forward_head(self.forward_features(x, capacity))
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Clips [B, C, T, H, W] -> tubelet tokens [B * T', N, D], time folded into the batch (EPR per index)."""
-        self._check_input(x)
+        check_clips(x, self.in_chans, self.num_frames, self.tubelet_size, self.img_size, self.pos_embed.dtype)
         x = self.patch_embed(x) + self.pos_embed.unsqueeze(1)  # [B, T', N, D]
         return x.flatten(0, 1)
 
-    def _temporal_encoder(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean spatial token per temporal index [B, T', D] -> temporal tokens [B, T', D]."""
-        x = self.spatial_norm(x) + self.temporal_pos_embed
-        return dense_blocks_forward(self.temporal_blocks, x, self.grad_checkpointing)
 
-    def _clip_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Temporal tokens [B, T', D] -> logits [B, num_classes] (GAP over time, LayerNorm, linear)."""
-        x = self.fc_norm(x.mean(dim=1))
-        return x if pre_logits else self.head(x)
+def check_clips(
+    x: torch.Tensor, in_chans: int, num_frames: int, tubelet_size: int, img_size: int, model_dtype: torch.dtype
+) -> None:
+    """Raise ValueError unless ``x`` is a non-empty batch of clips [B, in_chans, num_frames, img_size, img_size]
+    that a model with parameters of ``model_dtype`` can take."""
+    if x.dim() != 5:
+        raise ValueError(f"expected clips [B, C, T, H, W] (rank 5), got a tensor of shape {tuple(x.shape)}")
+    B, C, T, H, W = x.shape
+    if C != in_chans:
+        raise ValueError(f"expected {in_chans} input channels, got {C} (shape {tuple(x.shape)})")
+    if T % tubelet_size != 0:
+        raise ValueError(f"number of frames ({T}) must be divisible by tubelet_size ({tubelet_size})")
+    if T != num_frames:
+        raise ValueError(f"expected num_frames={num_frames} frames, got {T} (shape {tuple(x.shape)})")
+    if (H, W) != (img_size, img_size):
+        raise ValueError(f"expected {img_size}x{img_size} frames, got {H}x{W}")
+    check_input_tensor(x, model_dtype, "clips")
+
+
+torch.fx.wrap("check_clips")  # torch.fx leaf: checks the input's shape in Python (docs/api.md, "torch.fx")
 
 
 def _create(variant: str, defaults: dict, pretrained: bool = False, **kwargs) -> MoneViViT:
