@@ -160,3 +160,16 @@ def test_count_rejects_wrong_input_size():
         count_flops(model, (3, 64, 64))
     with pytest.raises(ValueError, match="count_flops does not know models of type Linear"):
         count_flops(torch.nn.Linear(2, 2), (2,))
+
+
+def test_count_flops_asks_the_model_itself():
+    """count_flops dispatches to the model's own count_flops method (no isinstance table in mone.flops)."""
+
+    class Counted(torch.nn.Module):
+        def count_flops(self, input_size, capacity=None):
+            return 7 * sum(input_size) + (0 if capacity is None else 1)
+
+    assert count_flops(Counted(), (1, 2, 3)) == 42
+    assert count_flops(Counted(), (1, 2, 3), capacity=0.5) == 43
+    with pytest.raises(ValueError, match="count_flops does not know models of type Linear"):
+        count_flops(torch.nn.Linear(2, 2), (2,))

@@ -227,3 +227,22 @@ def test_bad_forward_input_raises():
         model.set_capacity(float("nan"))
     with pytest.raises(ValueError, match="distribution has 3 entries, the model has 4 experts"):
         model(torch.randn(2, 3, 20, 20), capacity=(0.5, 0.25, 0.25))
+
+
+def test_shared_constructor_arguments_have_one_default():
+    """Arguments that several models and layers take are defined once (FUSED_ATTN, the MoNE settings): their
+    defaults agree everywhere, so they cannot drift apart again."""
+    import inspect
+
+    from mone.layers import FUSED_ATTN, NestedAttention, NestedBlock
+    from mone.models import MoDVisionTransformer, MoneVisionTransformer, MoneViViT
+
+    def defaults(cls):
+        return {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not p.empty}
+
+    for cls in (NestedAttention, NestedBlock, MoneVisionTransformer, MoneViViT, MoDVisionTransformer):
+        assert defaults(cls)["fused_attn"] is FUSED_ATTN, cls.__name__
+    vit, vivit = defaults(MoneVisionTransformer), defaults(MoneViViT)
+    for name in ("num_experts", "capacity", "beta", "delta", "router", "router_block", "embed_dim", "depth",
+                 "num_heads", "mlp_ratio", "qkv_bias", "img_size", "patch_size", "in_chans", "num_classes"):
+        assert vit[name] == vivit[name], name

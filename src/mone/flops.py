@@ -15,15 +15,26 @@ prefix tokens at full width (they join the largest expert's count, and attention
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
-from .capacity import expert_token_counts
-from .models.mixture_of_depths import MoDVisionTransformer
-from .models.vision_transformer import CapacityLike, MoneVisionTransformer
-from .models.vivit import MoneViViT
+if TYPE_CHECKING:
+    from .models.vision_transformer import MoneVisionTransformer
+    from .models.vivit import MoneViViT
 
-__all__ = ["block_flops", "count_flops", "dense_block_flops", "dense_flops", "mone_encoder_flops"]
+CapacityLike = Any  # a float budget or a per-expert distribution (mone.models.CapacityLike)
+
+__all__ = [
+    "attention_flops",
+    "block_flops",
+    "check_input_size",
+    "count_flops",
+    "dense_block_flops",
+    "dense_flops",
+    "mone_encoder_flops",
+    "patch_embed_flops",
+]
 
 
 def patch_embed_flops(num_tokens: int, embed_dim: int, in_chans: int, patch_volume: int) -> int:
@@ -76,45 +87,8 @@ def mone_encoder_flops(
     )
 
 
-def _vit_flops(model: MoneVisionTransformer, input_size: Sequence[int], capacity: CapacityLike | None) -> int:
-    _check_input_size(model, input_size, "(C, H, W)")
-    N, D = model.num_patches, model.embed_dim
-    counts = expert_token_counts(model.resolve_distribution(capacity), N)
-    patch_volume = model.patch_embed.patch_size[0] * model.patch_embed.patch_size[1]
-    head = D * model.num_classes
-    encoder = mone_encoder_flops(model, counts, model.num_prefix_tokens)
-    return patch_embed_flops(N, D, model.in_chans, patch_volume) + encoder + head
-
-
-def _vivit_flops(model: MoneViViT, input_size: Sequence[int], capacity: CapacityLike | None) -> int:
-    """Tubelet embedding, the nested spatial encoder once per temporal index, the dense temporal encoder, head."""
-    _check_input_size(model, input_size, "(C, T, H, W)")
-    T, N, D = model.num_temporal, model.num_patches, model.embed_dim
-    counts = expert_token_counts(model.resolve_distribution(capacity), N)  # per temporal index
-    tubelet_volume = model.tubelet_size * model.patch_embed.patch_size[0] * model.patch_embed.patch_size[1]
-    temporal_hidden = model.temporal_blocks[0].mlp.fc1.out_features
-    temporal = len(model.temporal_blocks) * dense_block_flops(T, D, temporal_hidden)  # dense, no router
-    head = D * model.num_classes
-    spatial = T * mone_encoder_flops(model, counts)
-    return patch_embed_flops(T * N, D, model.in_chans, tubelet_volume) + spatial + temporal + head
-
-
-def _mod_flops(model: MoDVisionTransformer, input_size: Sequence[int], capacity: float | None) -> int:
-    """Mixture-of-Depths: dense blocks over all ``N`` tokens; a routed block spends its router (``N D``, a D -> 1
-    linear on every token) and a dense block over its ``k`` selected tokens. Greedy: one router, every block on
-    ``k`` tokens."""
-    _check_input_size(model, input_size, "(C, H, W)")
-    N, D = model.num_patches, model.embed_dim
-    k = model.num_selected(capacity)
-    mlp_hidden = model.blocks[0].mlp.fc1.out_features
-    routed, dense = len(model.routed_blocks), len(model.blocks) - len(model.routed_blocks)
-    routers = 1 if model.greedy else routed
-    blocks = routed * dense_block_flops(k, D, mlp_hidden) + dense * dense_block_flops(N, D, mlp_hidden)
-    patch_volume = model.patch_embed.patch_size[0] * model.patch_embed.patch_size[1]
-    return patch_embed_flops(N, D, model.in_chans, patch_volume) + routers * N * D + blocks + D * model.num_classes
-
-
-def _check_input_size(model: nn.Module, input_size: Sequence[int], layout: str) -> None:
+def check_input_size(model: nn.Module, input_size: Sequence[int], layout: str) -> None:
+    """ValueError unless ``input_size`` is the model's ``default_input_size`` (``layout`` names its axes)."""
     expected = tuple(model.default_input_size)
     if tuple(input_size) != expected:
         raise ValueError(f"input_size must be {layout} = {expected} for this model, got {tuple(input_size)}")
@@ -124,18 +98,15 @@ def count_flops(model: nn.Module, input_size: Sequence[int], capacity: CapacityL
     """Multiply-accumulates of one forward pass for one sample of shape ``input_size`` (no batch dimension).
 
     Args:
-        model: a MoNE model or a :class:`MoDVisionTransformer`.
+        model: a MoNE model or a :class:`~mone.models.MoDVisionTransformer` (any model with a
+            ``count_flops(input_size, capacity)`` method).
         input_size: ``(C, H, W)`` for images, ``(C, T, H, W)`` for clips.
         capacity: effective capacity or distribution (MoD: the fraction of tokens a routed block processes);
             ``None`` uses the model's default.
     """
-    if isinstance(model, MoneVisionTransformer):
-        return _vit_flops(model, input_size, capacity)
-    if isinstance(model, MoneViViT):
-        return _vivit_flops(model, input_size, capacity)
-    if isinstance(model, MoDVisionTransformer):
-        return _mod_flops(model, input_size, capacity)
-    raise ValueError(f"count_flops does not know models of type {type(model).__name__}")
+    if not callable(getattr(model, "count_flops", None)):
+        raise ValueError(f"count_flops does not know models of type {type(model).__name__}")
+    return model.count_flops(input_size, capacity)  # each model counts its own terms with the helpers above
 
 
 def dense_flops(model: nn.Module, input_size: Sequence[int]) -> int:

@@ -1,6 +1,6 @@
 """Nested-expert layers: attention, MLP and the transformer block, with timm's parameter names."""
 
-from .attention import NestedAttention
+from .attention import FUSED_ATTN, NestedAttention
 from .block import (
     NestedBlock,
     SortedTokens,
@@ -14,6 +14,7 @@ from .mlp import NestedMlp
 from .patch_embed import PatchEmbed
 
 __all__ = [
+    "FUSED_ATTN",
     "GroupLayout",
     "NestedAttention",
     "NestedBlock",

@@ -8,6 +8,9 @@ import torch.nn.functional as F
 
 from .linear import GroupLayout, nested_input_linear, nested_output_linear
 
+# The default of every ``fused_attn`` argument (layers and models), documented once in NestedAttention.
+FUSED_ATTN: bool | None = None
+
 
 class NestedAttention(nn.Module):
     """Multi-head self-attention whose expert ``j`` reads and writes only the first ``d_j`` features.
@@ -23,7 +26,7 @@ class NestedAttention(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int = 8, qkv_bias: bool = True, fused_attn: bool | None = None
+        self, dim: int, num_heads: int = 8, qkv_bias: bool = True, fused_attn: bool | None = FUSED_ATTN
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:

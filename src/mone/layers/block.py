@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ..routing import RoutingPlan
-from .attention import NestedAttention
+from .attention import FUSED_ATTN, NestedAttention
 from .linear import GroupLayout
 from .mlp import NestedMlp
 
@@ -28,7 +28,12 @@ class NestedBlock(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, fused_attn: bool | None = None
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        fused_attn: bool | None = FUSED_ATTN,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)

@@ -240,6 +240,15 @@ class AlphaMixin:
 class MoneModelMixin(AlphaMixin, TimmContractMixin):
     """Capacity, routing and alpha for an ``nn.Module`` with nested experts.
 
+    Constructor arguments every MoNE model takes (written here once; the models' docstrings point here):
+
+    * ``num_experts``: nested experts ``E`` (1 gives a dense model).
+    * ``capacity``: the default budget: an effective capacity in ``[2**-(E-1), 1]`` or a per-expert distribution.
+    * ``beta``, ``delta``: parameters of the capacity-distribution objective (docs/method.md).
+    * ``router``: ``"learned"`` (MoNE), ``"random"`` (the random-router baseline) or ``"attention"`` (see
+      :meth:`router_probs`).
+    * ``router_block``: the block whose input is routed; blocks before it run every token at full width.
+
     The host module sets ``embed_dim``, ``num_experts``, ``beta``, ``delta``, ``blocks`` (the encoder whose blocks
     from ``router_block`` on are routed; the router reads ``blocks[router_block].norm1``), ``router`` and ``alpha``
     before it calls :meth:`init_weights`, :meth:`init_routing` and :meth:`set_capacity`. Tokens entering the encoder

@@ -35,7 +35,8 @@ import torch.fx
 import torch.nn as nn
 
 from .._checks import check_bool
-from ..layers import GroupLayout, NestedBlock, PatchEmbed, dense_block_forward, run_block
+from ..flops import check_input_size, dense_block_flops, patch_embed_flops
+from ..layers import FUSED_ATTN, GroupLayout, NestedBlock, PatchEmbed, dense_block_forward, run_block
 from ._base import AlphaMixin, check_images, init_vit_weights, per_sample_capacity, validate_vit_args
 from ._contract import TimmContractMixin, build_registered_model, feature_take_indices, records_init_args
 from ._per_sample import group_by_capacity
@@ -72,8 +73,7 @@ class MoDVisionTransformer(AlphaMixin, TimmContractMixin, nn.Module):
         qkv_bias: bias on the qkv projection.
         capacity: default fraction of the tokens a routed block processes, in ``(0, 1]`` (at least one token).
         greedy: MoD-greedy: one router at block 0 and every block routed (see the module docstring).
-        fused_attn: ``True``: ``F.scaled_dot_product_attention``; ``False``: the explicit softmax path; ``None``:
-            the explicit path for bfloat16 on CPU (faster there), the fused kernel otherwise (:class:`NestedAttention`).
+        fused_attn: the attention kernel (:class:`~mone.layers.NestedAttention`; default ``FUSED_ATTN``).
     """
 
     def __init__(
@@ -89,7 +89,7 @@ class MoDVisionTransformer(AlphaMixin, TimmContractMixin, nn.Module):
         qkv_bias: bool = True,
         capacity: float = 0.125,
         greedy: bool = False,
-        fused_attn: bool | None = None,
+        fused_attn: bool | None = FUSED_ATTN,
     ) -> None:
         super().__init__()
         validate_vit_args(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, 1)
@@ -145,6 +145,20 @@ class MoDVisionTransformer(AlphaMixin, TimmContractMixin, nn.Module):
         """Fraction of the dense model's block linear-layer compute spent at ``capacity`` (floored token counts)."""
         depth, routed = len(self.blocks), len(self.routed_blocks)
         return ((depth - routed) + routed * self.num_selected(capacity) / self.num_patches) / depth
+
+    def count_flops(self, input_size: tuple[int, ...], capacity: float | None = None) -> int:
+        """Multiply-accumulates of one image's forward (see :func:`mone.count_flops`): dense blocks over all ``N``
+        tokens; a routed block spends its router (``N D``, a D -> 1 linear on every token) and a dense block over its
+        ``k`` selected tokens. Greedy: one router, every block on ``k`` tokens."""
+        check_input_size(self, input_size, "(C, H, W)")
+        N, D = self.num_patches, self.embed_dim
+        k = self.num_selected(capacity)
+        mlp_hidden = self.blocks[0].mlp.fc1.out_features
+        routed, dense = len(self.routed_blocks), len(self.blocks) - len(self.routed_blocks)
+        routers = 1 if self.greedy else routed
+        blocks = routed * dense_block_flops(k, D, mlp_hidden) + dense * dense_block_flops(N, D, mlp_hidden)
+        patch_area = self.patch_embed.patch_size[0] * self.patch_embed.patch_size[1]
+        return patch_embed_flops(N, D, self.in_chans, patch_area) + routers * N * D + blocks + D * self.num_classes
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups for timm's layer-wise decay: embeddings, one group per block with its router (MoD-greedy's

@@ -17,7 +17,9 @@ import torch.fx
 import torch.nn as nn
 
 from .._checks import check_int
-from ..layers import NestedBlock, PatchEmbed, SortedTokens, dense_block_forward
+from ..capacity import expert_token_counts
+from ..flops import check_input_size, mone_encoder_flops, patch_embed_flops
+from ..layers import FUSED_ATTN, NestedBlock, PatchEmbed, SortedTokens, dense_block_forward
 from ..routing import Router, RoutingPlan
 from ._base import ALPHA_MAX, CapacityLike, MoneModelMixin, check_images, per_sample_capacity, validate_vit_args
 from ._contract import build_registered_model, check_global_pool, feature_take_indices, records_init_args
@@ -42,13 +44,9 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         num_heads: attention heads.
         mlp_ratio: MLP hidden width over ``D``.
         qkv_bias: bias on the qkv projection.
-        num_experts: nested experts ``E`` (1 gives a dense ViT).
-        capacity: default effective capacity in ``[2**-(E-1), 1]``, or an explicit per-expert distribution.
-        beta, delta: parameters of the capacity-distribution objective (docs/method.md).
-        fused_attn: ``True``: ``F.scaled_dot_product_attention``; ``False``: the explicit softmax path; ``None``:
-            the explicit path for bfloat16 on CPU (faster there), the fused kernel otherwise (:class:`NestedAttention`).
-        router: ``"learned"`` (MoNE) or ``"random"`` (the random-router baseline; see :meth:`router_probs`).
-        router_block: the block whose input is routed; blocks before it run every token at full width.
+        num_experts, capacity, beta, delta: see :class:`~mone.models._base.MoneModelMixin`.
+        fused_attn: the attention kernel (:class:`~mone.layers.NestedAttention`; default ``FUSED_ATTN``).
+        router, router_block: see :class:`~mone.models._base.MoneModelMixin`.
         class_token: prepend a learned class token (``cls_token``), as timm.
         reg_tokens: number of learned register tokens (``reg_token``) after the class token.
         global_pool: ``"avg"`` (mean of the patch tokens, then ``fc_norm``), ``"token"`` (the class token, after the
@@ -74,7 +72,7 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
         capacity: CapacityLike = 1.0,
         beta: float = 10.0,
         delta: float = 2.0,
-        fused_attn: bool | None = None,
+        fused_attn: bool | None = FUSED_ATTN,
         router: str = "learned",
         router_block: int = 0,
         class_token: bool = False,
@@ -260,6 +258,16 @@ class MoneVisionTransformer(MoneModelMixin, nn.Module):
             self.fc_norm = nn.Identity()
             self.reset_classifier(0, "")
         return take
+
+    def count_flops(self, input_size: tuple[int, ...], capacity: CapacityLike | None = None) -> int:
+        """Multiply-accumulates of one image's forward (see :func:`mone.count_flops`): patch embedding, the encoder
+        at the realised token counts (:func:`mone.flops.mone_encoder_flops`), the head."""
+        check_input_size(self, input_size, "(C, H, W)")
+        N, D = self.num_patches, self.embed_dim
+        counts = expert_token_counts(self.resolve_distribution(capacity), N)
+        patch_area = self.patch_embed.patch_size[0] * self.patch_embed.patch_size[1]
+        embed = patch_embed_flops(N, D, self.in_chans, patch_area)
+        return embed + mone_encoder_flops(self, counts, self.num_prefix_tokens) + D * self.num_classes
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> tokens [B, P + N, D]: prefix tokens, patch tokens, position embeddings (timm's

@@ -23,7 +23,9 @@ import torch.fx
 import torch.nn as nn
 
 from .._checks import check_input_tensor, check_int
-from ..layers import NestedBlock, dense_blocks_forward
+from ..capacity import expert_token_counts
+from ..flops import check_input_size, dense_block_flops, mone_encoder_flops, patch_embed_flops
+from ..layers import FUSED_ATTN, NestedBlock, dense_blocks_forward
 from ..routing import Router, RoutingPlan
 from ._base import CapacityLike, MoneModelMixin, per_sample_capacity, validate_vit_args
 from ._contract import build_registered_model, records_init_args
@@ -66,16 +68,13 @@ class MoneViViT(MoneModelMixin, nn.Module):
         num_heads: attention heads (both encoders).
         mlp_ratio: MLP hidden width over ``D`` (both encoders).
         qkv_bias: bias on the qkv projections.
-        num_experts: nested experts ``E`` (1 gives a dense ViViT).
-        capacity: default effective capacity in ``[2**-(E-1), 1]``, or an explicit per-expert distribution.
-        beta, delta: parameters of the capacity-distribution objective (docs/method.md).
-        fused_attn: ``True``: ``F.scaled_dot_product_attention``; ``False``: the explicit softmax path; ``None``:
-            the explicit path for bfloat16 on CPU (faster there), the fused kernel otherwise (:class:`NestedAttention`).
+        num_experts, capacity, beta, delta: see :class:`~mone.models._base.MoneModelMixin`.
+        fused_attn: the attention kernel (:class:`~mone.layers.NestedAttention`; default ``FUSED_ATTN``).
         num_frames: input frames ``T``; must be divisible by ``tubelet_size``.
         tubelet_size: frames per tubelet ``t``.
         temporal_depth: dense temporal blocks.
-        router: ``"learned"`` (MoNE) or ``"random"`` (the random-router baseline; see :meth:`router_probs`).
-        router_block: the spatial block whose input is routed; spatial blocks before it are dense.
+        router, router_block: see :class:`~mone.models._base.MoneModelMixin` (``router_block`` counts spatial
+            blocks).
     """
 
     def __init__(
@@ -93,7 +92,7 @@ class MoneViViT(MoneModelMixin, nn.Module):
         capacity: CapacityLike = 1.0,
         beta: float = 10.0,
         delta: float = 2.0,
-        fused_attn: bool | None = None,
+        fused_attn: bool | None = FUSED_ATTN,
         num_frames: int = 32,
         tubelet_size: int = 2,
         temporal_depth: int = 4,
@@ -195,6 +194,18 @@ class MoneViViT(MoneModelMixin, nn.Module):
         of a clip runs at the clip's budget), as :meth:`MoneVisionTransformer.forward` does for images.
         """
         return self.forward_head(self.forward_features(x, capacity))
+
+    def count_flops(self, input_size: tuple[int, ...], capacity: CapacityLike | None = None) -> int:
+        """Multiply-accumulates of one clip's forward (see :func:`mone.count_flops`): tubelet embedding, the nested
+        spatial encoder once per temporal index, the dense temporal encoder, the head."""
+        check_input_size(self, input_size, "(C, T, H, W)")
+        T, N, D = self.num_temporal, self.num_patches, self.embed_dim
+        counts = expert_token_counts(self.resolve_distribution(capacity), N)  # per temporal index
+        tubelet_volume = self.tubelet_size * self.patch_embed.patch_size[0] * self.patch_embed.patch_size[1]
+        temporal_hidden = self.temporal_blocks[0].mlp.fc1.out_features
+        temporal = len(self.temporal_blocks) * dense_block_flops(T, D, temporal_hidden)  # dense, no router
+        spatial = T * mone_encoder_flops(self, counts)
+        return patch_embed_flops(T * N, D, self.in_chans, tubelet_volume) + spatial + temporal + D * self.num_classes
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Clips [B, C, T, H, W] -> tubelet tokens [B * T', N, D], time folded into the batch (EPR per index)."""
