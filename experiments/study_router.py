@@ -8,7 +8,8 @@ draws, router initialisation), not the shared starting model. Arms:
     paper router (the demo's recipe today); straight-through router gradient; router supervised by the tokens'
     attention received (``router_target="attention"``), alone and with the straight-through gradient;
     attention-scored routing with no router parameters (``router="attention"``, EViT); the paper router evaluated
-    with a random router; and the supervised router with capacity 1.0 among the sampled budgets.
+    with a random router; the supervised router with capacity 1.0 among the sampled budgets; and the learned router
+    ranking tokens by one score (``router="ordinal"``), supervised and not.
 
 Each trained model is evaluated at capacities 0.25 / 0.5 / 0.75 / 1.0 on the val and test splits (2,000 images each),
 and its localisation measured: the share of digit tokens and of background tokens that EPR sends to the two largest
@@ -45,6 +46,7 @@ SHARE_CAPACITIES = (0.25, 0.5, 0.75)
 HALF_WIDTH = (0.0, 0.0, 1.0, 0.0)
 ASSETS = files("mone") / "assets"
 PAPER = "paper router"
+ORDINAL = "ordinal router, attention-supervised"
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -78,6 +80,9 @@ def arms(quick: bool) -> list[Arm]:
         Arm("attention router (no parameters)", (fine_tune(router="attention"),), CAPACITIES, init=init),
         Arm(f"{PAPER}, random router at eval", (), CAPACITIES, router="random", reuse=PAPER, family="random"),
         Arm("attention-supervised router, capacities to 1.0", (with_full(supervised),), CAPACITIES, init=init),
+        # the same router ranking tokens by one score (the expected expert) instead of per-expert probabilities
+        Arm(ORDINAL, (fine_tune(router="ordinal", router_target="attention"),), CAPACITIES, init=init),
+        Arm("ordinal router, paper training", (fine_tune(router="ordinal"),), CAPACITIES, init=init),
     ]
     if quick:
         listed.insert(0, Arm("nested (quick)", (quick_nested,), family="matvit"))

@@ -60,7 +60,13 @@ def test_distribution_of_any_sequence_type(model, images, as_type):
     distribution = capacity_distribution(0.3)
     with torch.no_grad():
         expected = model(images, capacity=distribution)
-        torch.testing.assert_close(model(images, capacity=as_type(distribution)), expected, rtol=0, atol=0)
+        if as_type is tuple:  # a model's forward reads a tuple as one distribution, the rest as one budget per image
+            torch.testing.assert_close(model(images, capacity=as_type(distribution)), expected, rtol=0, atol=0)
+        else:
+            with pytest.raises(ValueError, match=f"needs {len(images)} entries .*, got 4; .* distribution as a tuple"):
+                model(images, capacity=as_type(distribution))
+    model.set_capacity(as_type(distribution))  # set_capacity and create_model take any sequence as a distribution
+    assert model.distribution == pytest.approx(distribution, rel=1e-6)  # float32 tensors round
     probs = torch.rand(2, 9, 4).softmax(-1)
     assert torch.equal(expert_preferred_routing(probs, as_type(distribution)),
                        expert_preferred_routing(probs, distribution))
@@ -74,7 +80,8 @@ def test_capacity_that_is_neither_number_nor_distribution(model, images, bad):
         with pytest.raises(ValueError, match=r"capacity must be a number in \[0.125, 1\], got None"):
             capacity_distribution(bad)
         return
-    with pytest.raises(ValueError, match=message):
+    per_image = "a capacity (Tensor|ndarray) holds one budget per image, shape \\[B\\] = \\[2\\]; got shape \\(2, 2\\)"
+    with pytest.raises(ValueError, match=per_image if getattr(bad, "ndim", 0) == 2 else message):
         model(images, capacity=bad)
     with pytest.raises(ValueError, match=message):
         model.set_capacity(bad)

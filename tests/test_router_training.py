@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
-from mone import MoneVisionTransformer, capacity_distribution, count_flops
+from mone import MoneVisionTransformer, capacity_distribution, count_flops, create_model
 from mone.importance import attention_received, importance_probs, importance_routing, router_distillation_loss
 from mone.layers.block import mlp_scale
 from mone.train import TrainConfig
@@ -237,3 +237,40 @@ def test_a_run_saved_before_the_router_settings_existed_resumes(tmp_path):
     train(config, resume=True, progress=False)
     with pytest.raises(ValueError, match="router_target"):
         train(config.replace(steps=5, router_target="attention"), resume=True, progress=False)
+
+
+def test_ordinal_router_ranks_every_expert_by_the_expected_expert():
+    torch.manual_seed(0)
+    model = randomise_(MoneVisionTransformer(router="ordinal", **SMALL).double())
+    images = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    tokens = model.blocks[0].norm1(model.patch_embed(images) + model.pos_embed)
+    probs = (tokens @ model.router.weight.T + model.router.bias).softmax(-1)
+    score = (probs * torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)).sum(-1) / 3
+    for capacity in (0.2, 0.5, 0.8):
+        _, plan = model.forward_features(images, capacity, return_plan=True)
+        assert torch.equal(plan.expert, reference_epr(score.unsqueeze(-1).expand(-1, -1, 4),
+                                                      capacity_distribution(capacity)))
+        for b in range(3):  # one ranking for every expert: a higher score never sits on a smaller expert
+            order = score[b].argsort(descending=True)
+            assert torch.all(plan.expert[b, order][:-1] >= plan.expert[b, order][1:])
+    model.set_router("learned")  # the same parameters, the paper's per-expert ranking: another routing here
+    _, paper = model.forward_features(images, 0.5, return_plan=True)
+    assert torch.equal(paper.expert, reference_epr(probs, capacity_distribution(0.5)))
+
+
+def test_ordinal_router_trains_and_costs_what_the_learned_one_costs(tmp_path):
+    from mone.train.loop import train
+
+    model = MoneVisionTransformer(router="ordinal", fused_attn=False, **SMALL)
+    assert all(p.requires_grad for p in model.router.parameters())
+    learned = MoneVisionTransformer(fused_attn=False, **SMALL)
+    assert count_flops(model, model.default_input_size, 0.5) == count_flops(learned, learned.default_input_size, 0.5)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, *model.default_input_size), capacity=0.5)
+    assert count_flops(model, model.default_input_size, 0.5) == counter.get_total_flops() // 2
+    kwargs = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, router="ordinal")
+    trained = train(tiny_config(tmp_path, model_kwargs=kwargs, router_target="attention"), progress=False).model
+    assert trained.router_mode == "ordinal"
+    torch.manual_seed(0)  # as the trainer seeds the initialisation
+    initial = create_model("mone_vit_test", **kwargs, num_classes=10, in_chans=1)
+    assert initial.router_mode == "ordinal" and not torch.equal(trained.router.weight, initial.router.weight)

@@ -712,6 +712,11 @@ def test_only_weight_matrices_get_weight_decay(alpha_lr_scale):
     assert {names[id(p)] for group in groups for p in group["params"]} == set(names.values())  # each param once
     if alpha_lr_scale is not None:
         assert [names[id(p)] for p in groups[2]["params"]] == ["alpha"] and groups[2]["lr_scale"] == alpha_lr_scale
+    tokens = create_model("mone_vit_test", **dict(TINY_MODEL, class_token=True, reg_tokens=2, global_pool="token"))
+    names = {id(param): name for name, param in tokens.named_parameters()}
+    decayed = {names[id(p)] for group in _param_groups(tokens, 0.05, alpha_lr_scale) if group["weight_decay"] > 0
+               for p in group["params"]}
+    assert decayed == DECAYED  # the class and register tokens [1, k, D] are not decayed either
 
 
 def _smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:

@@ -67,16 +67,11 @@ def mone_encoder_flops(
     model: MoneVisionTransformer | MoneViViT, counts: Sequence[int], num_prefix_tokens: int = 0
 ) -> int:
     """A MoNE encoder on one group of ``sum(counts)`` routed tokens and ``num_prefix_tokens`` unrouted ones: dense
-    blocks before ``router_block``, the router (``N D E`` over the routed tokens; for the attention router a q/k
-    projection and the attention map, ``2 N D^2 + N^2 D``; none for a random router or a single expert), nested
-    blocks from ``router_block`` on (prefix tokens on the largest expert)."""
+    blocks before ``router_block``, the router over the routed tokens (``model.router_flops``), nested blocks from
+    ``router_block`` on (prefix tokens on the largest expert)."""
     N, D, P = sum(counts), model.embed_dim, num_prefix_tokens
     mlp_hidden = model.blocks[0].mlp.fc1.out_features
-    router = 0
-    if model.num_experts > 1 and model.router_mode == "learned":
-        router = N * D * model.num_experts
-    elif model.num_experts > 1 and model.router_mode == "attention":
-        router = 2 * N * D * D + N * N * D
+    router = model.router_flops(N)
     if P:
         counts = (*counts[:-1], counts[-1] + P)
     dense_depth, routed_depth = model.router_block, len(model.blocks) - model.router_block

@@ -5,9 +5,11 @@ otherwise), and one scalar alpha; EPR runs on one group of tokens at a time (an 
 clip). Blocks before the router block are dense; the routing is reused by every later block. :class:`MoneModelMixin`
 holds the methods that only depend on those pieces, so each model file keeps just its own layout.
 
-Routers (docs/method.md, :meth:`MoneModelMixin.router_probs`): ``"learned"`` (the paper's linear router),
-``"random"`` (the paper's random-router baseline: random probabilities with the same EPR capacities) and
-``"attention"`` (no parameters: tokens ranked by the full-width attention they receive in the router block, as EViT).
+Routers (docs/method.md, :meth:`MoneModelMixin.router_probs`): ``"learned"`` (the paper's linear router, each expert
+ranking tokens by its own probability), ``"ordinal"`` (the same router and parameters, every expert ranking tokens by
+one score, the expected expert index), ``"random"`` (the paper's random-router baseline: random probabilities with the
+same EPR capacities) and ``"attention"`` (no parameters: tokens ranked by the full-width attention they receive in the
+router block, as EViT).
 How a learned router is trained is the trainer's choice (``router_gradient``, ``router_target`` in
 :class:`mone.train.TrainConfig`); ``router_gradient`` is also a model attribute because the straight-through
 gradient lives in the forward (the forward's values are the same either way).
@@ -45,6 +47,7 @@ __all__ = [
     "CapacityLike",
     "MoneModelMixin",
     "RoutingSettings",
+    "LEARNED_ROUTERS",
     "ROUTER_GRADIENTS",
     "ROUTER_MODES",
     "check_images",
@@ -57,7 +60,8 @@ __all__ = [
 ]
 
 ALPHA_MAX = 0.999  # alpha lives in [0, 1) (docs/method.md)
-ROUTER_MODES = ("learned", "random", "attention")
+ROUTER_MODES = ("learned", "ordinal", "random", "attention")
+LEARNED_ROUTERS = ("learned", "ordinal")  # the modes that run (and train) the router's parameters
 ROUTER_GRADIENTS = ("paper", "straight_through")  # see mone.layers.block.mlp_scale
 
 CapacityLike = float | Sequence[float]
@@ -184,7 +188,24 @@ def score_tokens(
         with torch.no_grad():
             importance = attention_received(block.attn, block.norm1(tokens))  # [G, N]
         return importance_probs(importance.float(), num_experts)  # [G, N, E]
-    return router(block.norm1(tokens))  # [G, N, E]
+    probs = router(block.norm1(tokens))  # [G, N, E]
+    if router_mode == "ordinal":
+        return ordinal_scores(probs)
+    return probs
+
+
+def ordinal_scores(probs: torch.Tensor) -> torch.Tensor:
+    """Router probabilities [G, N, E] -> the expected expert index over ``E - 1`` (in [0, 1]) in every column [G, N, E].
+
+    EPR with these scores ranks the tokens of a group the same way for every expert, so at any budget the larger
+    experts take the tokens the router rates most important. With the paper's per-expert columns a token that is
+    likely to belong on a middle expert can outrank a more important one there, and the ranking changes with the
+    budget. The MLP scale ``alpha * r + 1`` then uses the score.
+    """
+    E = probs.shape[-1]
+    experts = torch.arange(E, dtype=probs.dtype, device=probs.device)
+    score = (probs * experts).sum(dim=-1, keepdim=True) / max(E - 1, 1)  # [G, N, 1]
+    return score.expand(*probs.shape)
 
 
 def route_tokens(
@@ -245,8 +266,8 @@ class MoneModelMixin(AlphaMixin, TimmContractMixin):
     * ``num_experts``: nested experts ``E`` (1 gives a dense model).
     * ``capacity``: the default budget: an effective capacity in ``[2**-(E-1), 1]`` or a per-expert distribution.
     * ``beta``, ``delta``: parameters of the capacity-distribution objective (docs/method.md).
-    * ``router``: ``"learned"`` (MoNE), ``"random"`` (the random-router baseline) or ``"attention"`` (see
-      :meth:`router_probs`).
+    * ``router``: ``"learned"`` (MoNE), ``"ordinal"`` (the learned router ranking tokens by one score),
+      ``"random"`` (the random-router baseline) or ``"attention"`` (see :meth:`router_probs`).
     * ``router_block``: the block whose input is routed; blocks before it run every token at full width.
 
     The host module sets ``embed_dim``, ``num_experts``, ``beta``, ``delta``, ``blocks`` (the encoder whose blocks
@@ -304,17 +325,17 @@ class MoneModelMixin(AlphaMixin, TimmContractMixin):
         self.set_router(router)
 
     def set_router(self, router: str) -> None:
-        """Route with the ``"learned"`` router, a ``"random"`` one (the paper's random-router baseline) or by
-        ``"attention"`` received (see :meth:`router_probs`).
+        """Route with the ``"learned"`` router, the same router ranked by one score (``"ordinal"``), a ``"random"``
+        one (the paper's random-router baseline) or by ``"attention"`` received (see :meth:`router_probs`).
 
         Switch a trained model to ``"random"`` to evaluate it with random routing. The router's parameters are kept
-        but take no part in a random or attention forward, so this also sets their ``requires_grad`` to
-        ``router == "learned"`` (an unused parameter would otherwise stall DistributedDataParallel).
+        but take no part in a random or attention forward, so this also sets their ``requires_grad`` to whether the
+        mode is one of :data:`LEARNED_ROUTERS` (an unused parameter would otherwise stall DistributedDataParallel).
         """
         if router not in ROUTER_MODES:
             raise ValueError(f"router must be one of {', '.join(ROUTER_MODES)}, got {router!r}")
         self.router_mode = router
-        self.router.requires_grad_(router == "learned")
+        self.router.requires_grad_(router in LEARNED_ROUTERS)
 
     def set_router_gradient(self, gradient: str) -> None:
         """How a learned router gets its gradient in training: ``"paper"`` (only through ``alpha * r + 1``, zero while
@@ -327,7 +348,9 @@ class MoneModelMixin(AlphaMixin, TimmContractMixin):
     def router_probs(self, tokens: torch.Tensor) -> torch.Tensor:
         """Router probabilities [G, N, E] for the tokens [G, N, D] that enter block ``router_block``.
 
-        ``"learned"``: ``softmax(W_r LN1(x) + b_r)``, with the router block's norm1 (docs/method.md). ``"random"``:
+        ``"learned"``: ``softmax(W_r LN1(x) + b_r)``, with the router block's norm1 (docs/method.md). ``"ordinal"``:
+        the same probabilities turned into one score per token, the same in every column (:func:`ordinal_scores`).
+        ``"random"``:
         the softmax of standard normals drawn from torch's global RNG on the tokens' device (so seeding, checkpointed
         RNG states and DDP work as for any random op). EPR then gives every expert its exact capacity from a random
         ranking, and the MLP scaling ``alpha * r_j + 1`` uses these random probabilities; no gradient reaches the
@@ -338,6 +361,17 @@ class MoneModelMixin(AlphaMixin, TimmContractMixin):
         """
         return score_tokens(tokens, self.blocks[self.router_block], self.router, self.router_mode, self.num_experts)
 
+    def router_flops(self, num_tokens: int) -> int:
+        """Multiply-accumulates of routing ``num_tokens`` tokens of one group: ``N D E`` for a learned router, a q/k
+        projection and the attention map (``2 N D^2 + N^2 D``) for the attention router, none for a random router
+        or a single expert (whose router output is always 1 and is not counted)."""
+        N, D = num_tokens, self.embed_dim
+        if self.num_experts == 1 or self.router_mode == "random":
+            return 0
+        if self.router_mode == "attention":
+            return 2 * N * D * D + N * N * D
+        return N * D * self.num_experts
+
     @property
     def routing_settings(self) -> RoutingSettings:
         """The model's current router mode, prefix tokens, experts and default budget, as routing reads them."""
@@ -347,7 +381,7 @@ class MoneModelMixin(AlphaMixin, TimmContractMixin):
     @property
     def straight_through(self) -> bool:
         """Whether the MLP scale carries the straight-through router gradient (see :meth:`set_router_gradient`)."""
-        return self.router_gradient == "straight_through" and self.router_mode == "learned"
+        return self.router_gradient == "straight_through" and self.router_mode in LEARNED_ROUTERS
 
     def route(self, tokens: torch.Tensor, capacity: CapacityLike | None = None) -> RoutingPlan:
         """Router and EPR for the tokens [G, P + N, D] entering the router block, each of the G groups on its own.

@@ -38,6 +38,7 @@ from ..data import build_dataset
 from ..flops import count_flops
 from ..importance import attention_received, importance_routing, router_distillation_loss
 from ..models import create_model, load_dense_weights, needs_upcycling
+from ..models._base import LEARNED_ROUTERS
 from .checkpoint import (
     CHECKPOINT_NAME,
     LEGACY_JSON_NAME,
@@ -238,19 +239,21 @@ def _load_initial_weights(model: nn.Module, path: str) -> None:
 
 
 def _param_groups(model: nn.Module, weight_decay: float, alpha_lr_scale: float | None = None) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices only; biases, norms, position embeddings and alpha are not decayed.
+    """Weight decay on weight matrices only; biases, norms, position embeddings, class and register tokens (the
+    model's ``no_weight_decay()``) and alpha are not decayed.
 
     With ``alpha_lr_scale`` alpha gets a third group whose learning rate is the schedule's times that factor
     (``lr_scale``); without it there are two groups, as in every earlier run's optimiser state.
     """
     decay, no_decay, alpha = [], [], []
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()  # timm's contract: prefix tokens
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         if name == "alpha" and alpha_lr_scale is not None:
             alpha.append(param)
             continue
-        (decay if param.ndim >= 2 and "pos_embed" not in name else no_decay).append(param)
+        (decay if param.ndim >= 2 and "pos_embed" not in name and name not in skip else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if alpha:
         groups.append({"params": alpha, "weight_decay": 0.0, "lr_scale": alpha_lr_scale})
@@ -262,7 +265,7 @@ def _check_router_settings(model: nn.Module, config: TrainConfig) -> None:
     asked = [f"{name}={getattr(config, name)}" for name, default in (("router_gradient", "paper"),
                                                                      ("router_target", "none"))
              if getattr(config, name) != default]
-    if asked and getattr(model, "router_mode", None) != "learned":
+    if asked and getattr(model, "router_mode", None) not in LEARNED_ROUTERS:
         raise ValueError(f"{' and '.join(asked)} need a model with a learned router; {config.model} has "
                          f"{getattr(model, 'router_mode', 'no MoNE router')!r}")
 
