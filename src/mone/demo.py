@@ -17,9 +17,11 @@ every comparison.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
+import statistics
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -29,6 +31,7 @@ import torch
 
 from ._extras import require
 from ._io import atomic_write_text, prepare_output_dir, save_figure
+from ._timing import time_round_robin
 from .configs import demo as demo_config
 from .data import build_dataset
 from .models import create_model
@@ -45,6 +48,8 @@ PRETRAINED = {variant: files("mone") / "assets" / f"demo_{variant}_seed0.safeten
 EVAL_CAPACITIES = (0.25, 0.5, 0.75, 1.0)
 SHARE_CAPACITIES = (0.25, 0.5, 0.75)
 TEST_SAMPLES = 5000
+CLOCK_ROUNDS = 21  # round-robin rounds of the speed comparison (one forward of each model per round)
+CLOCK_SPREAD = 0.2  # a speed ratio whose interquartile range exceeds this fraction of its median settles nothing
 HALF_WIDTH = (0.0, 0.0, 1.0, 0.0)  # every token on the third nested expert: the D/2-wide ViT inside the model
 LABELS = {
     "dense": "dense ViT (4 layers)",
@@ -52,6 +57,36 @@ LABELS = {
     "matvit_half": "MatViT half-width ViT (the nested model alone)",
     "finetune": "MoNE (dense ViT -> nested -> adaptive)",
 }
+
+
+@torch.inference_mode()
+def clock(
+    models: dict[str, tuple[torch.nn.Module, Any]], images: torch.Tensor, rounds: int = CLOCK_ROUNDS
+) -> dict[str, list[float]]:
+    """Seconds per forward pass of each ``(model, capacity)`` on ``images``, timed round-robin as ``mone bench`` does
+    (one call of each per round, so a busy machine slows every model alike): ``rounds`` values per model."""
+    calls = {name: functools.partial(model, images, capacity=capacity) for name, (model, capacity) in models.items()}
+    return time_round_robin(calls, rounds, warmup=2, synchronize=lambda: None)
+
+
+def speed_ratio(times: dict[str, list[float]], model: str, reference: str) -> dict[str, float]:
+    """How many times ``reference``'s images/s ``model`` runs at: the median and quartiles over rounds of the two
+    models' seconds in the same round (``reference / model``)."""
+    q1, median, q3 = statistics.quantiles([r / m for r, m in zip(times[reference], times[model])], n=4)
+    return {"speedup": median, "q1": q1, "q3": q3}
+
+
+def clock_words(ratio: dict[str, float], reference: str) -> str:
+    """A :func:`speed_ratio` in words: faster, slower, no clear difference, or too noisy to say."""
+    spread = (f"{ratio['speedup']:.2f}x the {reference}'s images/s (quartiles over rounds {ratio['q1']:.2f}-"
+              f"{ratio['q3']:.2f}x)")
+    if ratio["q3"] - ratio["q1"] > CLOCK_SPREAD * ratio["speedup"]:
+        return f"{spread}: the rounds differ too much on this machine now to conclude"
+    if ratio["q1"] > 1:
+        return f"{spread}: faster"
+    if ratio["q3"] < 1:
+        return f"{spread}: slower"
+    return f"{spread}: no clear difference"
 
 
 def _verdict(dense: float, mone: float, num_samples: int) -> tuple[str, float]:
@@ -128,6 +163,10 @@ def run_demo(
     results[LABELS["matvit_half"]][0]["capacity"] = 1.0  # a model of its own: all of its (half-width) layers
     results[LABELS["finetune"]] = evaluate(models["finetune"], test, EVAL_CAPACITIES, CPU_BATCH_SIZE)
     mone = models["finetune"]
+    times = clock({"dense": (models["dense"], 1.0), "dense_half": (models["dense_half"], 1.0),
+                   "matvit_half": (models["upcycle"], HALF_WIDTH), "mone": (mone, 0.5)},
+                  torch.stack([test[i][0] for i in range(min(CPU_BATCH_SIZE, len(test)))]),
+                  rounds=5 if local else CLOCK_ROUNDS)
 
     write_results(results, output_dir)
     plot_tradeoff(results, output_dir / "accuracy_vs_compute.png")
@@ -152,8 +191,9 @@ def run_demo(
         "verdict_vs_matvit_half": _verdict(matvit_half["top1"], mone_half["top1"], matvit_half["num_samples"])[0],
         "margin": margin,
         "flops_ratio": dense["gflops"] / mone_half["gflops"],
-        "speedup_vs_dense": mone_half["images_per_s"] / dense["images_per_s"],
-        "speedup_vs_dense_half": mone_half["images_per_s"] / half["images_per_s"],
+        "speed_vs_dense": speed_ratio(times, "mone", "dense"),
+        "speed_vs_dense_half": speed_ratio(times, "mone", "dense_half"),
+        "speed_vs_matvit_half": speed_ratio(times, "mone", "matvit_half"),
         "train_seconds": train_seconds,
         "fine_tune_steps": steps_run["finetune"],
         "checkpoints": {variant: str(path) for variant, path in checkpoints.items()},
@@ -205,22 +245,19 @@ def plot_tradeoff(results: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _answer(words: dict[str, str], accuracy: dict[str, float], speed: dict[str, float], mone_speed: float) -> str:
-    """Which model to pick at half the compute, from MoNE's verdict against each same-FLOPs model (``words``, by
-    name): the most accurate of them (``accuracy`` in %) when one beats MoNE; else the ones MoNE is only level
-    with; else MoNE. Then which of them run faster than MoNE (``mone_speed``, ``speed`` in images/s) on the clock."""
+def _answer(words: dict[str, str], accuracy: dict[str, float]) -> str:
+    """Which model to pick at half the compute, by accuracy, from MoNE's verdict against each same-FLOPs model
+    (``words``, by name): the most accurate of them (``accuracy`` in %) when one beats MoNE; else the ones MoNE is
+    only level with; else MoNE."""
     if "does not match" in words.values():
         best = max(accuracy, key=accuracy.get)
         return ("At this scale MoNE does not beat a dense ViT of the same FLOPs; for half the compute, the most "
                 f"accurate model here is: {best}, {accuracy[best]:.2f}%.")
-    faster = " and ".join(f"the {name} runs {speed[name] / mone_speed:.2f}x" for name in speed
-                          if speed[name] > mone_speed)
-    clock = f"; on this machine's clock {faster} MoNE's images/s." if faster else "."
     level = [name for name, word in words.items() if word == "matches"]
     if level:
         return ("By accuracy, MoNE at half the compute is not ahead of the " + " and the ".join(level)
-                + ": level within two standard errors" + clock)
-    return "By accuracy, MoNE at half the compute is the model to pick here" + clock
+                + ": level within two standard errors.")
+    return "By accuracy, MoNE at half the compute is the model to pick here."
 
 
 def _budgets(rows: dict[float, dict[str, float]], dense: float) -> str:
@@ -242,13 +279,11 @@ def _report(
     pct = {k: 100 * summary[k] for k in ("dense_top1", "dense_half_top1", "matvit_half_top1", "mone_at_0.5_top1")}
     mone_rows = {r["capacity"]: r for r in results[LABELS["finetune"]]}
     dense_row = results[LABELS["dense"]][0]
-    speed = summary["speedup_vs_dense"]
     width = configs["upcycle"].model_kwargs["embed_dim"]
     same_flops = {LABELS["dense_half"]: pct["dense_half_top1"], LABELS["matvit_half"]: pct["matvit_half_top1"]}
     words = {LABELS["dense_half"]: summary["verdict_vs_dense_half"],
              LABELS["matvit_half"]: summary["verdict_vs_matvit_half"]}
-    speeds = {name: results[name][0]["images_per_s"] for name in same_flops}
-    answer = _answer(words, same_flops, speeds, mone_rows[0.5]["images_per_s"])
+    answer = _answer(words, same_flops)
     verdict = [
         f"**At capacity 0.5, MoNE {summary['verdict_vs_dense']} the full dense ViT** ({pct['mone_at_0.5_top1']:.2f}% "
         f"against {pct['dense_top1']:.2f}% top-1, {summary['flops_ratio']:.2f}x fewer FLOPs; two standard errors of "
@@ -257,11 +292,12 @@ def _report(
         f"{summary['verdict_vs_matvit_half']} the half-width ViT of its own nested model** "
         f"({pct['matvit_half_top1']:.2f}%, the same FLOPs). {answer}",
         "",
-        f"On the clock (this machine, forward passes of batch {CPU_BATCH_SIZE}): MoNE at 0.5 runs at {speed:.2f}x the "
-        f"full dense ViT's images/s and {summary['speedup_vs_dense_half']:.2f}x the half-FLOPs dense ViT's. "
-        + (f"At this small width (D={width}, smallest expert {width // 8} features) the per-expert kernels and the "
-           "routing cost much of what the multiply-adds save." if speed < 1.2 else
-           "The FLOP savings show on the clock."),
+        f"On the clock (this machine, forward passes of batch {CPU_BATCH_SIZE}, the models timed round-robin, "
+        f"{CLOCK_ROUNDS} rounds): MoNE at 0.5 runs at {clock_words(summary['speed_vs_dense'], 'dense ViT')}; at "
+        f"{clock_words(summary['speed_vs_dense_half'], 'half-FLOPs dense ViT')}; at "
+        f"{clock_words(summary['speed_vs_matvit_half'], 'half-width ViT')}. At this small width (D={width}, smallest "
+        f"expert {width // 8} features) the per-expert kernels and the routing cost much of what the multiply-adds "
+        "save (docs/performance.md).",
         "",
         _budgets(mone_rows, dense_row["top1"]),
     ]
@@ -359,6 +395,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"MoNE at 0.5 {s['verdict_vs_dense']} the dense ViT ({100 * s['mone_at_0.5_top1']:.2f}% vs "
           f"{100 * s['dense_top1']:.2f}%, {s['flops_ratio']:.2f}x fewer FLOPs), {s['verdict_vs_dense_half']} the "
           f"half-FLOPs dense ViT ({100 * s['dense_half_top1']:.2f}%) and {s['verdict_vs_matvit_half']} MatViT's "
-          f"half-width ViT ({100 * s['matvit_half_top1']:.2f}%); {s['speedup_vs_dense']:.2f}x the dense ViT's "
-          f"images/s ({s['total_seconds']:.0f} s). Report: {Path(args.output) / 'README.md'}")
+          f"half-width ViT ({100 * s['matvit_half_top1']:.2f}%); {clock_words(s['speed_vs_dense'], 'dense ViT')} "
+          f"({s['total_seconds']:.0f} s). Report: {Path(args.output) / 'README.md'}")
     return 0

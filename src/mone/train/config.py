@@ -11,10 +11,12 @@ from .._checks import check_int
 from .._settings import setting
 from ..models._base import ROUTER_GRADIENTS
 
-__all__ = ["CAPACITY_MODES", "PAPER_CAPACITIES", "PRECISIONS", "ROUTER_GRADIENTS", "ROUTER_TARGETS", "TrainConfig"]
+__all__ = ["ADDED_FIELDS", "CAPACITY_MODES", "PAPER_CAPACITIES", "PRECISIONS", "ROUTER_GRADIENTS", "ROUTER_TARGETS", "TrainConfig"]
 
 CAPACITY_MODES = ("fixed", "adaptive", "nested")
 ROUTER_TARGETS = ("none", "attention")
+# Fields added after runs were saved without them, with the value those runs trained with (a resume compares them).
+ADDED_FIELDS = {"router_gradient": "paper", "router_target": "none", "router_loss_weight": 1.0}
 PRECISIONS = ("fp32", "bf16")
 PAPER_CAPACITIES = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)  # docs/method.md, adaptive training
 

@@ -50,7 +50,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import TrainConfig
+from .config import ADDED_FIELDS, TrainConfig
 from .run_dir import (
     CONFIG_NAME,
     METRICS_NAME,
@@ -77,8 +77,6 @@ _logger = logging.getLogger(__name__)
 
 # Fields that may differ between a run and its resumption without changing what is computed.
 _RESUME_MAY_CHANGE = {"output_dir", "log_every", "num_workers", "device", "data_dir", "checkpoint_every"}
-# Fields added after runs were saved without them, with the value those runs trained with.
-_ADDED_FIELDS = {"router_gradient": "paper", "router_target": "none", "router_loss_weight": 1.0}
 
 
 # -- what to train on at each step --------------------------------------------------------------------------------
@@ -286,7 +284,7 @@ def start_step_of(checkpoint: Checkpoint | None) -> int:
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, source: Path) -> None:
     now = config.to_dict()
-    saved = {**_ADDED_FIELDS, **saved}  # a run saved before a field existed trained with its default
+    saved = {**ADDED_FIELDS, **saved}  # a run saved before a field existed trained with its default
     for key in sorted(set(saved) | set(now)):
         if key not in _RESUME_MAY_CHANGE and saved.get(key) != now.get(key):
             raise ValueError(
