@@ -10,13 +10,18 @@ import pytest
 import torch
 
 from mone import count_flops, create_model, realised_capacity
-from mone._settings import add_setting_arguments, setting, setting_changes
-from mone.bench import BenchConfig
+from mone._settings import DEVICE_HELP, add_setting_arguments, setting, setting_changes, settings_from_args
+from mone.bench import BenchConfig, BenchFiles
 from mone.cli import build_parser, main
 from mone.configs import VIDEO_VARIANTS, get_config, list_configs, video
+from mone.export_cli import ExportSettings
+from mone.flops_cli import FlopsSettings
+from mone.latency import CalibrateCommand, CalibrateConfig
 from mone.train.checkpoint import load_model
-from mone.train.cli import config_from_args
+from mone.train.cli import TrainCommand, config_from_args
 from mone.train.config import TrainConfig
+from mone.train.evaluate import EvalSettings
+from mone.viz import VizSettings
 
 
 def one_line_error(capsys, argv) -> str:
@@ -276,3 +281,39 @@ def test_a_new_setting_field_becomes_a_flag_of_its_kind():
     assert "how many (default: 1)" in parser.format_help() and "--internal" not in parser.format_help()
     with pytest.raises(SystemExit):
         parser.parse_args(["--name", "c"])
+
+
+def test_positional_and_required_settings():
+    @dataclasses.dataclass
+    class Settings:
+        paths: tuple[str, ...] = setting(positional=True, help="inputs")
+        output: str = setting(help="where")  # no default: a required option
+        count: int = setting(1, help="how many")
+
+    parser = argparse.ArgumentParser()
+    add_setting_arguments(parser, Settings)
+    assert settings_from_args(parser.parse_args(["a", "b", "--output", "o"]), Settings) == Settings(("a", "b"), "o")
+    for argv in (["a"], ["--output", "o"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    with pytest.raises(TypeError):
+        setting(1, positional=True, help="a positional has no default")
+
+
+# Every option of every subcommand is a setting() field of these dataclasses (demo's are still its own).
+COMMAND_SETTINGS = {
+    "train": (TrainCommand, TrainConfig), "eval": (EvalSettings,), "viz": (VizSettings,), "flops": (FlopsSettings,),
+    "export": (ExportSettings,), "bench": (BenchConfig, BenchFiles), "calibrate": (CalibrateCommand, CalibrateConfig),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_SETTINGS))
+def test_every_option_of_a_command_is_a_setting_field(command):
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    fields = {f.name: f for cls in COMMAND_SETTINGS[command] for f in dataclasses.fields(cls) if "help" in f.metadata}
+    options = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert set(options) == set(fields)
+    for name, action in options.items():
+        assert action.help.startswith(fields[name].metadata["help"]), name
+    if "device" in options and command != "train":  # TrainConfig writes its own (mone/train/config.py)
+        assert options["device"].help.startswith(DEVICE_HELP)

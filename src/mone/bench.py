@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ._device import resolve_device
 from ._io import atomic_write_text, check_output_file
-from ._settings import add_setting_arguments, setting, setting_changes
+from ._settings import add_setting_arguments, device_setting, setting, settings_from_args
 from ._timing import DTYPES, check_timing_settings, environment, synchronizer, time_round_robin
 from .capacity import realised_capacity, validate_capacity
 from .flops import count_flops
@@ -55,6 +55,7 @@ from .models import MoneVisionTransformer, MoneViViT, create_model
 
 __all__ = [
     "BenchConfig",
+    "BenchFiles",
     "CSV_COLUMNS",
     "MODES",
     "add_arguments",
@@ -93,7 +94,7 @@ class BenchConfig:
     repeats: int = setting(5, help="timed calls per variant (medians are reported)")
     warmup: int = setting(1, help="untimed calls per variant first (with --compile, the first one compiles)")
     compile: bool = setting(False, help="wrap every model in torch.compile(model, fullgraph=True)")
-    device: str = setting("cpu", help="auto, cpu, cuda, cuda:1, ... (stored as the device it resolves to)")
+    device: str = device_setting(note="stored as the device it resolves to")
     dtype: str = setting("float32", choices=sorted(DTYPES), help="parameter and input dtype")
     autocast: str | None = setting(None, choices=("bfloat16", "float16"),
                                    help="time every call under torch.autocast to this dtype (with --dtype float32)")
@@ -339,15 +340,23 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class BenchFiles:
+    """Where ``mone bench`` writes its rows besides the table it prints."""
+
+    csv: str | None = setting(None, help="write the rows here as CSV")
+    json: str | None = setting(None, help="write rows and settings here as JSON")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_setting_arguments(parser, BenchConfig)
-    parser.add_argument("--csv", default=None, help="write the rows here as CSV")
-    parser.add_argument("--json", default=None, help="write rows and settings here as JSON")
+    add_setting_arguments(parser, BenchFiles)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = BenchConfig(**setting_changes(args, BenchConfig))
-    for path in (args.csv, args.json):  # before the benchmark runs, not after
+    config = settings_from_args(args, BenchConfig)
+    files = settings_from_args(args, BenchFiles)
+    for path in (files.csv, files.json):  # before the benchmark runs, not after
         if path:
             check_output_file(path)
     rows, meta = run_benchmark(config, progress=True)
@@ -357,8 +366,8 @@ def run(args: argparse.Namespace) -> int:
           f"torch {env['torch']}, compiled={config.compile}); baseline: {meta['baseline']}")  # fmt: skip
     print("malloc: " + ", ".join(f"{k}={v}" for k, v in env["malloc"].items()))
     print(format_table(rows))
-    if args.csv:
-        write_csv(rows, args.csv)
-    if args.json:
-        write_json(rows, meta, args.json)
+    if files.csv:
+        write_csv(rows, files.csv)
+    if files.json:
+        write_json(rows, meta, files.json)
     return 0

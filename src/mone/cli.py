@@ -1,10 +1,11 @@
 """Command line: ``mone train | eval | viz | bench | calibrate | flops | demo | export``.
 
 Each subcommand lives in the module that does its job and exposes ``add_arguments(parser)`` and
-``run(args) -> int``; this file only wires them together and turns user errors into one-line messages: exit status
-2 for bad input or a failed run (ValueError, OSError such as a full disk or a folder in use, FloatingPointError for
-a diverged run) and for a missing optional dependency (``mone demo needs matplotlib: pip install 'mone[demo]'``),
-130 for Ctrl-C.
+``run(args) -> int``; its options are the fields of a settings dataclass (``mone._settings``: flag, help and default
+written once, and the options several commands share, such as ``--device``, defined once there). This file only
+wires them together and turns user errors into one-line messages: exit status 2 for bad input or a failed run
+(ValueError, OSError such as a full disk or a folder in use, FloatingPointError for a diverged run) and for a missing
+optional dependency (``mone demo needs matplotlib: pip install 'mone[demo]'``), 130 for Ctrl-C.
 """
 
 from __future__ import annotations

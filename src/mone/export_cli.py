@@ -9,17 +9,26 @@ exists and is not empty is refused, never overwritten.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._io import check_new_output_dir
+from ._settings import add_setting_arguments, setting, settings_from_args
 from .hub import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 
-__all__ = ["add_arguments", "export", "run"]
+__all__ = ["ExportSettings", "add_arguments", "export", "run"]
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """The arguments of ``mone export``, one field each."""
+
+    run_dir: str = setting(positional=True, help="run folder or checkpoint file written by mone train")
+    out_dir: str = setting(positional=True, help="new (or empty) folder for config.json and model.safetensors")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="run folder or checkpoint file written by mone train")
-    parser.add_argument("out_dir", help="new (or empty) folder for config.json and model.safetensors")
+    add_setting_arguments(parser, ExportSettings)
 
 
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
@@ -38,6 +47,7 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    out_dir = export(args.run_dir, args.out_dir)
+    settings = settings_from_args(args, ExportSettings)
+    out_dir = export(settings.run_dir, settings.out_dir)
     print(f"wrote {out_dir / CONFIG_NAME} and {out_dir / WEIGHTS_NAME}")
     return 0

@@ -35,13 +35,13 @@ from ._checks import check_int
 from ._device import resolve_device
 from ._extras import require
 from ._io import check_new_output_dir, output_folder, save_figure
-from ._settings import add_setting_arguments, setting, setting_changes
+from ._settings import add_setting_arguments, device_setting, progress_setting, setting, settings_from_args
 from ._timing import DTYPES, check_timing_settings, environment, synchronizer, time_round_robin
 from .capacity import feasible_capacity_range, validate_capacity
 from .models import MoneVisionTransformer, MoneViViT, create_model
 
-__all__ = ["CalibrateConfig", "LatencyCurve", "LatencyPoint", "add_arguments", "calibrate", "plot_latency_curve",
-           "run"]
+__all__ = ["CalibrateCommand", "CalibrateConfig", "LatencyCurve", "LatencyPoint", "add_arguments", "calibrate",
+           "plot_latency_curve", "run"]
 
 JSON_NAME, PLOT_NAME = "latency_curve.json", "latency_curve.png"
 
@@ -279,7 +279,7 @@ class CalibrateConfig:
         None, help="capacities to measure (default: 8 evenly spaced from the smallest feasible one to 1)")
     repeats: int = setting(10, help="timed calls per capacity (medians are reported)")
     warmup: int = setting(2, help="untimed calls per capacity first")
-    device: str = setting("cpu", help="auto, cpu, cuda, cuda:1, ...")
+    device: str = device_setting()
     dtype: str = setting("float32", choices=sorted(DTYPES), help="parameter and input dtype")
     threads: int | None = setting(None, help="intra-op CPU threads (default: torch's)")
     latency_ms: float | None = setting(None, help="print the largest capacity with a median at most this many ms")
@@ -293,13 +293,19 @@ class CalibrateConfig:
         _check_target("--images-per-s", self.images_per_s)
 
 
+@dataclass(frozen=True)
+class CalibrateCommand:
+    """What ``mone calibrate`` measures besides :class:`CalibrateConfig`: the model and where the curve goes."""
+
+    model: str = setting(positional=True, help="registered model name, or a folder written by save_pretrained")
+    output: str = setting(help=f"new (or empty) folder for {JSON_NAME} and {PLOT_NAME}; never overwritten")
+    plot: bool = setting(True, flag="--no-plot", help=f"skip {PLOT_NAME} (no matplotlib needed)")
+    progress: bool = progress_setting()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="registered model name, or a folder written by save_pretrained")
+    add_setting_arguments(parser, CalibrateCommand)
     add_setting_arguments(parser, CalibrateConfig)
-    parser.add_argument("--output", required=True,
-                        help=f"new (or empty) folder for {JSON_NAME} and {PLOT_NAME}; never overwritten")
-    parser.add_argument("--no-plot", action="store_true", help=f"skip {PLOT_NAME} (no matplotlib needed)")
-    parser.add_argument("--no-progress", action="store_true")
 
 
 def _build(name: str, model_kwargs: dict[str, Any]) -> nn.Module:
@@ -314,25 +320,26 @@ def _build(name: str, model_kwargs: dict[str, Any]) -> nn.Module:
 
 def run(args: argparse.Namespace) -> int:
     # Check everything before measuring; write only once the curve exists.
-    config = CalibrateConfig(**setting_changes(args, CalibrateConfig))
-    if not args.no_plot:
+    command = settings_from_args(args, CalibrateCommand)
+    config = settings_from_args(args, CalibrateConfig)
+    if command.plot:
         require("matplotlib", "mone calibrate's plot (or --no-plot)", "viz")
-    check_new_output_dir(args.output)  # an earlier curve is never replaced
-    model = _build(args.model, config.model_kwargs)
+    check_new_output_dir(command.output)  # an earlier curve is never replaced
+    model = _build(command.model, config.model_kwargs)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     curve = calibrate(model, config.batch_size, config.device, config.dtype, config.capacities, config.repeats,
-                      config.warmup, progress=not args.no_progress)
+                      config.warmup, progress=command.progress)
     env = curve.environment
     print(f"{curve.model} on {env['hardware']} ({curve.device}, {curve.dtype}, batch {curve.batch_size}, "
           f"threads={env['threads']}, torch {env['torch']}, median of {curve.repeats})")
     print(curve.format_table())
-    with output_folder(args.output) as stage:  # both files or none; the curve, which marks completion, last
-        if not args.no_plot:
+    with output_folder(command.output) as stage:  # both files or none; the curve, which marks completion, last
+        if command.plot:
             plot_latency_curve(curve, stage(PLOT_NAME), config.latency_ms, config.images_per_s)
         stage(JSON_NAME).write_text(json.dumps(curve.to_dict(), indent=2) + "\n")
-    written = [JSON_NAME] if args.no_plot else [JSON_NAME, PLOT_NAME]
-    print("wrote " + ", ".join(str(Path(args.output) / name) for name in written))
+    written = [JSON_NAME, PLOT_NAME] if command.plot else [JSON_NAME]
+    print("wrote " + ", ".join(str(Path(command.output) / name) for name in written))
     if config.latency_ms is not None or config.images_per_s is not None:
         capacity = curve.capacity_for(config.latency_ms, config.images_per_s)  # ValueError (exit 2) when none does
         print(f"largest capacity meeting the target: {capacity:g}")

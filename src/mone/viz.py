@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,19 @@ from torch.utils.data import Dataset
 from ._checks import check_int
 from ._extras import require
 from ._io import save_figure
+from ._settings import (
+    add_setting_arguments,
+    data_dir_setting,
+    dataset_setting,
+    device_setting,
+    setting,
+    settings_from_args,
+    split_setting,
+)
 from .capacity import validate_capacity
 
 __all__ = [
+    "VizSettings",
     "add_arguments",
     "expert_colors",
     "expert_frame_grids",
@@ -246,17 +257,29 @@ def object_routing_share(
 
 # -- command line -------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class VizSettings:
+    """The options of ``mone viz``, one field each."""
+
+    checkpoint: str = setting(positional=True, help="checkpoint file or run folder")
+    capacities: tuple[float, ...] = setting((0.2, 0.3, 0.5, 0.75, 1.0), help="capacities to map")
+    num_images: int = setting(6, help="rows of the routing-map figure")
+    dataset: str | None = dataset_setting()
+    data_dir: str | None = data_dir_setting()
+    split: str = split_setting()
+    share_samples: int = setting(512, help="images for the object/background shares")
+    batch_size: int = setting(128, help="images per forward for the shares")
+    device: str = device_setting()
+    output: str = setting("runs/viz", help="folder for routing_maps.png (and routing_share.json)")
+
+    def __post_init__(self) -> None:
+        check_int("--num-images", self.num_images, 1)
+        check_int("--share-samples", self.share_samples, 1)
+        check_int("--batch-size", self.batch_size, 1)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="checkpoint file or run folder")
-    parser.add_argument("--capacities", type=float, nargs="+", default=[0.2, 0.3, 0.5, 0.75, 1.0])
-    parser.add_argument("--num-images", type=int, default=6, help="rows of the routing-map figure")
-    parser.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--share-samples", type=int, default=512, help="images for the object/background shares")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per forward for the shares")
-    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--output", default="runs/viz", help="folder for routing_maps.png (and routing_share.json)")
+    add_setting_arguments(parser, VizSettings)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -266,33 +289,31 @@ def run(args: argparse.Namespace) -> int:
     from .train.evaluate import batch_must_fit, checkpoint_dataset
 
     # Check everything, then compute, then create the folder and write: a failure leaves nothing behind.
-    check_int("--num-images", args.num_images, 1)
-    check_int("--share-samples", args.share_samples, 1)
-    check_int("--batch-size", args.batch_size, 1)
-    device = resolve_device(args.device)
-    check_output_dir(args.output)
-    model, checkpoint = load_model(args.checkpoint, device)
+    settings = settings_from_args(args, VizSettings)
+    device = resolve_device(settings.device)
+    check_output_dir(settings.output)
+    model, checkpoint = load_model(settings.checkpoint, device)
     num_experts = getattr(model, "num_experts", 1)
-    for capacity in args.capacities:
+    for capacity in settings.capacities:
         validate_capacity(capacity, num_experts)
-    dataset = checkpoint_dataset(checkpoint, model, args.dataset, args.split, args.data_dir)
-    count = min(args.num_images, len(dataset))
+    dataset = checkpoint_dataset(checkpoint, model, settings.dataset, settings.split, settings.data_dir)
+    count = min(settings.num_images, len(dataset))
     images = torch.stack([dataset[i][0] for i in range(count)]).to(device)
     boxes = [dataset.box(i) for i in range(count)] if hasattr(dataset, "box") else None
     titles = [f"label {dataset[i][1]}" for i in range(count)]
     shares = []
     if boxes is not None:
-        with batch_must_fit(args.batch_size, device):
-            shares = [object_routing_share(model, dataset, c, args.share_samples, args.batch_size, device=device)
-                      for c in args.capacities]
-    with output_folder(args.output) as stage:  # both files or none (a full disk names the file, leaves no folder)
+        with batch_must_fit(settings.batch_size, device):
+            shares = [object_routing_share(model, dataset, c, settings.share_samples, settings.batch_size,
+                                           device=device) for c in settings.capacities]
+    with output_folder(settings.output) as stage:  # both files or none (a full disk names the file, leaves no folder)
         if images.dim() == 5:  # clips [B, C, T, H, W]: one frame grid
-            save_video_routing_maps(model, images, args.capacities, stage("routing_maps.png"), titles)
+            save_video_routing_maps(model, images, settings.capacities, stage("routing_maps.png"), titles)
         else:
-            save_routing_maps(model, images, args.capacities, stage("routing_maps.png"), boxes, titles)
+            save_routing_maps(model, images, settings.capacities, stage("routing_maps.png"), boxes, titles)
         if shares:
             stage("routing_share.json").write_text(json.dumps(shares, indent=2) + "\n")
-    output_dir = Path(args.output)
+    output_dir = Path(settings.output)
     print(f"wrote {output_dir / 'routing_maps.png'}")
     if shares:
         print(f"share of tokens on the {shares[0]['top_experts']} largest experts ({shares[0]['num_samples']} images)")

@@ -10,24 +10,32 @@ Examples:
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from .._settings import add_setting_arguments, setting_changes
+from .._settings import add_setting_arguments, progress_setting, setting, setting_changes, settings_from_args
 from ..configs import get_config, list_configs
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .config import TrainConfig
 from .loop import train
 from .run_dir import read_config
 
-__all__ = ["add_arguments", "config_from_args", "run"]
+__all__ = ["TrainCommand", "add_arguments", "config_from_args", "run"]
+
+
+@dataclass(frozen=True)
+class TrainCommand:
+    """The options of ``mone train`` that are not :class:`TrainConfig` fields: where the configuration starts."""
+
+    config: str | None = setting(None, help=f"preset to start from: {', '.join(list_configs())}")
+    local: bool = setting(False, help="the preset's tiny version (smoke test)")
+    resume: bool = setting(False, help="continue the run saved in --output")
+    progress: bool = progress_setting()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples' lines
-    parser.add_argument("--config", default=None, help=f"preset to start from: {', '.join(list_configs())}")
-    parser.add_argument("--local", action="store_true", help="the preset's tiny version (smoke test)")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in --output")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    add_setting_arguments(parser, TrainCommand)
     settings = parser.add_argument_group(
         "settings", "One flag per TrainConfig field. The defaults shown are TrainConfig's; a --config preset or a\n"
                     "resumed run (--resume) replaces them, and the flags given change that.")
@@ -49,11 +57,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     With ``--resume`` and ``--config``, the preset (and flags) must describe the saved run: the trainer refuses a
     different one.
     """
-    if args.local and args.config is None:
+    command = settings_from_args(args, TrainCommand)
+    if command.local and command.config is None:
         raise ValueError("--local selects a preset's tiny version: name the preset with --config")
-    if args.config is not None:
-        config = get_config(args.config, local=args.local)
-    elif args.resume:
+    if command.config is not None:
+        config = get_config(command.config, local=command.local)
+    elif command.resume:
         config = _saved_config(Path(args.output_dir or TrainConfig().output_dir)) or TrainConfig()
     else:
         config = TrainConfig()
@@ -61,8 +70,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    result = train(config, resume=args.resume, progress=not args.no_progress)
+    command = settings_from_args(args, TrainCommand)
+    result = train(config_from_args(args), resume=command.resume, progress=command.progress)
     metrics = result.last_metrics
     if metrics:
         print(f"step {metrics['step']}/{result.total_steps}: loss {metrics['loss']:.4f}, train acc "

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,15 @@ from .._checks import check_int
 from .._extras import require
 from .._io import atomic_write_text, check_output_dir, output_folder, save_figure
 from .._progress import progress as progress_display
+from .._settings import (
+    add_setting_arguments,
+    data_dir_setting,
+    dataset_setting,
+    device_setting,
+    setting,
+    settings_from_args,
+    split_setting,
+)
 from ..capacity import feasible_capacity_range, validate_capacity
 from ..data import build_dataset
 from ..flops import count_flops
@@ -35,6 +45,7 @@ from .checkpoint import Checkpoint, load_model
 
 __all__ = [
     "DEFAULT_CAPACITIES",
+    "EvalSettings",
     "add_arguments",
     "batch_must_fit",
     "checkpoint_dataset",
@@ -242,50 +253,61 @@ def default_capacities_for(model: nn.Module) -> list[float]:
 
 # -- command line -------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """The options of ``mone eval``, one field each."""
+
+    checkpoints: tuple[str, ...] = setting(positional=True, help="checkpoint files (or run folders) to evaluate")
+    labels: tuple[str, ...] | None = setting(None, help="curve names (default: the run folder names)")
+    capacities: tuple[float, ...] | None = setting(
+        None, help=f"capacities to evaluate (default {list(DEFAULT_CAPACITIES)}, within each model's range)")
+    dataset: str | None = dataset_setting()
+    data_dir: str | None = data_dir_setting()
+    split: str = split_setting()
+    batch_size: int | None = setting(
+        None, help=f"images per forward (default {CPU_BATCH_SIZE} on CPU, {ACCELERATOR_BATCH_SIZE} on GPU)")
+    device: str = device_setting()
+    bf16: bool = setting(False, help="bfloat16 autocast")
+    output: str = setting("runs/eval", help="folder for results.csv/json and the plot")
+
+    def __post_init__(self) -> None:
+        if self.labels is not None and len(self.labels) != len(self.checkpoints):
+            raise ValueError(f"--labels names {len(self.labels)} curves for {len(self.checkpoints)} checkpoints")
+        if self.batch_size is not None:  # None: evaluate() picks the device's default
+            check_int("--batch-size", self.batch_size, 1)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoints", nargs="+", help="checkpoint files (or run folders) to evaluate")
-    parser.add_argument("--labels", nargs="+", default=None, help="curve names (default: the run folder names)")
-    parser.add_argument("--capacities", type=float, nargs="+", default=None,
-                        help=f"capacities to evaluate (default {list(DEFAULT_CAPACITIES)}, within each model's range)")
-    parser.add_argument("--dataset", default=None, help="dataset name (default: the one the model was trained on)")
-    parser.add_argument("--data-dir", default=None, help="dataset folder (default: the training run's)")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"images per forward (default {CPU_BATCH_SIZE} on CPU, {ACCELERATOR_BATCH_SIZE} on GPU)")
-    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    parser.add_argument("--output", default="runs/eval", help="folder for results.csv/json and the plot")
+    add_setting_arguments(parser, EvalSettings)
 
 
 def run(args: argparse.Namespace) -> int:
     # Check and load everything before evaluating, and write (creating the folder) only once there are results.
-    if args.labels is not None and len(args.labels) != len(args.checkpoints):
-        raise ValueError(f"--labels names {len(args.labels)} curves for {len(args.checkpoints)} checkpoints")
-    if args.batch_size is not None:  # None: evaluate() picks the device's default
-        check_int("--batch-size", args.batch_size, 1)
-    device = resolve_device(args.device)
-    check_output_dir(args.output)
+    settings = settings_from_args(args, EvalSettings)
+    device = resolve_device(settings.device)
+    check_output_dir(settings.output)
     loaded = []
-    for path in args.checkpoints:
+    for path in settings.checkpoints:
         model, checkpoint = load_model(path, device)
-        capacities = default_capacities_for(model) if args.capacities is None else args.capacities
+        capacities = default_capacities_for(model) if settings.capacities is None else settings.capacities
         for capacity in capacities:
             validate_capacity(capacity, getattr(model, "num_experts", 1))
-        dataset = checkpoint_dataset(checkpoint, model, args.dataset, args.split, args.data_dir)
+        dataset = checkpoint_dataset(checkpoint, model, settings.dataset, settings.split, settings.data_dir)
         loaded.append((path, model, capacities, dataset))
-    labels = args.labels or [Path(p).parent.name if Path(p).is_file() else Path(p).name for p in args.checkpoints]
+    labels = settings.labels or [Path(p).parent.name if Path(p).is_file() else Path(p).name
+                                 for p in settings.checkpoints]
     results = {}
     for label, (path, model, capacities, dataset) in zip(labels, loaded):
-        rows = evaluate(model, dataset, capacities, args.batch_size, device, bf16=args.bf16, progress=True)
+        rows = evaluate(model, dataset, capacities, settings.batch_size, device, bf16=settings.bf16, progress=True)
         results[label] = rows
-        print(format_table(rows, title=f"{label} ({path}, {args.split} split, {rows[0]['num_samples']} samples)"))
+        print(format_table(rows, title=f"{label} ({path}, {settings.split} split, {rows[0]['num_samples']} samples)"))
     # All three files or none (a full disk names the file): the plot first, results.json, which marks a finished
     # evaluation, last; a folder created here is removed again on failure.
     csv_text, json_text = _results_texts(results)
-    with output_folder(args.output) as stage:
+    with output_folder(settings.output) as stage:
         plot_accuracy_vs_flops(results, stage(PLOT_NAME))
         stage(RESULTS_CSV).write_text(csv_text)
         stage(RESULTS_JSON).write_text(json_text)
-    output_dir = Path(args.output)
+    output_dir = Path(settings.output)
     print("wrote " + ", ".join(str(output_dir / name) for name in (RESULTS_CSV, RESULTS_JSON, PLOT_NAME)))
     return 0
