@@ -11,7 +11,8 @@ Arms: dense ViT; dense ViT of depth 2 (matched inference FLOPs, 0.5x); MatViT (n
 evaluated alone); MatViT -> MoNE adaptive fine-tuning at capacities 0.25 / 0.5 / 0.75 / 1; the same model with a
 random router at evaluation; MoNE trained at a fixed capacity 0.5; the image studies' best recipe, upcycling: the
 trained dense ViT through 400 nested steps at lr 1e-3 (``demo_upcycle``), then isoFLOPs MoNE fine-tuning (also
-evaluated with a random router).
+evaluated with a random router), and the same fine-tuning with the router study's recipe (``router="ordinal"``,
+``router_target="attention"``).
 
     python experiments/study_fashion.py --output experiments/results/fashion --seeds 0 1 2 --threads 1  # ~1.5 h
     python experiments/study_fashion.py --output /tmp/quick --quick --seeds 0 1     # under a minute, end to end
@@ -48,6 +49,7 @@ from mone.data.fashion_mnist import DEFAULT_DATA_DIR  # noqa: E402
 from mone.train.config import TrainConfig  # noqa: E402
 
 IMG_SIZE = 32  # the demo's canvas: Fashion-MNIST's 28 px padded by 2 px on every side
+UPCYCLED_ORDINAL = f"{UPCYCLED_MONE}, ordinal router, attention-supervised"
 QUICK_SAMPLES = 512  # training images in --quick mode (the presets' local mode trains 20 steps of 32)
 
 
@@ -64,6 +66,10 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
                                   data_dir=data_dir, dataset_kwargs=dataset_kwargs)
         return stage
 
+    def ordinal_fine_tune(seed: int, previous: str | None) -> TrainConfig:
+        config = preset("finetune", iso_flops=True, router_target="attention")(seed, previous)
+        return config.replace(model_kwargs=dict(config.model_kwargs, router="ordinal"))
+
     matvit_mone = "MatViT -> MoNE adaptive"
     return [
         Arm("dense ViT", (preset("dense"),), family="dense"),
@@ -78,6 +84,8 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
         Arm(UPCYCLED_MONE, (preset("finetune", iso_flops=True),), CAPACITIES, init=UPCYCLED_NESTED),
         Arm(f"{UPCYCLED_MONE}, random router at eval", (), CAPACITIES, router="random", reuse=UPCYCLED_MONE,
             family="random"),
+        # the router study's recipe (experiments/study_router.py): ordinal router supervised by attention received
+        Arm(UPCYCLED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
     ]
 
 

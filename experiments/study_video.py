@@ -7,7 +7,8 @@ direction of motion; same data and optimiser in every arm):
     MatViT -> MoNE ViViT adaptive fine-tuning (the paper's video recipe) at capacities 0.25 / 0.5 / 0.75 / 1; the
     same model evaluated with a random router; the same recipe with as many nested steps as the dense run's; and
     the trained dense ViViT upcycled through nested training (400 steps) then MoNE fine-tuning (at lr 2e-3 and at
-    5e-4; the latter also evaluated with a random router).
+    5e-4; the latter also evaluated with a random router); and the same upcycled model fine-tuned with the router
+    study's recipe (``router="ordinal"``, ``router_target="attention"``).
 
     python experiments/study_video.py --output experiments/results/video --threads 1   # about 2 h on one thread
     python experiments/study_video.py --output /tmp/quick --quick --seeds 0 1          # seconds, end to end
@@ -41,6 +42,7 @@ UPCYCLE_STEPS = 400  # nested steps from the trained dense ViViT: with its 1,200
 LOW_LR = 5e-4  # the image study's fine-tuning lr: lr 2e-3 (chosen for the 800-step nested model) costs the upcycled
 # nested model 6 points at capacity 1.0 (84.0 -> 78.2%)
 UPCYCLED_MONE_LOW = f"{UPCYCLED_MONE}, lr {LOW_LR:g}"
+UPCYCLED_ORDINAL = f"{UPCYCLED_MONE}, ordinal router, attention-supervised"
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -50,6 +52,10 @@ def arms(quick: bool) -> list[Arm]:
             config = video(variant, quick).replace(seed=seed, init_from=previous)
             return config if quick else config.replace(**changes)
         return stage
+
+    def ordinal_fine_tune(seed: int, previous: str | None) -> TrainConfig:
+        config = preset("finetune")(seed, previous)
+        return config.replace(router_target="attention", model_kwargs=dict(config.model_kwargs, router="ordinal"))
 
     dense = video("dense")
     long_nested = preset("nested", steps=dense.steps, warmup_steps=dense.warmup_steps)
@@ -67,6 +73,8 @@ def arms(quick: bool) -> list[Arm]:
         Arm(UPCYCLED_MONE_LOW, (preset("finetune", lr=LOW_LR),), CAPACITIES, init=UPCYCLED_NESTED),
         Arm(f"{UPCYCLED_MONE_LOW}, random router at eval", (), CAPACITIES, router="random", reuse=UPCYCLED_MONE_LOW,
             family="random"),
+        # the router study's recipe (experiments/study_router.py): ordinal router supervised by attention received
+        Arm(UPCYCLED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
     ]
 
 
