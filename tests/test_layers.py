@@ -1,5 +1,7 @@
 """Nested layers: the fast grouped path against the plain masked reference, in float64."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -133,7 +135,8 @@ def test_block_rejects_indivisible_heads():
 @pytest.fixture(params=[0, 8], ids=["direct", "narrow-transposed"])
 def narrow_output_width(request, monkeypatch):
     """Both GEMM routes of the nested linear layers: outputs up to this wide are computed transposed (0: none)."""
-    monkeypatch.setattr(linear, "_NARROW_OUTPUT_WIDTH", request.param)
+    policy = dataclasses.replace(linear.GEMM_POLICY, narrow_output_width=request.param)
+    monkeypatch.setattr(linear, "GEMM_POLICY", policy)
     return request.param
 
 
@@ -258,3 +261,41 @@ def test_dense_layout_is_timms_linear_and_residual():
     torch.testing.assert_close(nested_output_linear(h, weight, bias, layout, residual),
                                residual + F.linear(h, weight, bias), **F64)
     assert torch.equal(nested_input_linear(h, weight, bias, GroupLayout.dense(1, 5, 6)), F.linear(h, weight, bias))
+
+
+def test_gemm_policy_routes():
+    """The route of each call: timm's F.linear for one full-width unscaled group, the grouped forward alone where no
+    autograd node is needed, the autograd functions otherwise (or always, when a benchmark asks)."""
+    policy = linear.GroupedGemmPolicy()
+    weight = torch.randn(8, 8, requires_grad=True)
+    x = torch.randn(5, 8)
+    grouped, dense = GroupLayout((4, 8), (2, 3), 1), GroupLayout.dense(1, 5, 8)
+    assert policy.route(dense, 8, x, weight) == "dense"
+    assert policy.route(dense, 8, x, weight, scaled=True) == "autograd"
+    assert policy.route(grouped, 8, x, weight) == "autograd"
+    assert policy.route(grouped, 8, x, weight.detach(), None) == "no_grad"
+    with torch.no_grad():
+        assert policy.route(grouped, 8, x, weight) == "no_grad"
+    assert dataclasses.replace(policy, always_autograd=True).route(dense, 8, x.detach(), None) == "autograd"
+
+
+@pytest.mark.parametrize("widths", [(8,), (2, 4, 8)])
+def test_every_route_gives_the_same_values_and_gradients(widths, monkeypatch):
+    """The autograd functions on every layout (``always_autograd``) against the routes the policy picks."""
+    rows, layout = _rows_and_layout(widths)
+    weight = torch.randn(8, 8, requires_grad=True)
+    bias = torch.randn(8, requires_grad=True)
+    x = torch.randn(sum(rows), 8, requires_grad=True)
+    residual = torch.randn(sum(rows), 8, requires_grad=True)
+
+    def run():
+        hidden = linear.grouped_linear(x, weight, bias, layout, "input")
+        out = linear.grouped_linear(hidden, weight, bias, layout, "output", residual)
+        return out, torch.autograd.grad(out.square().sum(), (x, weight, bias, residual))
+
+    picked = run()
+    monkeypatch.setattr(linear, "GEMM_POLICY", linear.GroupedGemmPolicy(always_autograd=True))
+    forced = run()
+    torch.testing.assert_close(forced[0], picked[0], **F64)
+    for got, want in zip(forced[1], picked[1]):
+        torch.testing.assert_close(got, want, **F64)

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .linear import GroupLayout, nested_input_linear, nested_output_linear
+from .linear import GroupLayout, grouped_linear
 
 # The default of every ``fused_attn`` argument (layers and models), documented once in NestedAttention.
 FUSED_ATTN: bool | None = None
@@ -52,31 +52,16 @@ class NestedAttention(nn.Module):
         Returns:
             [R, D]: ``residual + Pad(update_j)``, group ``j`` writing its first ``d_j`` features.
         """
-        D = self.qkv.in_features
-        B, N = layout.batch_size, layout.num_tokens
-        H, hd = self.num_heads, self.head_dim
-        qkv = nested_input_linear(x, self.qkv.weight, self.qkv.bias, layout)  # [R, 3D]
-        if layout.input_order:
-            qkv = qkv.view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
-        elif qkv.requires_grad:  # rows p * B + b, made example-major: the attention backward is 4-5% faster so
-            qkv = qkv.view(N, B, 3 * D).transpose(0, 1).contiguous()  # [B, N, 3D] (D=64 training step, measured)
-            qkv = qkv.view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
-        else:  # rows p * B + b, read in place (inference: 2-4% faster than the copy): tokens sorted by expert
-            qkv = qkv.view(N, B, 3, H, hd).permute(2, 1, 3, 0, 4)  # [3, B, H, N, hd]
+        qkv = grouped_linear(x, self.qkv.weight, self.qkv.bias, layout, "input")  # [R, 3D]
         fused = self.uses_fused_kernel(qkv)
-        if not (fused or qkv.requires_grad):  # explicit path, inference: q, k, v head-major, [3, B, H, N, hd] (with
-            qkv = qkv.contiguous()  # the rows slot-major, bfloat16 D=128: 2.34 vs 3.90 ms per layer, measured)
-        q, k, v = qkv.unbind(0)  # each [B, H, N, hd]
+        q, k, v = split_heads(qkv, layout, self.num_heads, head_major=not fused).unbind(0)  # each [B, H, N, hd]
         if fused:
             o = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, hd]
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, H, N, hd] x [B, H, hd, N] -> [B, H, N, N]
             o = attn.softmax(dim=-1) @ v  # [B, H, N, N] x [B, H, N, hd] -> [B, H, N, hd]
-        if layout.input_order:
-            o = o.transpose(1, 2).reshape(B * N, D)  # [B, N, H, hd] -> rows b * N + n
-        else:
-            o = o.permute(2, 0, 1, 3).reshape(N * B, D)  # [N, B, H, hd] -> rows p * B + b
-        return nested_output_linear(o, self.proj.weight, self.proj.bias, layout, residual)
+        o = merge_heads(o, layout)  # [R, D], in the rows' order
+        return grouped_linear(o, self.proj.weight, self.proj.bias, layout, "output", residual)
 
     def uses_fused_kernel(self, qkv: torch.Tensor) -> bool:
         """Whether attention over ``qkv`` (or any tensor of its device and dtype) runs
@@ -84,3 +69,39 @@ class NestedAttention(nn.Module):
         if self.fused_attn is not None:
             return self.fused_attn
         return not (qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16)
+
+
+def split_heads(qkv: torch.Tensor, layout: GroupLayout, num_heads: int, head_major: bool = False) -> torch.Tensor:
+    """Rows [R, 3D] of ``qkv`` -> q, k, v stacked [3, B, H, N, hd], each example's N tokens in the rows' order.
+
+    Three layouts, each the fastest measured for its case (the values are the same):
+
+    * one group (input order, row ``b * N + n``): a view of the rows;
+    * several groups (slot-major, row ``p * B + b``) under autograd: copied example-major first, [B, N, 3D], so
+      that the attention backward is 4-5% faster (D=64 training step);
+    * several groups without autograd: a view of the slot-major rows (2-4% faster than the copy).
+
+    ``head_major`` (the explicit softmax path): without autograd, q, k and v are copied head-major, contiguous
+    [3, B, H, N, hd] (bfloat16 D=128 with slot-major rows: 2.34 vs 3.90 ms per layer).
+    """
+    B, N = layout.batch_size, layout.num_tokens
+    D = qkv.shape[1] // 3
+    hd = D // num_heads
+    if layout.input_order:
+        qkv = qkv.view(B, N, 3, num_heads, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
+    elif qkv.requires_grad:  # rows p * B + b, made example-major
+        qkv = qkv.view(N, B, 3 * D).transpose(0, 1).contiguous()  # [B, N, 3D]
+        qkv = qkv.view(B, N, 3, num_heads, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
+    else:  # rows p * B + b, read in place: tokens sorted by expert
+        qkv = qkv.view(N, B, 3, num_heads, hd).permute(2, 1, 3, 0, 4)  # [3, B, H, N, hd]
+    if head_major and not qkv.requires_grad:
+        qkv = qkv.contiguous()
+    return qkv
+
+
+def merge_heads(o: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
+    """Attention outputs [B, H, N, hd] -> rows [R, D] in ``layout``'s order (input order or slot-major)."""
+    B, H, N, hd = o.shape
+    if layout.input_order:
+        return o.transpose(1, 2).reshape(B * N, H * hd)  # [B, N, H, hd] -> rows b * N + n
+    return o.permute(2, 0, 1, 3).reshape(N * B, H * hd)  # [N, B, H, hd] -> rows p * B + b

@@ -15,17 +15,30 @@ Left to autograd, each slice ``W[:, :d_j]`` would get its own zero-filled full-s
 be summed: E fills and E additions of the whole weight per layer and step. The backward passes here write every
 group's contribution straight into one gradient (``grad_W[:, :d_j] += g_j.T @ x_j``), so the weight is touched
 once, and the input gradient straight into the row ranges of one tensor.
+
+Every nested layer calls one function, :func:`grouped_linear`; which torch ops compute it (F.linear, the grouped
+forward alone, or the autograd functions; per group a direct or a transposed GEMM; the residual added by the GEMM or
+after it) is decided in one place, :class:`GroupedGemmPolicy`, the place a GPU grouped-GEMM kernel would go.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["GroupLayout", "nested_input_linear", "nested_output_linear"]
+__all__ = [
+    "GEMM_POLICY",
+    "GroupLayout",
+    "GroupedGemmPolicy",
+    "Route",
+    "grouped_linear",
+    "nested_input_linear",
+    "nested_output_linear",
+]
 
 
 @dataclass(frozen=True)
@@ -77,22 +90,79 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
 
 
-# Outputs at most this wide are computed transposed in float32 and float64: ``[n, rows] = b.T @ a.T`` into contiguous
-# memory, then written (or added) through a transposed view. MKL's GEMM with an 8-wide output written straight into
-# a strided column block is slow (AMD EPYC, 1 thread, direct -> transposed: [960, 64] x [64, 8] 42 -> 27 us,
-# [960, 256] x [256, 8] 120 -> 80 us, [960, 192] x [192, 8] 214 -> 61 us, or 94 us reading a column-major weight);
-# from 16 wide on, the direct GEMM is faster. oneDNN's bfloat16 GEMMs run both alike (docs/performance.md, round 9).
-_NARROW_OUTPUT_WIDTH = 8
+Route = Literal["dense", "no_grad", "autograd"]
 
 
-def _transposed(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether ``a @ b`` is computed as ``(b.T @ a.T).T`` (see ``_NARROW_OUTPUT_WIDTH``)."""
-    return b.shape[1] <= _NARROW_OUTPUT_WIDTH and a.dtype in (torch.float32, torch.float64)
+@dataclass(frozen=True)
+class GroupedGemmPolicy:
+    """Which torch ops compute a grouped linear: every choice :func:`grouped_linear` makes, in one place.
+
+    Each choice was made by measurement on CPU (AMD EPYC, 1 thread; the numbers are in the methods' docstrings); the
+    values do not depend on them (tests/test_layers.py: the no-grad and autograd routes agree bitwise, every route
+    and both GEMM forms match plain sliced ``F.linear`` and the masked reference of ``tests/reference.py`` in
+    float64):
+
+    * :meth:`route`, per call: ``"dense"`` for one full-width group without a per-row scale (exactly timm's
+      ``F.linear`` and the residual add, with autograd's own backward), ``"no_grad"`` where no autograd node is needed
+      (the grouped forward alone, one GEMM per group), ``"autograd"`` otherwise (the grouped forward and the backward
+      of ``_NestedInputLinear`` / ``_NestedOutputLinear``, one weight gradient accumulated in place).
+    * :meth:`transposed`, per group: a direct GEMM, or for outputs at most ``narrow_output_width`` wide the
+      transposed product ``(b.T @ a.T).T``.
+    * :meth:`adds_residual`, per output layer: whether the GEMM accumulates into the residual's rows itself.
+
+    GPU: this is where a grouped-GEMM kernel plugs in. On CUDA one kernel launch can run every group's GEMM
+    (``[rows_j, d_j] x [d_j, out]`` or ``[rows_j, in] x [in, d_j]``, each group's row range given by
+    :class:`GroupLayout`, e.g. a CUTLASS grouped GEMM or ``torch._grouped_mm``) where the CPU path loops over the
+    groups: a route for such tensors (say ``"kernel"``) returned by :meth:`route`, and one more branch in
+    :func:`grouped_linear` calling it, forward and backward (the backward's per-group GEMMs are the same grouped
+    shapes). Nothing else in the layers changes.
+
+    Attributes:
+        narrow_output_width: outputs at most this wide are computed transposed in float32 and float64 (0: never).
+        always_autograd: every call takes the ``"autograd"`` route (a benchmark that times the autograd functions,
+            as ``benchmarks/step_bound.py`` does); the values are the same.
+    """
+
+    narrow_output_width: int = 8
+    always_autograd: bool = False
+
+    def route(self, layout: GroupLayout, full_width: int, *tensors: torch.Tensor | None, scaled: bool = False) -> Route:
+        """The route of one call: ``full_width`` is the weight's sliced dimension (in for input slicing, out for
+        output slicing), ``tensors`` every tensor the result depends on (``None`` for absent ones), ``scaled``
+        whether a per-row scale multiplies the update."""
+        if self.always_autograd:
+            return "autograd"
+        if not scaled and layout.widths == (full_width,):
+            return "dense"
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            return "autograd"
+        return "no_grad"
+
+    def transposed(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Whether ``a @ b`` is computed as ``(b.T @ a.T).T``: ``[n, rows]`` into contiguous memory, then written
+        (or added) through a transposed view.
+
+        MKL's GEMM with an 8-wide output written straight into a strided column block is slow (direct ->
+        transposed: [960, 64] x [64, 8] 42 -> 27 us, [960, 256] x [256, 8] 120 -> 80 us, [960, 192] x [192, 8]
+        214 -> 61 us, or 94 us reading a column-major weight); from 16 wide on, the direct GEMM is faster. oneDNN's
+        bfloat16 GEMMs run both alike (docs/lab-notebook.md, round 9).
+        """
+        return b.shape[1] <= self.narrow_output_width and a.dtype in (torch.float32, torch.float64)
+
+    def adds_residual(self, residual: torch.Tensor | None, dtype: torch.dtype) -> bool:
+        """Whether an output-sliced GEMM accumulates into the residual's rows itself (beta = 1): where that measures
+        faster, float32 (2.7 vs 3.0 ms for a [400, 1536] x [1536, 192] update); in bfloat16 a separate add is faster
+        (1.14 vs 1.25 ms)."""
+        return (residual is None or residual.dtype == dtype) and dtype in (torch.float32, torch.float64)
+
+
+GEMM_POLICY = GroupedGemmPolicy()  # read at every call: replace it (dataclasses.replace) to change a choice
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b + bias`` [rows, n] (``bias`` [n] or ``None``); narrow outputs as a transposed view (see above)."""
-    if _transposed(a, b):
+    """``a @ b + bias`` [rows, n] (``bias`` [n] or ``None``); narrow outputs as a transposed view
+    (:meth:`GroupedGemmPolicy.transposed`)."""
+    if GEMM_POLICY.transposed(a, b):
         return (b.t().mm(a.t()) if bias is None else torch.addmm(bias[:, None], b.t(), a.t())).t()
     return a.mm(b) if bias is None else torch.addmm(bias, a, b)
 
@@ -105,7 +175,7 @@ def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bo
     Dynamo refuses ``out=`` tensors that are not contiguous, so under ``torch.compile`` and ``torch.export`` the other
     products are written with an in-place method instead, with the same values.
     """
-    if _transposed(a, b):
+    if GEMM_POLICY.transposed(a, b):
         product = _mm(a, b)  # a transposed view of [n, rows] in contiguous memory
         if accumulate:
             out.add_(product)
@@ -138,13 +208,6 @@ def _input_linear(
     return out
 
 
-def _gemm_adds_residual(residual: torch.Tensor | None, dtype: torch.dtype) -> bool:
-    """Whether an output-sliced GEMM accumulates into the residual's rows itself (beta = 1): where that measures
-    faster, float32 (2.7 vs 3.0 ms for a [400, 1536] x [1536, 192] update, AMD EPYC); in bfloat16 a separate add is
-    faster (1.14 vs 1.25 ms)."""
-    return (residual is None or residual.dtype == dtype) and dtype in (torch.float32, torch.float64)
-
-
 def _output_linear(
     h: torch.Tensor,
     weight: torch.Tensor,
@@ -158,7 +221,7 @@ def _output_linear(
     dtype = _compute_dtype(h)
     weight = weight.to(dtype)
     bias = None if bias is None else bias.to(dtype)
-    fused = scale is None and _gemm_adds_residual(residual, dtype)
+    fused = scale is None and GEMM_POLICY.adds_residual(residual, dtype)
     out = h.new_zeros(h.shape[0], weight.shape[0], dtype=dtype) if residual is None else residual.clone()
     updates = []
     for start, stop, d in layout.row_ranges:
@@ -181,8 +244,8 @@ def _dense_output_linear(
     h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None
 ) -> torch.Tensor:
     """``residual + F.linear(h, W, b)`` [R, out] with autograd's own backward; the GEMM adds the residual and bias
-    itself (beta = 1 on their sum) where the grouped path would (see ``_gemm_adds_residual``)."""
-    if residual is not None and bias is not None and _gemm_adds_residual(residual, _compute_dtype(h)):
+    itself (beta = 1 on their sum) where the grouped path would (:meth:`GroupedGemmPolicy.adds_residual`)."""
+    if residual is not None and bias is not None and GEMM_POLICY.adds_residual(residual, _compute_dtype(h)):
         return torch.addmm(residual + bias, h, weight.t())
     update = F.linear(h, weight, bias)
     return update if residual is None else residual + update
@@ -217,10 +280,6 @@ def _row_block_grad(shape: torch.Size, left: Sequence[torch.Tensor], right: Sequ
     return grad
 
 
-def _needs_autograd(*tensors: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 class _NestedInputLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layout, x, weight, bias):  # type: ignore[override]
@@ -234,7 +293,7 @@ class _NestedInputLinear(torch.autograd.Function):
         x, weight = (t.to(grad.dtype) for t in ctx.saved_tensors)  # autocast: saved in a lower precision
         ranges = ctx.layout.row_ranges
         grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[1]:  # (a dense layout never gets here: nested_input_linear calls F.linear)
+        if ctx.needs_input_grad[1]:
             grad_x = torch.empty_like(x)
             for start, stop, d in ranges:
                 _mm_into(grad_x[start:stop, :d], grad[start:stop], weight[:, :d])
@@ -292,26 +351,59 @@ class _NestedOutputLinear(torch.autograd.Function):
         return None, grad_h, grad_weight, grad_bias, grad_residual, grad_scale
 
 
-def nested_input_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: GroupLayout
+def grouped_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    layout: GroupLayout,
+    slicing: Literal["input", "output"] = "input",
+    residual: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per group ``x_j[:, :d_j] @ W[:, :d_j].T + b``, written into the group's rows of one output.
+    """The linear layer of every nested layer: one GEMM per row group of ``x``, a prefix slice of one shared weight.
+
+    ``slicing="input"`` (``qkv``, ``fc1``): per group ``x_j[:, :d_j] @ W[:, :d_j].T + b``, written into the group's
+    rows of one output [R, out]; group ``j``'s rows read their first ``d_j`` features (and get a zero gradient for the
+    others). ``residual`` and ``scale`` are not used.
+
+    ``slicing="output"`` (``proj``, ``fc2``): per group ``residual_j + Pad(s_j * (x_j @ W[:d_j].T + b[:d_j]))``
+    [R, out], each group writing its first ``d_j`` features; under autocast the update is computed in autocast's
+    dtype and added to the residual in the residual's dtype, as ``residual + F.linear(x, W, b)`` would be.
+
+    Which torch ops run is :data:`GEMM_POLICY`'s choice (:class:`GroupedGemmPolicy`, where a GPU kernel would go).
 
     Args:
-        x: rows [R, in] at full width; group ``j``'s rows read their first ``d_j`` features (and get a zero
-            gradient for the others).
+        x: rows [R, in] grouped by ``layout``.
         weight: the shared weight [out, in].
         bias: [out] or ``None``.
-        layout: the groups' row ranges and widths ``d_j <= in``.
+        layout: the groups' row ranges and widths ``d_j`` (``<= in`` for input slicing, ``<= out`` for output).
+        slicing: which dimension of the weight each group slices.
+        residual: rows [R, out] the update is added to; ``None``: zeros (the padded update alone).
+        scale: per-row factor [R, 1] of the update (the MLP scaling ``alpha * r + 1``); ``None``: 1.
 
     Returns:
         [R, out], in the rows' order.
     """
-    if layout.widths == (weight.shape[1],):  # dense: exactly timm's call, and autograd's own backward
-        return F.linear(x, weight, bias)
-    if not _needs_autograd(x, weight, bias):  # inference: no autograd node to build
-        return _input_linear(x, weight, bias, layout)
-    return _NestedInputLinear.apply(layout, x, weight, bias)
+    if slicing == "input":
+        route = GEMM_POLICY.route(layout, weight.shape[1], x, weight, bias)
+        if route == "dense":  # exactly timm's call, and autograd's own backward
+            return F.linear(x, weight, bias)
+        if route == "no_grad":  # inference: no autograd node to build
+            return _input_linear(x, weight, bias, layout)
+        return _NestedInputLinear.apply(layout, x, weight, bias)
+    route = GEMM_POLICY.route(layout, weight.shape[0], x, weight, bias, residual, scale, scaled=scale is not None)
+    if route == "dense":  # timm's ops and residual add, and autograd's own backward
+        return _dense_output_linear(x, weight, bias, residual)
+    if route == "no_grad":
+        return _output_linear(x, weight, bias, layout, residual, scale)[0]
+    return _NestedOutputLinear.apply(layout, x, weight, bias, residual, scale)
+
+
+def nested_input_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: GroupLayout
+) -> torch.Tensor:
+    """``grouped_linear(x, weight, bias, layout, "input")``: [R, in] -> [R, out]."""
+    return grouped_linear(x, weight, bias, layout, "input")
 
 
 def nested_output_linear(
@@ -322,22 +414,5 @@ def nested_output_linear(
     residual: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per group ``residual_j + Pad(s_j * (h_j @ W[:d_j].T + b[:d_j]))``: each group writes its first ``d_j`` features.
-
-    Args:
-        h: rows [R, in].
-        weight: the shared weight [out, in].
-        bias: [out] or ``None``.
-        layout: the groups' row ranges and widths ``d_j <= out``.
-        residual: rows [R, out] the update is added to; ``None``: zeros (the padded update alone).
-        scale: per-row factor [R, 1] of the update (the MLP scaling ``alpha * r + 1``); ``None``: 1.
-
-    Returns:
-        [R, out]. Under autocast the update is computed in autocast's dtype and added to the residual in the
-        residual's dtype, as ``x + F.linear(h, W, b)`` would be.
-    """
-    if scale is None and layout.widths == (weight.shape[0],):  # dense: timm's ops, and autograd's own backward
-        return _dense_output_linear(h, weight, bias, residual)
-    if not _needs_autograd(h, weight, bias, residual, scale):
-        return _output_linear(h, weight, bias, layout, residual, scale)[0]
-    return _NestedOutputLinear.apply(layout, h, weight, bias, residual, scale)
+    """``grouped_linear(h, weight, bias, layout, "output", residual, scale)``: [R, in] -> [R, out]."""
+    return grouped_linear(h, weight, bias, layout, "output", residual, scale)

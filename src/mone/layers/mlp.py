@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .linear import GroupLayout, nested_input_linear, nested_output_linear
+from .linear import GroupLayout, grouped_linear
 
 
 class NestedMlp(nn.Module):
@@ -30,9 +30,9 @@ class NestedMlp(nn.Module):
     ) -> torch.Tensor:
         """Normalised rows [R, D] -> ``residual + Pad(scale * update_j)`` [R, D] (``residual`` ``None``: zeros,
         ``scale`` [R, 1] or ``None``: 1); group ``j`` writes its first ``d_j`` features."""
-        hidden = nested_input_linear(x, self.fc1.weight, self.fc1.bias, layout)  # [R, hidden], a fresh tensor
+        hidden = grouped_linear(x, self.fc1.weight, self.fc1.bias, layout, "input")  # [R, hidden], a fresh tensor
         if hidden.requires_grad or type(self.act) is not nn.GELU:
             hidden = self.act(hidden)
         else:  # no autograd: GELU in place, no second [R, hidden] tensor (-10% of a D=128 batch-500 forward, measured)
             hidden = torch.ops.aten.gelu_(hidden, approximate=self.act.approximate)
-        return nested_output_linear(hidden, self.fc2.weight, self.fc2.bias, layout, residual, scale)
+        return grouped_linear(hidden, self.fc2.weight, self.fc2.bias, layout, "output", residual, scale)
