@@ -18,6 +18,7 @@ On the study's small ViT (32x32 images, patches of 4, 4 blocks, 64 tokens, batch
 """
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections import defaultdict
@@ -49,13 +50,7 @@ def timed_linear_functions(spent: dict) -> None:
     """Wrap the nested linear autograd functions so that ``spent['linear']`` sums their forward and backward time,
     and route every linear layer through them: at capacity 1.0 the model calls F.linear with autograd's own backward
     instead (0.7% faster), which this split could not time; the same functions at both capacities compare alike."""
-    import mone.layers.attention
-    import mone.layers.mlp
-
-    for module in (mone.layers.attention, mone.layers.mlp):
-        module.nested_input_linear = lambda x, w, b, layout: nested._NestedInputLinear.apply(layout, x, w, b)
-        module.nested_output_linear = lambda h, w, b, layout, residual=None, scale=None: (
-            nested._NestedOutputLinear.apply(layout, h, w, b, residual, scale))
+    nested.GEMM_POLICY = dataclasses.replace(nested.GEMM_POLICY, always_autograd=True)
     for cls in (nested._NestedInputLinear, nested._NestedOutputLinear):
         for name in ("forward", "backward"):
             inner = getattr(cls, name)

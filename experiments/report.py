@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -37,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import difference, lookup, markdown_table, plot  # noqa: E402
 from study_images import UPCYCLED_MONE  # noqa: E402
 from study_images import arms as image_arms  # noqa: E402
+from study_router import PAPER as ROUTER_PAPER  # noqa: E402
+from study_router import SHARE_CAPACITIES  # noqa: E402
 from study_video import DENSE as VIDEO_DENSE  # noqa: E402
 from study_video import DENSE_HALF as VIDEO_HALF  # noqa: E402
 from study_video import arms as video_arms  # noqa: E402
@@ -523,6 +527,96 @@ def video_section(folder: Path, docs: Path) -> Section:
     return Section(lines, claims)
 
 
+LOCALISED_DIGIT, LOCALISED_BACKGROUND = 0.85, 0.45  # issue 23's localisation targets at capacity 0.5
+
+
+def _share(rows: Sequence[dict[str, Any]], arm: str, capacity: float, key: str) -> tuple[float, float, int]:
+    """Mean, standard deviation over seeds and seed count of a routing share (test split) of ``arm``."""
+    values = [r[key] for r in rows if r["arm"] == arm and r["split"] == "test" and r["capacity"] == capacity]
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+
+def _reference(top1: float) -> dict[str, Any]:
+    """A fixed model (one seed, shared by every arm) as a summary row: its test accuracy with no spread over seeds."""
+    return {"top1_mean": 100 * top1, "top1_std": 0.0, "seeds": 1}
+
+
+def router_section(folder: Path, docs: Path) -> Section:
+    """The router study (``experiments/study_router.py``): every router recipe fine-tuned from the demo's shipped
+    nested model; the recipe best on validation at 0.5 is judged against the dense ViT and the nested model's
+    half-width ViT (one shipped model each, evaluated on the same images: no spread over seeds), against the paper's
+    router, on its budget curve and on localisation."""
+    summary = json.loads((folder / "summary.json").read_text())["rows"]
+    shares = json.loads((folder / "routing.json").read_text())
+    references = json.loads((folder / "references.json").read_text())
+    test = [s for s in summary if s["split"] == "test"]
+    arms = list(dict.fromkeys(s["arm"] for s in summary if s["family"] == "mone"))
+    best = best_on_val(summary, arms, "0.5")
+    dense, half = _reference(references["test"]["dense ViT"]), _reference(references["test"]["MatViT half-width"])
+    study = "router, images D=128"
+    claims = []
+
+    def compare(claim: str, mine: dict[str, Any], where: str, name: str, theirs: dict[str, Any],
+                tolerance: float = 0.0) -> None:
+        gap, se = difference(mine, theirs)
+        claims.append(Claim(claim, judge(gap, se, tolerance), best,
+                            _against(mine["top1_mean"], where, name, theirs["top1_mean"], gap, se), study=study))
+
+    at = {c: lookup(summary, best, c) for c in ("0.25", "0.5", "0.75", "1")}
+    compare("Beats the nested model's half-width ViT at the same FLOPs", at["0.5"], "0.5", "MatViT half-width", half)
+    compare("Dense accuracy at about half the FLOPs", at["0.5"], "0.5", "dense ViT", dense, MATCH)
+    compare("Beats the paper's router (same recipe otherwise)", at["0.5"], "0.5", ROUTER_PAPER,
+            lookup(summary, ROUTER_PAPER, "0.5"))
+    compare("At capacity 1.0 within 1 point of the dense ViT", at["1"], "1.0", "dense ViT", dense, MATCH)
+    steps = [(low, high, *difference(at[high], at[low])) for low, high in (("0.25", "0.5"), ("0.5", "0.75"),
+                                                                          ("0.75", "1"))]
+    claims.append(Claim("Accuracy never falls as the budget grows", judge_all([judge(g, e) for *_, g, e in steps]),
+                        best, "; ".join(f"{high} minus {low}: {_fmt(g, e)}" for low, high, g, e in steps),
+                        study=study))
+    checks, parts = [], []
+    digit, digit_sd, n = _share(shares, best, 0.5, "object_share")
+    background, background_sd, _ = _share(shares, best, 0.5, "background_share")
+    checks.append(judge(100 * (digit - LOCALISED_DIGIT), 100 * digit_sd / math.sqrt(n)))
+    checks.append(judge(100 * (LOCALISED_BACKGROUND - background), 100 * background_sd / math.sqrt(n)))
+    parts.append(f"at 0.5 digit {100 * digit:.1f}% (target >= {100 * LOCALISED_DIGIT:g}), background "
+                 f"{100 * background:.1f}% (target <= {100 * LOCALISED_BACKGROUND:g})")
+    for capacity in SHARE_CAPACITIES:
+        values = [r["object_share"] - r["background_share"] for r in shares
+                  if r["arm"] == best and r["split"] == "test" and r["capacity"] == capacity]
+        lead = statistics.fmean(values)
+        checks.append(judge(100 * lead, 100 * statistics.stdev(values) / math.sqrt(len(values))))
+        parts.append(f"digit minus background at {capacity:g}: {100 * lead:+.1f} points")
+    claims.append(Claim("The router localises the digit (share of tokens on the two largest experts)",
+                        judge_all(checks), best, "; ".join(parts), study=study))
+
+    rel = Path(os.path.relpath(folder, docs.parent))
+    lines = ["## Router training: does the router learn which tokens matter?", "",
+             "`experiments/study_router.py`: every arm fine-tunes the demo's shipped nested model (the D=128 dense ViT "
+             "upcycled through 400 nested steps, seed 0) with the demo's recipe (adaptive budgets, isoFLOPs, lr 5e-4); "
+             "only the router and its training differ (docs/method.md, \"Routers that learn which tokens matter\"). "
+             "Seeds 0-2 vary the fine-tuning, not the shared starting model. The dense ViT and the half-width ViT are "
+             f"the shipped models on the same 2,000 test images (dense {dense['top1_mean']:.2f}%, half-width "
+             f"{half['top1_mean']:.2f}%; validation {100 * references['val']['dense ViT']:.2f}% and "
+             f"{100 * references['val']['MatViT half-width']:.2f}%): one model each, so their differences carry the "
+             "spread over MoNE's seeds only. Localisation: the share of digit tokens (at least half inside the digit's "
+             "box) and of background tokens (none of it) on the two largest experts, test split, 1,000 images; the "
+             f"boxes are never used in training. Best recipe on the validation split at capacity 0.5: **{best}**.", "",
+             "| claim | verdict | evidence (test split, mean ± standard error over seeds) |", "|---|---|---|"]
+    lines += [f"| {c.claim} | **{c.verdict}** | {c.numbers} |" for c in claims]
+    lines += ["", "Every arm (test split, top-1 mean ± std over seeds; routing shares mean over seeds):", "",
+              "| arm | 0.25 | 0.5 | 0.75 | 1.0 | digit / background on the two largest experts at 0.25, 0.5, 0.75 |",
+              "|---|---|---|---|---|---|"]
+    for arm in dict.fromkeys(s["arm"] for s in summary):
+        cells = [f"{lookup(summary, arm, c)['top1_mean']:.2f} ± {lookup(summary, arm, c)['top1_std']:.2f}"
+                 for c in ("0.25", "0.5", "0.75", "1")]
+        located = ", ".join(f"{100 * _share(shares, arm, c, 'object_share')[0]:.0f} / "
+                            f"{100 * _share(shares, arm, c, 'background_share')[0]:.0f}%" for c in SHARE_CAPACITIES)
+        lines.append(f"| {arm} | {' | '.join(cells)} | {located} |")
+    lines += ["", f"![accuracy against GFLOPs]({rel}/accuracy_vs_gflops.png)", "",
+              "### Test split", "", markdown_table(test), ""]
+    return Section(lines, claims)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=Path, required=True, help="image study folder")
@@ -531,6 +625,7 @@ def main() -> None:
                    "--embed-dim and the arms dense ViT, dense ViT depth 2 and MoNE recipes)")
     p.add_argument("--fashion", type=Path, default=None, help="Fashion-MNIST study folder (study_fashion.py)")
     p.add_argument("--video", type=Path, default=None, help="video study folder (study_video.py)")
+    p.add_argument("--router", type=Path, default=None, help="router study folder (study_router.py)")
     p.add_argument("--preamble", type=Path, default=Path(__file__).with_name("results_preamble.md"))
     args = p.parse_args()
     sections = [section("Images: cluttered digits", args.images, args.output, "images, D=64")]
@@ -540,6 +635,8 @@ def main() -> None:
                                 FASHION_INTRO))
     if args.video is not None:
         sections.append(video_section(args.video, args.output))
+    if args.router is not None:
+        sections.append(router_section(args.router, args.output))
     lines = [INTRO, "", *claims_table([claim for s in sections for claim in s.claims]), "", VERDICT_RULE, ""]
     lines += [args.preamble.read_text().rstrip(), ""] if args.preamble.exists() else []
     lines += [line for s in sections for line in s.lines]

@@ -49,7 +49,8 @@ class NestedBlock(nn.Module):
         # The two residual lines, x = x + Pad(SA_j(...)) and x = x + s * Pad(MLP_j(...)), with "x +" passed as
         # ``residual=x``: proj and fc2 add each group's d_j outputs straight into its rows of the residual inside
         # the GEMM (beta = 1), instead of building the zero-padded [R, D] update and adding it in a second full pass
-        # over the rows (docs/lab-notebook.md, round 5, "What changed" 1; mone/layers/linear.py, _gemm_adds_residual).
+        # over the rows (docs/lab-notebook.md, round 5, "What changed" 1; GroupedGemmPolicy.adds_residual in
+        # mone/layers/linear.py).
         x = self.attn(self.norm1(x), layout, residual=x)
         x = self.mlp(self.norm2(x), layout, residual=x, scale=mlp_scale)
         return x

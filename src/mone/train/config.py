@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._checks import check_int
-from .._settings import setting
+from .._settings import device_setting, setting
 from ..models._base import ROUTER_GRADIENTS
 
 __all__ = ["ADDED_FIELDS", "CAPACITY_MODES", "PAPER_CAPACITIES", "PRECISIONS", "ROUTER_GRADIENTS", "ROUTER_TARGETS", "TrainConfig"]
@@ -81,7 +81,7 @@ class TrainConfig:
     log_every: int = setting(10, help="steps between metrics lines")
     checkpoint_every: int = setting(200, help="steps between checkpoints (the last step is always saved)")
     num_workers: int = setting(0, flag="--workers", help="DataLoader processes")
-    device: str = setting("auto", help="auto, cpu, cuda, cuda:1, ...")
+    device: str = device_setting("auto")
 
     def __post_init__(self) -> None:
         self.capacities = tuple(float(c) for c in self.capacities)
