@@ -35,7 +35,7 @@ from mone.train.config import TrainConfig
 from mone.train.evaluate import evaluate
 from mone.train.loop import train
 
-__all__ = ["Arm", "aggregate", "parser", "run_dir", "run_study", "select_arms", "setup"]
+__all__ = ["Arm", "aggregate", "paper_router", "parser", "run_dir", "run_study", "select_arms", "setup"]
 
 _logger = logging.getLogger("experiments")
 
@@ -86,10 +86,17 @@ def study_preset(variant: str, quick: bool, embed_dim: int | None = None) -> Tra
     """The ``demo`` preset ``variant`` with the image studies' recipe: width ``embed_dim`` (default 64; ``quick``
     keeps the presets' tiny model), lr 2e-3, fine-tuning lr 5e-4 and 300 steps, no isoFLOPs scaling (the values every
     study run so far used)."""
-    config = demo(variant, quick)
+    config = paper_router(demo(variant, quick))
     width = embed_dim or (config.model_kwargs["embed_dim"] if quick else STUDY_EMBED_DIM)
     return config.replace(lr=STUDY_FINE_TUNE_LR if variant == "finetune" else STUDY_LR, iso_flops=False,
                           model_kwargs=dict(config.model_kwargs, embed_dim=width))
+
+
+def paper_router(config: TrainConfig) -> TrainConfig:
+    """``config`` with the paper's router and its training (the demo's fine-tuning preset now uses the router study's
+    recipe): the studies' earlier arms keep the configuration their runs were made with."""
+    model_kwargs = {key: value for key, value in config.model_kwargs.items() if key != "router"}
+    return config.replace(router_target="none", model_kwargs=model_kwargs)
 
 
 def run_dir(root: Path, arm: str, seed: int, stage: int) -> Path:

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Arm, Stage, parser, run_study, select_arms, setup, train_arm  # noqa: E402
+from common import Arm, Stage, paper_router, parser, run_study, select_arms, setup, train_arm  # noqa: E402
 
 from mone._io import atomic_write_text  # noqa: E402
 from mone.configs import demo  # noqa: E402
@@ -54,7 +54,7 @@ def arms(quick: bool) -> list[Arm]:
     from scratch)."""
     def fine_tune(router: str = "learned", **changes) -> Stage:
         def stage(seed: int, previous: str | None) -> TrainConfig:
-            config = demo("finetune", quick)
+            config = paper_router(demo("finetune", quick))  # the paper's router unless an arm says otherwise
             init = previous if quick else str(ASSETS / "demo_upcycle_seed0.safetensors")
             config = config.replace(seed=seed, init_from=init, model_kwargs=dict(config.model_kwargs, router=router))
             return config.replace(**changes)

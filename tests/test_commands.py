@@ -14,6 +14,7 @@ from mone._settings import DEVICE_HELP, add_setting_arguments, setting, setting_
 from mone.bench import BenchConfig, BenchFiles
 from mone.cli import build_parser, main
 from mone.configs import VIDEO_VARIANTS, get_config, list_configs, video
+from mone.demo import DemoSettings
 from mone.export_cli import ExportSettings
 from mone.flops_cli import FlopsSettings
 from mone.latency import CalibrateCommand, CalibrateConfig
@@ -304,6 +305,7 @@ def test_positional_and_required_settings():
 COMMAND_SETTINGS = {
     "train": (TrainCommand, TrainConfig), "eval": (EvalSettings,), "viz": (VizSettings,), "flops": (FlopsSettings,),
     "export": (ExportSettings,), "bench": (BenchConfig, BenchFiles), "calibrate": (CalibrateCommand, CalibrateConfig),
+    "demo": (DemoSettings,),
 }
 
 
@@ -315,5 +317,5 @@ def test_every_option_of_a_command_is_a_setting_field(command):
     assert set(options) == set(fields)
     for name, action in options.items():
         assert action.help.startswith(fields[name].metadata["help"]), name
-    if "device" in options and command != "train":  # TrainConfig writes its own (mone/train/config.py)
+    if "device" in options:
         assert options["device"].help.startswith(DEVICE_HELP)

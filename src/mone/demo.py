@@ -23,6 +23,7 @@ import logging
 import math
 import statistics
 import time
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import torch
 
 from ._extras import require
 from ._io import atomic_write_text, prepare_output_dir, save_figure
+from ._settings import add_setting_arguments, device_setting, progress_setting, setting, settings_from_args
 from ._timing import time_round_robin
 from .configs import demo as demo_config
 from .data import build_dataset
@@ -163,10 +165,11 @@ def run_demo(
     results[LABELS["matvit_half"]][0]["capacity"] = 1.0  # a model of its own: all of its (half-width) layers
     results[LABELS["finetune"]] = evaluate(models["finetune"], test, EVAL_CAPACITIES, CPU_BATCH_SIZE)
     mone = models["finetune"]
+    clock_rounds = 5 if local else CLOCK_ROUNDS
     times = clock({"dense": (models["dense"], 1.0), "dense_half": (models["dense_half"], 1.0),
                    "matvit_half": (models["upcycle"], HALF_WIDTH), "mone": (mone, 0.5)},
                   torch.stack([test[i][0] for i in range(min(CPU_BATCH_SIZE, len(test)))]),
-                  rounds=5 if local else CLOCK_ROUNDS)
+                  rounds=clock_rounds)
 
     write_results(results, output_dir)
     plot_tradeoff(results, output_dir / "accuracy_vs_compute.png")
@@ -191,6 +194,7 @@ def run_demo(
         "verdict_vs_matvit_half": _verdict(matvit_half["top1"], mone_half["top1"], matvit_half["num_samples"])[0],
         "margin": margin,
         "flops_ratio": dense["gflops"] / mone_half["gflops"],
+        "clock_rounds": clock_rounds,
         "speed_vs_dense": speed_ratio(times, "mone", "dense"),
         "speed_vs_dense_half": speed_ratio(times, "mone", "dense_half"),
         "speed_vs_matvit_half": speed_ratio(times, "mone", "matvit_half"),
@@ -211,13 +215,14 @@ def routing_shares(model: torch.nn.Module, config: Any, test: Any, num_samples: 
     same capacities) and the router of the same architecture at initialisation (seeded like the run)."""
     torch.manual_seed(config.seed)
     fresh = create_model(config.model, **config.model_kwargs).eval()
+    own = model.router_mode
     out = {}
-    for name, candidate, router in (("learned", model, "learned"), ("random", model, "random"),
-                                    ("at initialisation", fresh, "learned")):
+    for name, candidate, router in (("learned", model, own), ("random", model, "random"),
+                                    ("at initialisation", fresh, own)):
         candidate.set_router(router)
         torch.manual_seed(0)
         out[name] = [object_routing_share(candidate, test, c, num_samples=num_samples) for c in SHARE_CAPACITIES]
-    model.set_router("learned")
+    model.set_router(own)
     return out
 
 
@@ -293,7 +298,8 @@ def _report(
         f"({pct['matvit_half_top1']:.2f}%, the same FLOPs). {answer}",
         "",
         f"On the clock (this machine, forward passes of batch {CPU_BATCH_SIZE}, the models timed round-robin, "
-        f"{CLOCK_ROUNDS} rounds): MoNE at 0.5 runs at {clock_words(summary['speed_vs_dense'], 'dense ViT')}; at "
+        f"{summary['clock_rounds']} rounds): MoNE at 0.5 runs at "
+        f"{clock_words(summary['speed_vs_dense'], 'dense ViT')}; at "
         f"{clock_words(summary['speed_vs_dense_half'], 'half-FLOPs dense ViT')}; at "
         f"{clock_words(summary['speed_vs_matvit_half'], 'half-width ViT')}. At this small width (D={width}, smallest "
         f"expert {width // 8} features) the per-expert kernels and the routing cost much of what the multiply-adds "
@@ -311,12 +317,28 @@ def _report(
                 "by `experiments/study_images.py` and `experiments/export_demo_checkpoint.py`, seed 0; `--pretrain` "
                 "retrains it here)")
 
+    routing = [
+        "## Routing",
+        "",
+        "Share of tokens sent to the two largest experts: tokens at least half inside the digit's box, tokens entirely "
+        "outside it, and all tokens (what a router blind to the content gives both on average); for the trained "
+        "router, a random router on the same model, and the same architecture's router at initialisation. The "
+        "digit boxes are read only here: the router learns from the model's own attention (docs/method.md).",
+        "",
+        "| router | capacity | digit tokens | background tokens | all tokens |",
+        "|---|---|---|---|---|",
+    ]
+    for name, rows in shares.items():
+        routing += [f"| {name} | {r['capacity']:g} | {r['object_share']:.3f} | {r['background_share']:.3f} | "
+                    f"{r['expected_share']:.3f} |" for r in rows]
+    routing += ["", "Routing maps (green box: the digit):", "", "![routing maps](routing_maps.png)", ""]
     lines = [
         "# MoNE demo: cluttered digits",
         "",
         *(["_Numbers from a `--local` smoke run: tiny models, meaningless accuracies._", ""] if local else []),
         *verdict,
         "",
+        *routing,
         "## What was trained",
         "",
         f"Every model: ViT with D={width}, {upcycle.model_kwargs['num_heads']} heads, patch "
@@ -331,7 +353,9 @@ def _report(
         f"- {LABELS['finetune']}: the dense ViT's weights upcycled into nested experts by {upcycle.steps} steps of "
         f"nested (MatViT-style) training, each averaging the loss over the four widths, lr {upcycle.lr}, "
         f"{made('upcycle')}; then {summary['fine_tune_steps']} steps of adaptive "
-        f"MoNE fine-tuning (capacity drawn per step, lr {configs['finetune'].lr}"
+        f"MoNE fine-tuning (capacity drawn per step, lr {configs['finetune'].lr}, router "
+        f"`{configs['finetune'].model_kwargs.get('router', 'learned')}` with router target "
+        f"`{configs['finetune'].router_target}`"
         + (f"; isoFLOPs: the FLOPs of {configs['finetune'].steps} dense steps" if configs['finetune'].iso_flops else "")
         + f"), {made('finetune')}. Its training "
         "compute adds to the dense ViT's (a nested step costs the four widths' forward and backward passes). "
@@ -355,40 +379,36 @@ def _report(
         lines += [f"| {r['capacity']:g} | {r['realised_capacity']:.4f} | {r['gflops']:.4f} | {100 * r['top1']:.2f} | "
                   f"{r['images_per_s']:.0f} |" for r in rows]
         lines.append("")
-    lines += [
-        "## Routing",
-        "",
-        "Share of tokens sent to the two largest experts: tokens at least half inside the digit's box, tokens entirely "
-        "outside it, and all tokens (what a router blind to the content gives both on average); for the trained "
-        "router, a random router on the same model, and the same architecture's router at initialisation.",
-        "",
-        "| router | capacity | digit tokens | background tokens | all tokens |",
-        "|---|---|---|---|---|",
-    ]
-    for name, rows in shares.items():
-        lines += [f"| {name} | {r['capacity']:g} | {r['object_share']:.3f} | {r['background_share']:.3f} | "
-                  f"{r['expected_share']:.3f} |" for r in rows]
-    lines += ["", "Routing maps (green box: the digit):", "", "![routing maps](routing_maps.png)", "",
-              "Files: `results.csv`, `results.json`, `routing_share.json`, `summary.json`, and one run folder per "
+    lines += ["Files: `results.csv`, `results.json`, `routing_share.json`, `summary.json`, and one run folder per "
               "trained model (checkpoint, metrics.jsonl, config.json).", ""]
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class DemoSettings:
+    """The options of ``mone demo``, one field each."""
+
+    output: str = setting("runs/demo", help="report folder")
+    pretrain: bool = setting(False, help="train the dense ViT and its nested upcycling here (about 10 more minutes "
+                                         "on 2 cores) instead of loading the shipped checkpoints")
+    steps: int | None = setting(None, help="training steps per model (default: the presets')")
+    local: bool = setting(False, help="tiny smoke-test version (seconds, meaningless numbers)")
+    device: str = device_setting()
+    progress: bool = progress_setting()
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", default="runs/demo", help="report folder")
-    parser.add_argument("--pretrain", action="store_true",
-                        help="train the dense ViT and its nested upcycling here (about 10 more minutes on 2 cores) "
-                             "instead of loading the shipped checkpoints")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per model (default: the presets')")
-    parser.add_argument("--local", action="store_true", help="tiny smoke-test version (seconds, meaningless numbers)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-progress", action="store_true")
+    add_setting_arguments(parser, DemoSettings)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    report = run_demo(args.output, args.steps, args.local, args.device, not args.no_progress, args.pretrain)
+    settings = settings_from_args(args, DemoSettings)
+    report = run_demo(settings.output, settings.steps, settings.local, settings.device, settings.progress,
+                      settings.pretrain)
     for label, rows in report["results"].items():
         print(format_table(rows, title=label))
     s = report["summary"]
@@ -396,5 +416,5 @@ def run(args: argparse.Namespace) -> int:
           f"{100 * s['dense_top1']:.2f}%, {s['flops_ratio']:.2f}x fewer FLOPs), {s['verdict_vs_dense_half']} the "
           f"half-FLOPs dense ViT ({100 * s['dense_half_top1']:.2f}%) and {s['verdict_vs_matvit_half']} MatViT's "
           f"half-width ViT ({100 * s['matvit_half_top1']:.2f}%); {clock_words(s['speed_vs_dense'], 'dense ViT')} "
-          f"({s['total_seconds']:.0f} s). Report: {Path(args.output) / 'README.md'}")
+          f"({s['total_seconds']:.0f} s). Report: {Path(settings.output) / 'README.md'}")
     return 0

@@ -11,8 +11,9 @@ steps, warm-up and cosine decay), so the only difference is how many tokens reac
 * ``upcycle``: 400 steps of nested training from the trained dense ViT's weights (``init_from``, by default the
   ``dense`` run's checkpoint), at the dense ViT's learning rate: upcycling a dense ViT into nested experts;
 * ``finetune``: adaptive MoNE fine-tuning of a model given by ``init_from`` (by default the ``upcycle`` run's
-  checkpoint), isoFLOPs (as many FLOPs as 300 dense steps: about 520 steps): the last stage of the study's best
-  recipe, dense ViT -> ``upcycle`` -> MoNE.
+  checkpoint), isoFLOPs (as many FLOPs as 300 dense steps: about 520 steps), with the router study's recipe: the
+  ``ordinal`` router (one learned score per token) trained towards the tokens' attention received
+  (``router_target="attention"``); the last stage of the study's best recipe, dense ViT -> ``upcycle`` -> MoNE.
 
 Chosen on the *validation* split (docs/results.md): clutter crops of 4 px and batch 64 (earlier rounds);
 standardised pixels, which take a dense ViT from 34.4% to 66.7% validation top-1 after 600 steps; D=128, where
@@ -30,13 +31,15 @@ from __future__ import annotations
 from ..train.checkpoint import CHECKPOINT_NAME
 from ..train.config import TrainConfig
 
-__all__ = ["DEMO_MODEL_KWARGS", "DEMO_VARIANTS", "DENSE_LR", "FINE_TUNE", "LR", "UPCYCLE", "demo"]
+__all__ = ["DEMO_MODEL_KWARGS", "DEMO_VARIANTS", "DENSE_LR", "FINE_TUNE", "LR", "ROUTER", "UPCYCLE", "demo"]
 
 DEMO_MODEL_KWARGS = dict(img_size=32, patch_size=4, in_chans=1, embed_dim=128, depth=4, num_heads=4, num_classes=10)
 DEMO_VARIANTS = ("dense", "dense_half", "mone", "adaptive", "nested", "upcycle", "finetune")
 LR = 2e-3  # MoNE and nested training
 DENSE_LR = 1e-3  # the dense ViTs
-FINE_TUNE = dict(steps=300, lr=5e-4, warmup_steps=15, iso_flops=True)  # isoFLOPs: +2.3 points at 0.5 (val-chosen)
+FINE_TUNE = dict(steps=300, lr=5e-4, warmup_steps=15, iso_flops=True,  # isoFLOPs: +2.3 points at 0.5 (val-chosen)
+                 router_target="attention")  # the router study's recipe (docs/results.md), with ROUTER
+ROUTER = "ordinal"  # the fine-tuned MoNE's router: one learned score per token (docs/method.md)
 UPCYCLE = dict(steps=400, lr=DENSE_LR, warmup_steps=20)  # nested steps from the dense ViT (the video study's count)
 LOCAL_EMBED_DIM = 64  # --local: half the layers at this width, for smoke tests
 
@@ -79,6 +82,8 @@ def demo(variant: str = "mone", local: bool = False) -> TrainConfig:
     if variant in starts_from:
         config = config.replace(**(UPCYCLE if variant == "upcycle" else FINE_TUNE),
                                 init_from=f"{demo(starts_from[variant]).output_dir}/{CHECKPOINT_NAME}")
+    if variant == "finetune":
+        config = config.replace(model_kwargs=dict(config.model_kwargs, router=ROUTER))
     if local:
         config = config.replace(
             model_kwargs=dict(model_kwargs, depth=model_kwargs["depth"] // 2, embed_dim=LOCAL_EMBED_DIM),
