@@ -141,5 +141,4 @@ if __name__ == "__main__":
     run_study("router training, cluttered digits", chosen, args.seeds, args.output, progress=args.progress,
               num_samples=samples)
     routing(chosen, args.seeds, args.output, 256 if args.quick else 1000)
-    if not args.quick:
-        references(args.output, samples)
+    references(args.output, samples)

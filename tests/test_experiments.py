@@ -262,3 +262,34 @@ def test_the_report_opens_with_one_claims_table_gathered_from_every_section(tmp_
             assert re.search(rf"^\|.* \| {re.escape(claim)} \| \*\*{verdict}\*\* \|$",
                              width[study], flags=re.MULTILINE)
     assert "holds partly" not in text
+
+
+@pytest.mark.slow
+def test_router_study_quick_and_its_report_section(tmp_path):
+    """study_router.py end to end (tiny models), then report.py's router section and its claims in the table."""
+    study = tmp_path / "router"
+    subprocess.run([sys.executable, str(ROOT / "experiments" / "study_router.py"), "--output", str(study), "--quick",
+                    "--seeds", "0", "1", "--arms", "paper router", "ordinal router, attention-supervised"],
+                   check=True, capture_output=True, text=True, timeout=900)
+    routing = json.loads((study / "routing.json").read_text())
+    assert {(r["arm"], r["seed"], r["split"], r["capacity"]) for r in routing} == {
+        (arm, seed, split, capacity) for arm in ("paper router", "ordinal router, attention-supervised")
+        for seed in (0, 1) for split in ("val", "test") for capacity in (0.25, 0.5, 0.75)}
+    assert all(0 <= r["object_share"] <= 1 and 0 <= r["background_share"] <= 1 for r in routing)
+    references = json.loads((study / "references.json").read_text())
+    assert set(references["test"]) == {"dense ViT", "MatViT half-width"}
+    config = json.loads((study / "runs" / "ordinal_router,_attention-supervised" / "seed0" / "stage0" / "config.json")
+                        .read_text())
+    assert config["router_target"] == "attention" and config["model_kwargs"]["router"] == "ordinal"
+    paper = json.loads((study / "runs" / "paper_router" / "seed0" / "stage0" / "config.json").read_text())
+    assert paper["router_target"] == "none" and paper["model_kwargs"]["router"] == "learned"
+
+    images = shutil.copytree(ROOT / "experiments" / "results" / "images", tmp_path / "images")
+    report = tmp_path / "results.md"
+    subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), "--images", str(images), "--router",
+                    str(study), "--output", str(report)], check=True, capture_output=True, text=True, timeout=300)
+    text = report.read_text()
+    section = text.split("## Router training: does the router learn which tokens matter?", 1)[1]
+    claims = re.findall(r"^\| (.+?) \| router, images D=128 \| \*\*(.+?)\*\* \|", text, flags=re.MULTILINE)
+    assert len(claims) == 6 and {word for _, word in claims} <= {"holds", "not resolved", "does not hold"}
+    assert "| paper router | " in section and "| ordinal router, attention-supervised | " in section
