@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mone._timing import environment, time_round_robin
-from mone.importance import attention_received, importance_routing, router_distillation_loss
+from mone.importance import attention_target_loss
 from mone.models import create_model
 
 MODEL = dict(img_size=32, patch_size=4, in_chans=1, embed_dim=128, depth=4, num_heads=4, num_classes=10)
@@ -47,10 +47,8 @@ def training_step(router: str, straight_through: bool, target: bool, images: tor
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(images, capacity=0.5), labels, label_smoothing=0.1)
         if target:
-            with torch.no_grad():
-                importance = attention_received(model.blocks[0].attn, kept["x"].detach())
-                wanted = importance_routing(importance, model.resolve_distribution(0.5))
-            loss = loss + router_distillation_loss(kept["probs"], wanted)
+            loss = loss + attention_target_loss(model.blocks[0].attn, kept["x"], kept["probs"],
+                                                model.resolve_distribution(0.5))
         loss.backward()
         optimizer.step()
 

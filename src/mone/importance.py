@@ -22,7 +22,8 @@ import torch.nn as nn
 from .capacity import token_counts
 from .routing import _expert_preferred_routing
 
-__all__ = ["attention_received", "importance_probs", "importance_routing", "router_distillation_loss"]
+__all__ = ["attention_received", "attention_target_loss", "importance_probs", "importance_routing",
+           "router_distillation_loss"]
 
 
 def attention_received(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -39,7 +40,8 @@ def attention_received(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     H, hd = attn.num_heads, attn.head_dim
     weight = attn.qkv.weight[: 2 * D]  # q and k only: [2D, D]
     bias = None if attn.qkv.bias is None else attn.qkv.bias[: 2 * D]
-    qk = nn.functional.linear(x, weight, bias).view(G, N, 2, H, hd).permute(2, 0, 3, 1, 4)  # [2, G, H, N, hd]
+    qk = nn.functional.linear(x.to(weight.dtype), weight, bias)  # [G, N, 2D]
+    qk = qk.view(G, N, 2, H, hd).permute(2, 0, 3, 1, 4)  # [2, G, H, N, hd]
     q, k = qk.unbind(0)
     weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # [G, H, N(query), N(key)]
     return weights.mean(dim=(1, 2))  # [G, N]
@@ -70,3 +72,16 @@ def router_distillation_loss(probs: torch.Tensor, target: torch.Tensor) -> torch
     """
     log_probs = probs.float().clamp_min(torch.finfo(torch.float32).tiny).log()
     return -log_probs.gather(-1, target.unsqueeze(-1)).mean()
+
+
+def attention_target_loss(
+    attn: nn.Module, x: torch.Tensor, probs: torch.Tensor, distribution: Sequence[float]
+) -> torch.Tensor:
+    """The trainer's ``router_target="attention"`` loss for one forward: the cross-entropy of the router's
+    probabilities ``probs`` [G, N, E] against EPR's routing at ``distribution`` of the tokens ranked by the attention
+    they receive at full width in the router block (``attn``, from its normalised input ``x`` [G, N, D], the router's
+    input). The target is computed without gradient: the loss trains the router and what feeds it, not the attention.
+    """
+    with torch.no_grad():
+        target = importance_routing(attention_received(attn, x.detach()).float(), distribution)  # [G, N]
+    return router_distillation_loss(probs, target)

@@ -36,7 +36,7 @@ from .._progress import progress as progress_display
 from ..capacity import token_counts, validate_capacity
 from ..data import build_dataset
 from ..flops import count_flops
-from ..importance import attention_received, importance_routing, router_distillation_loss
+from ..importance import attention_target_loss
 from ..models import create_model, load_dense_weights, needs_upcycling
 from ..models._base import LEARNED_ROUTERS
 from .checkpoint import (
@@ -260,9 +260,8 @@ def _param_groups(model: nn.Module, weight_decay: float, alpha_lr_scale: float |
 
 def _check_router_settings(model: nn.Module, config: TrainConfig) -> None:
     """ValueError when a router setting asks for a learned router the model does not have."""
-    asked = [f"{name}={getattr(config, name)}" for name, default in (("router_gradient", "paper"),
-                                                                     ("router_target", "none"))
-             if getattr(config, name) != default]
+    asked = [f"{name}={getattr(config, name)}" for name in ("router_gradient", "router_target")
+             if getattr(config, name) != ADDED_FIELDS[name]]
     if asked and getattr(model, "router_mode", None) not in LEARNED_ROUTERS:
         raise ValueError(f"{' and '.join(asked)} need a model with a learned router; {config.model} has "
                          f"{getattr(model, 'router_mode', 'no MoNE router')!r}")
@@ -451,10 +450,8 @@ class _Run:
         x, probs = self.router_io  # [G, N, D] normalised tokens, [G, N, E]
         if max(token_counts(distribution, x.shape[1])) == x.shape[1]:
             return None
-        with torch.no_grad():
-            importance = attention_received(model.blocks[model.router_block].attn, x.detach())  # [G, N]
-            target = importance_routing(importance.float(), distribution)  # [G, N]
-        return self.config.router_loss_weight * router_distillation_loss(probs, target)
+        attn = model.blocks[model.router_block].attn
+        return self.config.router_loss_weight * attention_target_loss(attn, x, probs, distribution)
 
     @property
     def output_dir(self) -> Path:
