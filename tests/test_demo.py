@@ -122,9 +122,15 @@ def test_budgets_line_says_where_more_capacity_stops_buying_accuracy():
     from mone.demo import _budgets
 
     rising = {0.25: {"top1": 0.7}, 0.5: {"top1": 0.8}, 1.0: {"top1": 0.85}}
-    assert _budgets(rising, 0.86) == ("One MoNE model for every budget: 0.25: 70.00%, 0.5: 80.00%, 1: 85.00% "
-                                      "(dense ViT: 86.00%).")
+    assert _budgets(rising, 0.86, 5000) == ("One MoNE model for every budget: 0.25: 70.00%, 0.5: 80.00%, 1: 85.00% "
+                                            "(dense ViT: 86.00%).")
     peaked = {0.25: {"top1": 0.79}, 0.5: {"top1": 0.81}, 0.75: {"top1": 0.795}, 1.0: {"top1": 0.77}}
-    assert _budgets(peaked, 0.84).endswith("(dense ViT: 84.00%); its accuracy peaks at capacity 0.5 and falls above "
-                                           "it, so it is worth running up to 0.5: for more compute, the dense ViT "
-                                           "is the better choice.")
+    assert _budgets(peaked, 0.84, 5000).endswith("(dense ViT: 84.00%); its accuracy peaks at capacity 0.5 and falls "
+                                                 "above it, so it is worth running up to 0.5: for more compute, the "
+                                                 "dense ViT is the better choice.")
+    # 2 sqrt((0.81 * 0.19 + 0.77 * 0.23) / 5000) = 0.0163 < the 0.04 drop; with 500 images the margin is 0.0516
+    assert _budgets(peaked, 0.84, 500).endswith("(dense ViT: 84.00%).")
+    above_dense = {0.5: {"top1": 0.86}, 0.75: {"top1": 0.87}, 1.0: {"top1": 0.84}}  # falls, but stays above dense
+    assert _budgets(above_dense, 0.83, 5000).endswith("worth running up to 0.75.")
+    level = {0.5: {"top1": 0.8588}, 0.75: {"top1": 0.8636}, 1.0: {"top1": 0.8632}}  # a drop within the noise
+    assert _budgets(level, 0.839, 5000).endswith("(dense ViT: 83.90%).")

@@ -265,16 +265,20 @@ def _answer(words: dict[str, str], accuracy: dict[str, float]) -> str:
     return "By accuracy, MoNE at half the compute is the model to pick here."
 
 
-def _budgets(rows: dict[float, dict[str, float]], dense: float) -> str:
-    """One line on the MoNE model across budgets (``rows`` by capacity, ``dense`` the dense ViT's top-1), saying where
-    more capacity stops buying accuracy."""
+def _budgets(rows: dict[float, dict[str, float]], dense: float, num_samples: int) -> str:
+    """One line on the MoNE model across budgets (``rows`` by capacity, ``dense`` the dense ViT's top-1, both on
+    ``num_samples`` test images), saying where more capacity stops buying accuracy: when the accuracy at the largest
+    budget is below the peak by more than two standard errors (test-set sampling)."""
     listed = ", ".join(f"{c:g}: {100 * r['top1']:.2f}%" for c, r in rows.items())
     text = f"One MoNE model for every budget: {listed} (dense ViT: {100 * dense:.2f}%)."
-    peak = max(rows, key=lambda c: rows[c]["top1"])
-    if peak == max(rows):
+    peak, top = max(rows, key=lambda c: rows[c]["top1"]), max(rows)
+    best, last = rows[peak]["top1"], rows[top]["top1"]
+    margin = 2 * math.sqrt((best * (1 - best) + last * (1 - last)) / num_samples)
+    if best - last <= margin:
         return text
+    advice = ": for more compute, the dense ViT is the better choice." if dense > best else "."
     return (text[:-1] + f"; its accuracy peaks at capacity {peak:g} and falls above it, so it is worth running up to "
-            f"{peak:g}: for more compute, the dense ViT is the better choice.")
+            f"{peak:g}{advice}")
 
 
 def _report(
@@ -305,7 +309,7 @@ def _report(
         f"expert {width // 8} features) the per-expert kernels and the routing cost much of what the multiply-adds "
         "save (docs/performance.md).",
         "",
-        _budgets(mone_rows, dense_row["top1"]),
+        _budgets(mone_rows, dense_row["top1"], dense_row["num_samples"]),
     ]
     upcycle = configs["upcycle"]
 
