@@ -37,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import difference, lookup, markdown_table, plot  # noqa: E402
+from study_fashion import UPCYCLED_ORDINAL  # noqa: E402
 from study_images import UPCYCLED_MONE  # noqa: E402
 from study_images import arms as image_arms  # noqa: E402
 from study_router import PAPER as ROUTER_PAPER  # noqa: E402
@@ -95,7 +96,7 @@ class Section:
 
 
 MONE_RECIPES = ("MatViT -> MoNE adaptive", "MoNE adaptive", "MoNE fixed 0.5", "dense -> MoNE adaptive (upcycled)",
-                "MatViT -> MoNE fixed 0.5", UPCYCLED_MONE)
+                "MatViT -> MoNE fixed 0.5", UPCYCLED_MONE, UPCYCLED_ORDINAL)
 
 
 VERDICT_RULE = (
