@@ -107,7 +107,11 @@ def test_speed_is_compared_round_by_round_and_a_noisy_spread_concludes_nothing()
     times = {"dense": [2.0, 2.0, 2.0, 2.0, 2.0], "mone": [1.0, 1.0, 4.0, 1.0, 1.0]}
     ratio = speed_ratio(times, "mone", "dense")
     assert ratio == {"speedup": 2.0, "q1": 1.25, "q3": 2.0}  # statistics.quantiles' exclusive method, by hand
-    assert clock_words(ratio, "dense ViT").endswith("the rounds differ too much on this machine now to conclude")
+    assert clock_words(ratio, "dense ViT").endswith(": faster")  # the middle half of the rounds agree
+    # a busy machine: the rounds straddle 1 and spread widely
+    busy = speed_ratio({"dense": [2.0, 1.0, 2.0, 1.0, 1.5], "mone": [1.0, 2.0, 2.0, 1.0, 1.2]}, "mone", "dense")
+    assert busy == {"speedup": 1.0, "q1": 0.75, "q3": 1.625}  # ratios 0.5, 1.0, 1.0, 1.25, 2.0
+    assert clock_words(busy, "dense ViT").endswith("the rounds differ too much on this machine now to conclude")
     steady = speed_ratio({"dense": [2.0, 2.1, 1.9, 2.0], "mone": [1.0, 1.05, 0.95, 1.0]}, "mone", "dense")
     assert steady == {"speedup": 2.0, "q1": 2.0, "q3": 2.0}
     assert clock_words(steady, "dense ViT") == ("2.00x the dense ViT's images/s (quartiles over rounds 2.00-2.00x): "

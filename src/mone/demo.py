@@ -51,7 +51,7 @@ EVAL_CAPACITIES = (0.25, 0.5, 0.75, 1.0)
 SHARE_CAPACITIES = (0.25, 0.5, 0.75)
 TEST_SAMPLES = 5000
 CLOCK_ROUNDS = 21  # round-robin rounds of the speed comparison (one forward of each model per round)
-CLOCK_SPREAD = 0.2  # a speed ratio whose interquartile range exceeds this fraction of its median settles nothing
+CLOCK_SPREAD = 0.2  # quartiles of a speed ratio straddling 1 and this far apart (of the median): too noisy to say
 HALF_WIDTH = (0.0, 0.0, 1.0, 0.0)  # every token on the third nested expert: the D/2-wide ViT inside the model
 LABELS = {
     "dense": "dense ViT (4 layers)",
@@ -79,15 +79,16 @@ def speed_ratio(times: dict[str, list[float]], model: str, reference: str) -> di
 
 
 def clock_words(ratio: dict[str, float], reference: str) -> str:
-    """A :func:`speed_ratio` in words: faster, slower, no clear difference, or too noisy to say."""
+    """A :func:`speed_ratio` in words: faster or slower when the middle half of the rounds agree on it, else no clear
+    difference, or too noisy to say when those rounds spread over more than ``CLOCK_SPREAD`` of the median."""
     spread = (f"{ratio['speedup']:.2f}x the {reference}'s images/s (quartiles over rounds {ratio['q1']:.2f}-"
               f"{ratio['q3']:.2f}x)")
-    if ratio["q3"] - ratio["q1"] > CLOCK_SPREAD * ratio["speedup"]:
-        return f"{spread}: the rounds differ too much on this machine now to conclude"
     if ratio["q1"] > 1:
         return f"{spread}: faster"
     if ratio["q3"] < 1:
         return f"{spread}: slower"
+    if ratio["q3"] - ratio["q1"] > CLOCK_SPREAD * ratio["speedup"]:
+        return f"{spread}: the rounds differ too much on this machine now to conclude"
     return f"{spread}: no clear difference"
 
 
