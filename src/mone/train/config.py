@@ -15,8 +15,6 @@ __all__ = ["ADDED_FIELDS", "CAPACITY_MODES", "PAPER_CAPACITIES", "PRECISIONS", "
 
 CAPACITY_MODES = ("fixed", "adaptive", "nested")
 ROUTER_TARGETS = ("none", "attention")
-# Fields added after runs were saved without them, with the value those runs trained with (a resume compares them).
-ADDED_FIELDS = {"router_gradient": "paper", "router_target": "none", "router_loss_weight": 1.0}
 PRECISIONS = ("fp32", "bf16")
 PAPER_CAPACITIES = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)  # docs/method.md, adaptive training
 
@@ -141,3 +139,9 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+# Fields added after runs were saved without them, with the value those runs trained with (their defaults): a resume
+# and the check of the demo's shipped checkpoints compare an older run's configuration with these filled in.
+ADDED_FIELDS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                if f.name in ("router_gradient", "router_target", "router_loss_weight")}
