@@ -612,7 +612,7 @@ def router_section(folder: Path, docs: Path) -> Section:
               "over seeds):", "",
               "| arm | MFLOPs at 0.5 | 0.25 | 0.5 | 0.75 | 1.0 | digit / background on the two largest experts at "
               "0.25, 0.5, 0.75 |", "|---|---|---|---|---|---|---|"]
-    for arm in dict.fromkeys(s["arm"] for s in summary):
+    for arm in dict.fromkeys(s["arm"] for s in summary if s["family"] in ("mone", "random")):
         cells = [f"{lookup(summary, arm, c)['top1_mean']:.2f} ± {lookup(summary, arm, c)['top1_std']:.2f}"
                  for c in ("0.25", "0.5", "0.75", "1")]
         located = ", ".join(f"{100 * _share(shares, arm, c, 'object_share')[0]:.0f} / "

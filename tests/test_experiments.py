@@ -84,7 +84,10 @@ def test_fashion_study_quick_runs_end_to_end_and_report_renders_its_section(tmp_
     assert {row["arm"] for row in rows} == {
         "dense ViT", "dense ViT, depth 2", "MatViT (nested)", "MatViT -> MoNE adaptive",
         "MatViT -> MoNE, random router at eval", "MoNE fixed 0.5", "dense -> MatViT (nested)", UPCYCLED,
-        f"{UPCYCLED}, random router at eval"}
+        f"{UPCYCLED}, random router at eval", f"{UPCYCLED}, ordinal router, attention-supervised"}
+    ordinal = json.loads((study / "runs" / "dense_->_MatViT_->_MoNE_adaptive,_isoFLOPs,_ordinal_router,"
+                                          "_attention-supervised" / "seed0" / "stage0" / "config.json").read_text())
+    assert (ordinal["router_target"], ordinal["model_kwargs"]["router"]) == ("attention", "ordinal")
     upcycle = json.loads((study / "runs" / "dense_->_MatViT_(nested)" / "seed1" / "stage0" / "config.json").read_text())
     assert upcycle["init_from"].endswith("dense_ViT/seed1/stage0/checkpoint.safetensors")  # the trained dense ViT
     assert (upcycle["capacity_mode"], upcycle["lr"], upcycle["dataset"]) == ("nested", 1e-3, "fashion_mnist")
@@ -138,7 +141,8 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
     nested = ("MatViT (nested) ViViT", "MatViT (nested) ViViT, dense steps", "dense -> MatViT (nested) ViViT")
     upcycled = "dense -> MatViT -> MoNE ViViT adaptive"
     mones = (mone, "MatViT -> MoNE ViViT, random router at eval", "MatViT, dense steps -> MoNE ViViT adaptive",
-             upcycled, f"{upcycled}, lr 0.0005", f"{upcycled}, lr 0.0005, random router at eval")
+             upcycled, f"{upcycled}, lr 0.0005", f"{upcycled}, lr 0.0005, random router at eval",
+             f"{upcycled}, ordinal router, attention-supervised")
     assert set(rows) == {
         ("dense ViViT", "1"), ("dense ViViT, 2 spatial blocks", "1"),
         *((arm, f"width {w}") for arm in nested for w in ("1/8", "1/4", "1/2", "1")),
@@ -172,7 +176,7 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
     assert len(claims) == 4 and {word for _, word in claims} <= {"holds", "not resolved", "does not hold"}
     assert "| MatViT (nested) ViViT | width 1/2 |" in video and "video/accuracy_vs_gflops.png" in video
     assert "Best MoNE recipe on the validation split at capacity 0.5: **" in video
-    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 4
+    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 5
     assert video.count("Learned minus random router on the same weights") == 2  # both recipes with a random router
 
 
