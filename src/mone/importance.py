@@ -7,9 +7,11 @@ token's update", not "this token needs the wide expert". The pieces here give it
   averaged over heads and over every query, since the models pool without a class token);
 * :func:`importance_routing`: the experts EPR would give the tokens if they were ranked by that importance;
 * :func:`router_distillation_loss`: cross-entropy of the router's probabilities against those experts, the
-  supervised router of Mixture-of-Depths' auxiliary predictor and DynamicViT's distillation.
+  supervised router of Mixture-of-Depths' auxiliary predictor and DynamicViT's distillation;
+  :func:`attention_target_loss` chains the three for one forward (the trainer's ``router_target="attention"``).
 
-A model with ``router="attention"`` routes by :func:`attention_received` itself (no router parameters).
+A model with ``router="attention"`` routes by :func:`attention_received` itself (no router parameters), through
+:func:`importance_probs`.
 """
 
 from __future__ import annotations
