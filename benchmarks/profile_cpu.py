@@ -7,8 +7,18 @@
 
 Prints milliseconds per forward (self CPU time, averaged over --repeats profiled rounds) for GEMMs, attention,
 copies (cat, copy_, index_select), element-wise ops (GELU, LayerNorm, add, mul) and the rest; with --ops also one
-row per op. The variants are profiled round-robin (one forward of each per round), so slow drift of the machine
-falls on all of them alike.
+row per op; with --bound the best MoNE could do at each capacity (inference):
+
+    bound = timm's GEMM time x the realised capacity (the GEMMs at their FLOP share) + timm's non-GEMM time
+
+(attention, norms, GELU, copies, patch embedding, Python: work that nested experts do not shrink, since every token
+keeps full-width attention, layer norms and fc1 outputs), as a speedup over timm and as an efficiency: bound
+speedup / FLOP-ideal speedup. An efficiency target above the bound cannot be met by faster GEMMs alone. The same
+bound with MoNE 1.0's own non-GEMM time (its residual adds are fused into the GEMMs) is printed beside it when 1.0
+is among the capacities.
+
+The variants are profiled round-robin (one forward of each per round), so slow drift of the machine falls on all of
+them alike.
 """
 
 import argparse
@@ -19,6 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from mone._settings import key_value
 from mone.bench import build_dense_twin
+from mone.flops import count_flops
 from mone.models import create_model
 
 CATEGORIES = {
@@ -58,6 +69,7 @@ def main() -> None:
                         help="model keyword argument, e.g. embed_dim=64 (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
     parser.add_argument("--train", action="store_true", help="profile forward + backward of the summed logits")
+    parser.add_argument("--bound", action="store_true", help="print the GEMMs-at-their-FLOP-share bound (inference)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights and inputs")
     args = parser.parse_args()
     if args.threads is not None:
@@ -96,6 +108,36 @@ def main() -> None:
         ops = sorted({op for table in per_op.values() for op, ms in table.items() if ms >= 0.5},
                      key=lambda op: -sum(table.get(op, 0.0) for table in per_op.values()))
         print_table(f"{args.model}, batch {args.batch_size}: ms per forward by op", "op", ops, per_op)
+    if args.bound:
+        print_bound(model, args.capacities, per_category)
+
+
+def print_bound(model, capacities: list[float], per_category: dict[str, dict[str, float]]) -> None:
+    """The bound of the module docstring, next to the profiled speedup, per capacity; also with MoNE 1.0's own
+    non-GEMM time (its fused residual adds make it differ from timm's)."""
+    input_size = model.default_input_size
+    dense_macs = count_flops(model, input_size, 1.0)
+    gemm_of = {name: table["gemm (addmm/mm/bmm)"] for name, table in per_category.items()}
+    total_of = {name: sum(table.values()) for name, table in per_category.items()}
+    timm, own = "timm dense", "MoNE 1"
+    share = gemm_of[timm] / total_of[timm]
+    print(f"timm: {total_of[timm]:.1f} ms profiled, GEMMs {gemm_of[timm]:.1f} ms ({share:.0%})")
+    print("| capacity | realised | FLOP-ideal | bound, timm's other work: ms, speedup, efficiency | bound, MoNE 1.0's "
+          "other work | profiled: speedup, efficiency |")
+    print("|---:|---:|---:|---|---|---|")
+    for c in capacities:
+        realised = model.realised_capacity(c)
+        ideal = dense_macs / count_flops(model, input_size, c)
+        cells = []
+        for reference in (timm, own) if own in total_of else (timm,):
+            bound = total_of[reference] - gemm_of[reference] * (1 - realised)
+            speedup = total_of[timm] / bound
+            cells.append(f"{bound:.1f} ms, {speedup:.2f}x, {speedup / ideal:.2f}")
+        if len(cells) == 1:
+            cells.append("- (profile capacity 1.0 too)")
+        profiled = total_of[timm] / total_of[f"MoNE {c:g}"]
+        print(f"| {c:g} | {realised:.3f} | {ideal:.2f}x | {cells[0]} | {cells[1]} | "
+              f"{profiled:.2f}x, {profiled / ideal:.2f} |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from .export import export_model, export_onnx
 from .flops import count_flops
 from .hub import from_pretrained, save_pretrained
 from .latency import LatencyCurve, LatencyPoint, calibrate
+from .layers import pack_weights
 from .models import (
     MoDVisionTransformer,
     MoneVisionTransformer,
@@ -50,6 +51,7 @@ __all__ = [
     "list_models",
     "load_dense_weights",
     "make_routing_plan",
+    "pack_weights",
     "proportionate_distribution",
     "realised_capacity",
     "register_model",

@@ -19,7 +19,10 @@ explicit softmax path (bfloat16 on CPU, :class:`mone.layers.NestedAttention`) an
 kernel, timm's dense ViT is also timed with the explicit path (variant ``timm-dense-explicit-attention``). In
 throughput mode the routing overhead (router, EPR and the sort into expert groups, timed on their own in the same
 round-robin; the classifying forward pools the sorted tokens, so it has no unsort) is given as a fraction of the
-MoNE forward. Every row carries
+MoNE forward. With ``--packed`` (CPU inference, float32 or
+bfloat16) MoNE's MLPs run on pre-packed oneDNN weights (:func:`mone.layers.pack_weights`) and timm's twin gets the
+same treatment (each ``Mlp`` as ``fc2(GELU(fc1(x)))`` through the same oneDNN op with packed weights), so the
+speedups stay like for like (``train`` mode is not packed: run it without ``--packed``). Every row carries
 the glibc allocator settings (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``): on CPU they can move the
 dense baseline by 10% or more (docs/performance.md).
 """
@@ -51,6 +54,7 @@ from ._settings import add_setting_arguments, device_setting, setting, settings_
 from ._timing import DTYPES, check_timing_settings, environment, synchronizer, time_round_robin
 from .capacity import realised_capacity, validate_capacity
 from .flops import count_flops
+from .layers import pack_weights
 from .models import MoneVisionTransformer, MoneViViT, create_model
 
 __all__ = [
@@ -72,7 +76,7 @@ _logger = logging.getLogger(__name__)
 MODES = ("throughput", "latency", "train")
 CSV_COLUMNS = (
     "model", "mode", "variant", "capacity", "realised_capacity", "batch_size", "device", "dtype", "autocast",
-    "compiled",
+    "compiled", "packed",
     "threads", "repeats", "median_ms", "min_ms", "images_per_s", "speedup", "ideal_speedup", "efficiency",
     "efficiency_vs_mone_1", "routing_ms", "routing_fraction", "malloc_mmap_threshold", "malloc_trim_threshold",
 )  # fmt: skip
@@ -94,6 +98,8 @@ class BenchConfig:
     repeats: int = setting(5, help="timed calls per variant (medians are reported)")
     warmup: int = setting(1, help="untimed calls per variant first (with --compile, the first one compiles)")
     compile: bool = setting(False, help="wrap every model in torch.compile(model, fullgraph=True)")
+    packed: bool = setting(False, help="inference with MLP weights pre-packed for oneDNN, MoNE's and timm's alike "
+                                       "(CPU, float32 or bfloat16; see mone.layers.pack_weights)")
     device: str = device_setting(note="stored as the device it resolves to")
     dtype: str = setting("float32", choices=sorted(DTYPES), help="parameter and input dtype")
     autocast: str | None = setting(None, choices=("bfloat16", "float16"),
@@ -116,6 +122,12 @@ class BenchConfig:
             raise ValueError(f"autocast must be bfloat16 or float16 with dtype float32, got autocast={self.autocast!r} "
                              f"and dtype={self.dtype!r}")
         object.__setattr__(self, "device", str(resolve_device(self.device)))  # "auto" -> what it resolved to
+        if self.packed and (self.device != "cpu" or self.dtype not in ("float32", "bfloat16") or self.autocast
+                            or self.compile or "train" in self.modes):
+            raise ValueError(f"packed times CPU inference (modes throughput, latency) in float32 or bfloat16, without "
+                             f"autocast or compile; got "
+                             f"device={self.device}, dtype={self.dtype}, autocast={self.autocast}, "
+                             f"compile={self.compile}, modes={','.join(self.modes)}")
 
 
 def build_dense_twin(model: MoneVisionTransformer) -> nn.Module:
@@ -142,6 +154,34 @@ def build_dense_twin(model: MoneVisionTransformer) -> nn.Module:
     state = {k: v for k, v in model.state_dict().items() if not (k.startswith("router.") or k == "alpha")}
     dense.load_state_dict(state, strict=True)
     return dense.to(device=model.pos_embed.device, dtype=model.pos_embed.dtype)
+
+
+class _PackedTimmMlp(nn.Module):
+    """timm's ``Mlp`` (no norm, no dropout) as ``fc2(GELU(fc1(x)))`` through oneDNN with pre-packed weights, the op
+    :func:`mone.layers.pack_weights` gives MoNE's MLPs: the like-for-like baseline of ``--packed``. Calls that need
+    autograd run the wrapped ``Mlp``."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        self.mlp = mlp
+        self.fc1 = torch.ops.mkldnn._reorder_linear_weight(mlp.fc1.weight.detach().contiguous())
+        self.fc2 = torch.ops.mkldnn._reorder_linear_weight(mlp.fc2.weight.detach().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or self.mlp.fc1.weight.requires_grad):
+            return self.mlp(x)
+        linear = torch.ops.mkldnn._linear_pointwise
+        rows = x.reshape(-1, x.shape[-1])
+        hidden = linear(rows, self.fc1, self.mlp.fc1.bias, "gelu", [], self.mlp.act.approximate)
+        return linear(hidden, self.fc2, self.mlp.fc2.bias, "none", [], "").reshape(*x.shape[:-1], -1)
+
+
+def _pack_twin(dense: nn.Module) -> nn.Module:
+    """A copy of timm's ``dense`` twin whose MLPs run on pre-packed oneDNN weights (:class:`_PackedTimmMlp`)."""
+    twin = copy.deepcopy(dense)
+    for block in twin.blocks:
+        block.mlp = _PackedTimmMlp(block.mlp)
+    return twin
 
 
 def _explicit_attention_twin(
@@ -218,6 +258,9 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dic
     dense = build_dense_twin(model) if config.timm_baseline and has_timm and is_image_model else None
     compute_dtype = DTYPES[config.autocast or config.dtype]
     dense_explicit = None if dense is None else _explicit_attention_twin(model, dense, compute_dtype)
+    if config.packed:
+        pack_weights(model)
+        dense, dense_explicit = (None if d is None else _pack_twin(d) for d in (dense, dense_explicit))
     input_size = model.default_input_size
     dense_macs = count_flops(model, input_size, 1.0)
     ideal = {c: dense_macs / count_flops(model, input_size, c) for c in capacities}
@@ -289,7 +332,7 @@ def run_benchmark(config: BenchConfig, progress: bool = False) -> tuple[list[dic
                 "capacity": "" if capacity is None else capacity,
                 "realised_capacity": 1.0 if capacity is None else realised[capacity],
                 "batch_size": batch, "device": config.device, "dtype": config.dtype,
-                "autocast": config.autocast or "", "compiled": config.compile,
+                "autocast": config.autocast or "", "compiled": config.compile, "packed": config.packed,
                 "threads": torch.get_num_threads(), "repeats": config.repeats,
                 "median_ms": seconds * 1e3, "min_ms": min(times[name]) * 1e3, "images_per_s": batch / seconds,
                 "speedup": speedup, "ideal_speedup": ideal_speedup, "efficiency": speedup / ideal_speedup,
@@ -363,7 +406,8 @@ def run(args: argparse.Namespace) -> int:
     env = meta["environment"]
     precision = config.dtype + (f", autocast {config.autocast}" if config.autocast else "")
     print(f"{config.model} on {env['hardware']} ({config.device}, {precision}, {env['threads']} threads, "
-          f"torch {env['torch']}, compiled={config.compile}); baseline: {meta['baseline']}")  # fmt: skip
+          f"torch {env['torch']}, compiled={config.compile}, packed={config.packed}); "
+          f"baseline: {meta['baseline']}")  # fmt: skip
     print("malloc: " + ", ".join(f"{k}={v}" for k, v in env["malloc"].items()))
     print(format_table(rows))
     if files.csv:

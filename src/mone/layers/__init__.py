@@ -11,6 +11,7 @@ from .block import (
 )
 from .linear import GroupLayout, nested_input_linear, nested_output_linear
 from .mlp import NestedMlp
+from .packed import pack_weights, packing_available
 from .patch_embed import PatchEmbed
 
 __all__ = [
@@ -26,5 +27,7 @@ __all__ = [
     "nested_blocks_forward",
     "nested_input_linear",
     "nested_output_linear",
+    "pack_weights",
+    "packing_available",
     "run_block",
 ]
