@@ -1,6 +1,8 @@
 """Pre-packed MLP weights (mone.layers.pack_weights): the same function as the grouped path and the masked reference,
 used only where it may be (CPU inference in the packed dtype), and repacked when the weights change."""
 
+import copy
+
 import pytest
 import torch
 
@@ -105,6 +107,21 @@ def test_weights_changed_after_packing_are_packed_again():
         model.load_state_dict(vit().state_dict())
         model.blocks[0].mlp.fc1.weight.mul_(1.5)
         torch.testing.assert_close(after_update, model(images, 0.5), rtol=1e-5, atol=1e-5)
+
+
+def test_a_packed_model_can_be_copied_and_saved(tmp_path, packed_calls):
+    model = pack_weights(vit())
+    images = torch.randn(2, 1, 32, 32)
+    copied = copy.deepcopy(model)  # e.g. an EMA copy
+    with torch.no_grad():
+        copied.blocks[0].mlp.fc1.weight.mul_(2.0)  # the copy has its own weights and packs them itself
+        torch.save(model, tmp_path / "model.pt")
+        loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+        torch.testing.assert_close(loaded(images, 0.5), model(images, 0.5), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(copied(images, 0.5), model(images, 0.5), atol=1e-3)
+        pack_weights(copied, enabled=False)
+        assert copied.blocks[0].mlp.packed is None
+    assert len(packed_calls) == 4 * len(model.blocks)  # the loaded model, the original twice, the copy
 
 
 def test_pack_weights_rejects_what_it_cannot_pack():

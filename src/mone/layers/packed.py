@@ -51,6 +51,15 @@ class PackedMlpWeights:
     fc1: dict[int, torch.Tensor] = field(default_factory=dict)
     fc2: dict[int, torch.Tensor] = field(default_factory=dict)
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles keep the widths and dtype only: oneDNN's packed tensors have no storage to copy, and the
+        copy packs its own weights at its first call (so ``copy.deepcopy`` and ``torch.save`` of a packed model
+        work)."""
+        return {"widths": self.widths, "dtype": self.dtype}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
     def refresh(self, mlp: nn.Module) -> None:
         """Pack the MLP's weights for every width, unless they are unchanged since the last packing."""
         fingerprint = _fingerprint(mlp)
