@@ -73,6 +73,7 @@ class Arm:
 STUDY_EMBED_DIM = 64  # the image studies' recipe, pinned: the demo's presets have since moved on (D=128, tuned lr)
 STUDY_LR = 2e-3
 STUDY_FINE_TUNE_LR = 5e-4
+STUDY_FINE_TUNE_STEPS = dict(steps=300, warmup_steps=15)  # the demo's fine-tune has since doubled (600 steps)
 
 # Shared by the image studies (study_images.py) and the Fashion-MNIST study (study_fashion.py):
 CAPACITIES = (0.25, 0.5, 0.75, 1.0)  # where MoNE arms are evaluated
@@ -87,6 +88,8 @@ def study_preset(variant: str, quick: bool, embed_dim: int | None = None) -> Tra
     keeps the presets' tiny model), lr 2e-3, fine-tuning lr 5e-4 and 300 steps, no isoFLOPs scaling (the values every
     study run so far used)."""
     config = paper_router(demo(variant, quick))
+    if variant == "finetune" and not quick:
+        config = config.replace(**STUDY_FINE_TUNE_STEPS)
     width = embed_dim or (config.model_kwargs["embed_dim"] if quick else STUDY_EMBED_DIM)
     return config.replace(lr=STUDY_FINE_TUNE_LR if variant == "finetune" else STUDY_LR, iso_flops=False,
                           model_kwargs=dict(config.model_kwargs, embed_dim=width))

@@ -1,7 +1,7 @@
 """How much does `mone demo`'s headline move with the fine-tuning seed? The demo's MoNE fine-tuning of the shipped
 upcycled nested model, run with several seeds, each evaluated on the demo's test images; writes ``--output`` (JSON).
 
-    python experiments/demo_seeds.py --seeds 0 1 2 --output experiments/results/demo_seeds.json   # ~5 min, 2 cores
+    python experiments/demo_seeds.py --seeds 0 1 2 --output experiments/results/demo_seeds.json   # ~12 min, 2 cores
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ draws, router initialisation), not the shared starting model. Arms:
     paper router (the demo's recipe today); straight-through router gradient; router supervised by the tokens'
     attention received (``router_target="attention"``), alone and with the straight-through gradient;
     attention-scored routing with no router parameters (``router="attention"``, EViT); the paper router evaluated
-    with a random router; the supervised router with capacity 1.0 among the sampled budgets; and the learned router
-    ranking tokens by one score (``router="ordinal"``), supervised and not.
+    with a random router; the supervised router with capacity 1.0 among the sampled budgets; the learned router
+    ranking tokens by one score (``router="ordinal"``), supervised and not; and the supervised ordinal router
+    fine-tuned for twice the steps. Two references trained on as the MoNE arms are: the shipped dense ViT for 600
+    more dense steps and the shipped nested model for 200 more nested steps (fine-tuning schedule, 3 seeds each).
 
 Each trained model is evaluated at capacities 0.25 / 0.5 / 0.75 / 1.0 on the val and test splits (2,000 images each),
 and its localisation measured: the share of digit tokens and of background tokens that EPR sends to the two largest
@@ -31,7 +33,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Arm, Stage, paper_router, parser, run_study, select_arms, setup, train_arm  # noqa: E402
+from common import (  # noqa: E402
+    STUDY_FINE_TUNE_STEPS,
+    Arm,
+    Stage,
+    paper_router,
+    parser,
+    run_study,
+    select_arms,
+    setup,
+    train_arm,
+)
 
 from mone._io import atomic_write_text  # noqa: E402
 from mone.configs import demo  # noqa: E402
@@ -47,6 +59,12 @@ HALF_WIDTH = (0.0, 0.0, 1.0, 0.0)
 ASSETS = files("mone") / "assets"
 PAPER = "paper router"
 ORDINAL = "ordinal router, attention-supervised"
+ORDINAL_LONG = f"{ORDINAL}, 2x steps"  # the video study's finding: twice the fine-tuning steps
+# the references trained on, as the MoNE arms are: the shipped dense ViT 600 more dense steps, the shipped nested
+# model 200 more nested steps (about 600 dense steps of compute), both on the fine-tuning schedule (lr 5e-4); the
+# MoNE fine-tune costs as much as 300 dense steps (isoFLOPs), 600 with twice the steps
+DENSE_MORE, NESTED_MORE = "dense ViT, 600 more steps", "nested ViT, 200 more nested steps"
+MORE_STEPS = {DENSE_MORE: 600, NESTED_MORE: 200}
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -55,6 +73,8 @@ def arms(quick: bool) -> list[Arm]:
     def fine_tune(router: str = "learned", **changes) -> Stage:
         def stage(seed: int, previous: str | None) -> TrainConfig:
             config = paper_router(demo("finetune", quick))  # the paper's router unless an arm says otherwise
+            if not quick:  # the steps every arm was run with (the demo now fine-tunes twice as long)
+                config = config.replace(**STUDY_FINE_TUNE_STEPS)
             init = previous if quick else str(ASSETS / "demo_upcycle_seed0.safetensors")
             config = config.replace(seed=seed, init_from=init, model_kwargs=dict(config.model_kwargs, router=router))
             return config.replace(**changes)
@@ -65,6 +85,21 @@ def arms(quick: bool) -> list[Arm]:
             config = stage(seed, previous)
             return config.replace(capacities=(*config.capacities, 1.0))
         return full
+
+    def twice_as_long(stage: Stage) -> Stage:
+        def longer(seed: int, previous: str | None) -> TrainConfig:
+            config = stage(seed, previous)
+            return config if quick else config.replace(steps=2 * config.steps, warmup_steps=2 * config.warmup_steps)
+        return longer
+
+    def more_steps(variant: str, asset: str, steps: int) -> Stage:
+        def stage(seed: int, previous: str | None) -> TrainConfig:
+            config = demo(variant, quick).replace(seed=seed, init_from=previous if quick else str(ASSETS / asset))
+            if quick:
+                return config
+            warmup = steps * STUDY_FINE_TUNE_STEPS["warmup_steps"] // STUDY_FINE_TUNE_STEPS["steps"]
+            return config.replace(steps=steps, lr=demo("finetune").lr, warmup_steps=warmup)
+        return stage
 
     def quick_nested(seed: int, previous: str | None) -> TrainConfig:
         return demo("upcycle", True).replace(seed=0, init_from=None)
@@ -83,6 +118,12 @@ def arms(quick: bool) -> list[Arm]:
         # the same router ranking tokens by one score (the expected expert) instead of per-expert probabilities
         Arm(ORDINAL, (fine_tune(router="ordinal", router_target="attention"),), CAPACITIES, init=init),
         Arm("ordinal router, paper training", (fine_tune(router="ordinal"),), CAPACITIES, init=init),
+        Arm(ORDINAL_LONG, (twice_as_long(fine_tune(router="ordinal", router_target="attention")),), CAPACITIES,
+            init=init),
+        Arm(DENSE_MORE, (more_steps("dense", "demo_dense_seed0.safetensors", MORE_STEPS[DENSE_MORE]),),
+            family="dense", init=init),
+        Arm(NESTED_MORE, (more_steps("upcycle", "demo_upcycle_seed0.safetensors", MORE_STEPS[NESTED_MORE]),),
+            (HALF_WIDTH, (0.0, 0.0, 0.0, 1.0)), ("width 1/2", "width 1"), family="matvit", init=init),
     ]
     if quick:
         listed.insert(0, Arm("nested (quick)", (quick_nested,), family="matvit"))

@@ -7,8 +7,11 @@ direction of motion; same data and optimiser in every arm):
     MatViT -> MoNE ViViT adaptive fine-tuning (the paper's video recipe) at capacities 0.25 / 0.5 / 0.75 / 1; the
     same model evaluated with a random router; the same recipe with as many nested steps as the dense run's; and
     the trained dense ViViT upcycled through nested training (400 steps) then MoNE fine-tuning (at lr 2e-3 and at
-    5e-4; the latter also evaluated with a random router); and the same upcycled model fine-tuned with the router
-    study's recipe (``router="ordinal"``, ``router_target="attention"``).
+    5e-4; the latter also evaluated with a random router); the same upcycled model fine-tuned with the router
+    study's recipe (``router="ordinal"``, ``router_target="attention"``), for 300 and for 600 steps; nested training
+    that mixes widths within a clip (the dense ViViT trained 400 adaptive steps with a random router: random tokens
+    on each expert) and the router study's fine-tune from it; and the 600-step fine-tune's controls, the dense ViViT
+    trained 600 more steps and the upcycled nested model 200 more nested steps.
 
     python experiments/study_video.py --output experiments/results/video --threads 1   # about 2 h on one thread
     python experiments/study_video.py --output /tmp/quick --quick --seeds 0 1          # seconds, end to end
@@ -43,6 +46,14 @@ LOW_LR = 5e-4  # the image study's fine-tuning lr: lr 2e-3 (chosen for the 800-s
 # nested model 6 points at capacity 1.0 (84.0 -> 78.2%)
 UPCYCLED_MONE_LOW = f"{UPCYCLED_MONE}, lr {LOW_LR:g}"
 UPCYCLED_ORDINAL = f"{UPCYCLED_MONE}, ordinal router, attention-supervised"
+UPCYCLED_ORDINAL_LONG = f"{UPCYCLED_ORDINAL}, 600 steps"
+# nested training that mixes widths within a clip (issue 23, family 5): the dense ViViT upcycled by adaptive training
+# with a random router, so every step puts random tokens of each clip on each expert at a sampled budget
+MIXED_NESTED = "dense -> mixed-width nested ViViT (random router)"
+MIXED_ORDINAL = "dense -> mixed-width nested -> MoNE ViViT, ordinal router, attention-supervised"
+# controls for the 600-step fine-tune, each given at least its extra training compute (600 adaptive MoNE steps cost
+# about 350 dense steps): the dense ViViT trained 600 more steps, the nested model 200 more nested steps (about 600)
+DENSE_MORE, NESTED_MORE = "dense ViViT, 600 more steps", "dense -> MatViT (nested) ViViT, 200 more nested steps"
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -53,9 +64,21 @@ def arms(quick: bool) -> list[Arm]:
             return config if quick else config.replace(**changes)
         return stage
 
-    def ordinal_fine_tune(seed: int, previous: str | None) -> TrainConfig:
-        config = preset("finetune")(seed, previous)
+    def ordinal_fine_tune(seed: int, previous: str | None, **changes: float) -> TrainConfig:
+        config = preset("finetune", **changes)(seed, previous)
         return config.replace(router_target="attention", model_kwargs=dict(config.model_kwargs, router="ordinal"))
+
+    def long_ordinal_fine_tune(seed: int, previous: str | None) -> TrainConfig:
+        fine_tune = video("finetune")
+        return ordinal_fine_tune(seed, previous, steps=2 * fine_tune.steps, warmup_steps=2 * fine_tune.warmup_steps)
+
+    def more_steps(variant: str, steps: int) -> Stage:  # continue a trained model on the fine-tuning schedule
+        warmup = steps * video("finetune").warmup_steps // video("finetune").steps
+        return preset(variant, steps=steps, warmup_steps=warmup, lr=video("finetune").lr)
+
+    def mixed_width(seed: int, previous: str | None) -> TrainConfig:
+        config = preset("finetune", steps=UPCYCLE_STEPS, warmup_steps=UPCYCLE_STEPS // 20)(seed, previous)
+        return config.replace(model_kwargs=dict(config.model_kwargs, router="random"))
 
     dense = video("dense")
     long_nested = preset("nested", steps=dense.steps, warmup_steps=dense.warmup_steps)
@@ -75,6 +98,11 @@ def arms(quick: bool) -> list[Arm]:
             family="random"),
         # the router study's recipe (experiments/study_router.py): ordinal router supervised by attention received
         Arm(UPCYCLED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(UPCYCLED_ORDINAL_LONG, (long_ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(MIXED_NESTED, (mixed_width,), WIDTHS, WIDTH_LABELS, family="matvit", init=DENSE),
+        Arm(MIXED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=MIXED_NESTED),
+        Arm(DENSE_MORE, (more_steps("dense", 2 * video("finetune").steps),), family="dense", init=DENSE),
+        Arm(NESTED_MORE, (more_steps("nested", 200),), WIDTHS, WIDTH_LABELS, family="matvit", init=UPCYCLED_NESTED),
     ]
 
 

@@ -245,6 +245,7 @@ def test_every_bench_setting_is_one_field_with_its_flag_and_help():
              "batch_size": (["--batch-size", "2"], 2), "capacities": (["--capacities", "0.5"], (0.5,)),
              "modes": (["--modes", "latency", "train"], ("latency", "train")), "repeats": (["--repeats", "2"], 2),
              "warmup": (["--warmup", "0"], 0), "compile": (["--compile"], True),
+             "packed": (["--packed", "--modes", "latency"], True),  # packing times inference modes only
              "device": (["--device", "auto"], "cuda:0" if torch.cuda.is_available() else "cpu"),
              "dtype": (["--dtype", "bfloat16"], "bfloat16"), "threads": (["--threads", "1"], 1),
              "autocast": (["--autocast", "bfloat16"], "bfloat16"),

@@ -84,7 +84,8 @@ def test_fashion_study_quick_runs_end_to_end_and_report_renders_its_section(tmp_
     assert {row["arm"] for row in rows} == {
         "dense ViT", "dense ViT, depth 2", "MatViT (nested)", "MatViT -> MoNE adaptive",
         "MatViT -> MoNE, random router at eval", "MoNE fixed 0.5", "dense -> MatViT (nested)", UPCYCLED,
-        f"{UPCYCLED}, random router at eval", f"{UPCYCLED}, ordinal router, attention-supervised"}
+        f"{UPCYCLED}, random router at eval", f"{UPCYCLED}, ordinal router, attention-supervised",
+        f"{UPCYCLED}, ordinal router, attention-supervised, 2x steps"}
     ordinal = json.loads((study / "runs" / "dense_->_MatViT_->_MoNE_adaptive,_isoFLOPs,_ordinal_router,"
                                           "_attention-supervised" / "seed0" / "stage0" / "config.json").read_text())
     assert (ordinal["router_target"], ordinal["model_kwargs"]["router"]) == ("attention", "ordinal")
@@ -138,13 +139,16 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
     assert summary["study"] == "moving digits, video"
     rows = {(r["arm"], r["capacity"]): r for r in summary["rows"] if r["split"] == "test"}
     mone = "MatViT -> MoNE ViViT adaptive"
-    nested = ("MatViT (nested) ViViT", "MatViT (nested) ViViT, dense steps", "dense -> MatViT (nested) ViViT")
+    nested = ("MatViT (nested) ViViT", "MatViT (nested) ViViT, dense steps", "dense -> MatViT (nested) ViViT",
+              "dense -> mixed-width nested ViViT (random router)",
+              "dense -> MatViT (nested) ViViT, 200 more nested steps")
     upcycled = "dense -> MatViT -> MoNE ViViT adaptive"
     mones = (mone, "MatViT -> MoNE ViViT, random router at eval", "MatViT, dense steps -> MoNE ViViT adaptive",
              upcycled, f"{upcycled}, lr 0.0005", f"{upcycled}, lr 0.0005, random router at eval",
-             f"{upcycled}, ordinal router, attention-supervised")
+             f"{upcycled}, ordinal router, attention-supervised", f"{upcycled}, ordinal router, attention-supervised, "
+             "600 steps", "dense -> mixed-width nested -> MoNE ViViT, ordinal router, attention-supervised")
     assert set(rows) == {
-        ("dense ViViT", "1"), ("dense ViViT, 2 spatial blocks", "1"),
+        ("dense ViViT", "1"), ("dense ViViT, 2 spatial blocks", "1"), ("dense ViViT, 600 more steps", "1"),
         *((arm, f"width {w}") for arm in nested for w in ("1/8", "1/4", "1/2", "1")),
         *((arm, c) for arm in mones for c in ("0.25", "0.5", "0.75", "1")),
     }
@@ -173,10 +177,14 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
     video = report.read_text().split("## Video: moving digits", 1)[1]
     claims = re.findall(r"^\| (Dense ViViT accuracy at|Better than the dense ViViT of) .*? \| \*\*(.+?)\*\* \|", video,
                         flags=re.MULTILINE)
-    assert len(claims) == 4 and {word for _, word in claims} <= {"holds", "not resolved", "does not hold"}
+    assert len(claims) == 5 and {word for _, word in claims} <= {"holds", "not resolved", "does not hold"}
+    for claim in ("Dense ViViT accuracy at about half the FLOPs, the dense ViViT trained as long",
+                  "Beats its nested model's half-width ViViT at the same FLOPs",
+                  "At capacity 1.0 within 1 point of the dense ViViT", "Accuracy never falls as the budget grows"):
+        assert f"| {claim}" in video, claim
     assert "| MatViT (nested) ViViT | width 1/2 |" in video and "video/accuracy_vs_gflops.png" in video
     assert "Best MoNE recipe on the validation split at capacity 0.5: **" in video
-    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 5
+    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 7
     assert video.count("Learned minus random router on the same weights") == 2  # both recipes with a random router
 
 
@@ -204,6 +212,33 @@ def test_an_interrupted_run_is_not_taken_for_a_finished_one(tmp_path):
     iso = train(base.replace(steps=2, iso_flops=True, output_dir=str(tmp_path / "iso")), progress=False)
     assert iso.total_steps > 2 and _finished(tmp_path / "iso")  # finished at its scaled step count, not at "steps"
     assert not _finished(tmp_path / "never_started")
+
+
+def _stage_config(module: str, arm: str, previous: str = "previous/checkpoint.safetensors"):
+    """The full-size (not --quick) training configuration of ``arm``'s last stage in ``experiments/<module>.py``."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    study = __import__(module)
+    stage = next(a for a in study.arms(quick=False) if a.name == arm).stages[-1]
+    return stage(1, previous)
+
+
+def test_longer_fine_tunes_double_the_steps_and_controls_train_the_references_on():
+    video, router = "dense -> MatViT -> MoNE ViViT adaptive, ordinal router, attention-supervised", \
+        "ordinal router, attention-supervised"
+    fashion = f"{UPCYCLED}, ordinal router, attention-supervised"
+    for module, arm in (("study_video", video), ("study_router", router), ("study_fashion", fashion)):
+        short = _stage_config(module, arm)
+        longer = _stage_config(module, f"{arm}, {'600 steps' if module == 'study_video' else '2x steps'}")
+        assert (longer.steps, longer.warmup_steps) == (2 * short.steps, 2 * short.warmup_steps), module
+        assert longer.replace(steps=short.steps, warmup_steps=short.warmup_steps) == short, module  # nothing else
+    dense = _stage_config("study_video", "dense ViViT, 600 more steps")
+    assert (dense.steps, dense.capacity_mode, dense.init_from) == (600, "fixed", "previous/checkpoint.safetensors")
+    assert dense.model_kwargs["num_experts"] == 1
+    nested = _stage_config("study_router", "nested ViT, 200 more nested steps")
+    assert (nested.steps, nested.capacity_mode, nested.lr) == (200, "nested", 5e-4)
+    assert nested.init_from.endswith("demo_upcycle_seed0.safetensors")  # the shipped nested model, not the arm's
+    mixed = _stage_config("study_video", "dense -> mixed-width nested ViViT (random router)")
+    assert (mixed.capacity_mode, mixed.model_kwargs["router"], mixed.steps) == ("adaptive", "random", 400)
 
 
 def test_one_verdict_rule_for_every_claim():
@@ -252,7 +287,7 @@ def test_the_report_opens_with_one_claims_table_gathered_from_every_section(tmp_
     studies = [study for _, study, *_ in rows]
     assert list(dict.fromkeys(studies)) == ["images, D=64", "images, D=128", "images, D=192", "Fashion-MNIST, D=64",
                                             "video"]
-    assert studies.count("video") == 4 and studies.count("images, D=128") == 2 + len(report.ALTERNATIVES)
+    assert studies.count("video") == 9 and studies.count("images, D=128") == 2 + len(report.ALTERNATIVES)
     width = {study: sections[sections.index(f"## Width: every model at {study[8:]} "):] for study in studies
              if study.startswith("images, D=1")}
     for claim, study, verdict, recipe, _ in rows:  # each printed with the same verdict in its study's section

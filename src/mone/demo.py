@@ -363,7 +363,8 @@ def _report(
         f"`{configs['finetune'].router_target}`"
         + (f"; isoFLOPs: the FLOPs of {configs['finetune'].steps} dense steps" if configs['finetune'].iso_flops else "")
         + f"), {made('finetune')}. Its training "
-        "compute adds to the dense ViT's (a nested step costs the four widths' forward and backward passes). "
+        "compute adds to the dense ViT's (a nested step costs the four widths' forward and backward passes): "
+        "docs/results.md (router study) also compares it with a dense ViT trained on for as long. "
         f"Learned alpha: {summary['alpha']:.3f}.",
         f"- {LABELS['matvit_half']}: the upcycled nested model with every token on the D/2-wide expert, no "
         "training of its own.",
