@@ -638,8 +638,10 @@ def router_section(folder: Path, docs: Path) -> Section:
     rel = Path(os.path.relpath(folder, docs.parent))
     lines = ["## Router training: does the router learn which tokens matter?", "",
              "`experiments/study_router.py`: every arm fine-tunes the demo's shipped nested model (the D=128 dense ViT "
-             "upcycled through 400 nested steps, seed 0) with the demo's recipe (adaptive budgets, isoFLOPs, lr 5e-4); "
-             "only the router and its training differ (docs/method.md, \"Routers that learn which tokens matter\"). "
+             "upcycled through 400 nested steps, seed 0) with the demo's fine-tuning recipe (adaptive budgets, "
+             "lr 5e-4, isoFLOPs: the FLOPs of 300 dense steps); only the router and its training differ "
+             "(docs/method.md, \"Routers that learn which tokens matter\"), except in the arm fine-tuned for twice "
+             "the steps, the recipe `mone demo` now runs. "
              "Seeds 0-2 vary the fine-tuning, not the shared starting model. The dense ViT and the half-width ViT are "
              f"the shipped models on the same 2,000 test images (dense {dense['top1_mean']:.2f}%, half-width "
              f"{half['top1_mean']:.2f}%; validation {100 * references['val']['dense ViT']:.2f}% and "

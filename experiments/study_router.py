@@ -1,12 +1,13 @@
 """Does the router learn which tokens matter? Router-training recipes on cluttered digits, 3 seeds; writes ``--output``.
 
 Every arm fine-tunes the demo's shipped nested model (the dense ViT at D=128 upcycled through 400 nested steps,
-seed 0: ``mone/assets/demo_upcycle_seed0.safetensors``) with the demo's fine-tuning recipe (adaptive capacities,
-isoFLOPs, lr 5e-4); only the router's training differs. The seeds vary the fine-tuning (data order, capacity
-draws, router initialisation), not the shared starting model. Arms:
+seed 0: ``mone/assets/demo_upcycle_seed0.safetensors``) with the demo's fine-tuning recipe as it was (adaptive
+capacities, lr 5e-4, isoFLOPs: the FLOPs of 300 dense steps, pinned as ``STUDY_FINE_TUNE_STEPS``); only the router's
+training differs, except in the arm with twice the steps, which ``mone demo`` now runs. The seeds vary the
+fine-tuning (data order, capacity draws, router initialisation), not the shared starting model. Arms:
 
-    paper router (the demo's recipe today); straight-through router gradient; router supervised by the tokens'
-    attention received (``router_target="attention"``), alone and with the straight-through gradient;
+    paper router (the demo's recipe before this study); straight-through router gradient; router supervised by the
+    tokens' attention received (``router_target="attention"``), alone and with the straight-through gradient;
     attention-scored routing with no router parameters (``router="attention"``, EViT); the paper router evaluated
     with a random router; the supervised router with capacity 1.0 among the sampled budgets; the learned router
     ranking tokens by one score (``router="ordinal"``), supervised and not; and the supervised ordinal router
