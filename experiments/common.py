@@ -35,7 +35,8 @@ from mone.train.config import TrainConfig
 from mone.train.evaluate import evaluate
 from mone.train.loop import train
 
-__all__ = ["Arm", "aggregate", "paper_router", "parser", "run_dir", "run_study", "select_arms", "setup"]
+__all__ = ["Arm", "aggregate", "paper_router", "parser", "run_dir", "run_study", "select_arms", "setup",
+           "twice_as_long"]
 
 _logger = logging.getLogger("experiments")
 
@@ -93,6 +94,14 @@ def study_preset(variant: str, quick: bool, embed_dim: int | None = None) -> Tra
     width = embed_dim or (config.model_kwargs["embed_dim"] if quick else STUDY_EMBED_DIM)
     return config.replace(lr=STUDY_FINE_TUNE_LR if variant == "finetune" else STUDY_LR, iso_flops=False,
                           model_kwargs=dict(config.model_kwargs, embed_dim=width))
+
+
+def twice_as_long(stage: Stage, quick: bool) -> Stage:
+    """``stage`` with twice its steps and warm-up (``quick``: unchanged, the presets' tiny runs)."""
+    def longer(seed: int, previous: str | None) -> TrainConfig:
+        config = stage(seed, previous)
+        return config if quick else config.replace(steps=2 * config.steps, warmup_steps=2 * config.warmup_steps)
+    return longer
 
 
 def paper_router(config: TrainConfig) -> TrainConfig:

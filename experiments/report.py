@@ -143,6 +143,28 @@ def _against(mine: float, where: str, name: str, theirs: float, gap: float, se: 
     return f"{mine:.2f}% at {where} vs {name}: {theirs:.2f}%{note}; difference {_fmt(gap, se)}"
 
 
+def comparison(claim: str, recipe: str, mine: dict[str, Any], where: str, name: str, theirs: dict[str, Any],
+               study: str, tolerance: float = 0.0, evidence: bool = False) -> Claim:
+    """The :class:`Claim` that ``recipe`` (summary row ``mine``, at capacity ``where``) is at most ``tolerance``
+    points behind ``name`` (row ``theirs``), judged by :func:`judge`; ``evidence`` adds the long form with both
+    models' spread and FLOPs."""
+    gap, se = difference(mine, theirs)
+    long = (f"{recipe} at {where}: {mine['top1_mean']:.2f} ± {mine['top1_std']:.2f}% at "
+            f"{1e3 * mine['gflops']:.2f} MFLOPs; {name} {theirs['top1_mean']:.2f} ± {theirs['top1_std']:.2f}% at "
+            f"{1e3 * theirs['gflops']:.2f} MFLOPs; difference {_fmt(gap, se)} points.") if evidence else ""
+    return Claim(claim, judge(gap, se, tolerance), recipe,
+                 _against(mine["top1_mean"], where, name, theirs["top1_mean"], gap, se), long, study=study)
+
+
+def curve_claim(at: dict[str, dict[str, Any]], recipe: str, study: str) -> Claim:
+    """"Accuracy never falls as the budget grows" for ``recipe``'s summary rows ``at`` capacities 0.25 to 1: each
+    step up must hold as a "beats" (see :func:`judge_all`)."""
+    steps = [(low, high, *difference(at[high], at[low])) for low, high in (("0.25", "0.5"), ("0.5", "0.75"),
+                                                                          ("0.75", "1"))]
+    return Claim("Accuracy never falls as the budget grows", judge_all([judge(g, e) for *_, g, e in steps]), recipe,
+                 "; ".join(f"{high} minus {low}: {_fmt(g, e)}" for low, high, g, e in steps), study=study)
+
+
 def _has(summary: Sequence[dict[str, Any]], *arms: str) -> bool:
     """Whether the study ran every arm of ``arms``."""
     ran = {s["arm"] for s in summary}
@@ -482,14 +504,7 @@ def video_verdicts(summary: Sequence[dict[str, Any]], best: str, start: str | No
 
     def claim(text: str, mone: dict[str, Any], capacity: str, reference: str, ref: dict[str, Any],
               tolerance: float = 0.0) -> None:
-        gap, se = difference(mone, ref)
-        out.append(Claim(
-            text, judge(gap, se, tolerance), best,
-            _against(mone["top1_mean"], capacity, reference, ref["top1_mean"], gap, se),
-            f"{best} at {capacity}: {mone['top1_mean']:.2f} ± {mone['top1_std']:.2f}% at "
-            f"{1e3 * mone['gflops']:.2f} MFLOPs; {reference} {ref['top1_mean']:.2f} ± {ref['top1_std']:.2f}% at "
-            f"{1e3 * ref['gflops']:.2f} MFLOPs; difference {_fmt(gap, se)} points.",
-            study="video"))
+        out.append(comparison(text, best, mone, capacity, reference, ref, "video", tolerance, evidence=True))
 
     at = {c: lookup(summary, best, c) for c in ("0.25", "0.5", "0.75", "1")}
     for capacity in ("0.5", "0.25"):
@@ -511,11 +526,7 @@ def video_verdicts(summary: Sequence[dict[str, Any]], best: str, start: str | No
         claim("Beats the nested half-width ViViT trained as long (MoNE at 0.5)", at["0.5"], "0.5",
               f"{VIDEO_NESTED_MORE}, width 1/2", lookup(summary, VIDEO_NESTED_MORE, "width 1/2"))
     claim("At capacity 1.0 within 1 point of the dense ViViT", at["1"], "1.0", VIDEO_DENSE, dense, MATCH)
-    steps = [(low, high, *difference(at[high], at[low])) for low, high in (("0.25", "0.5"), ("0.5", "0.75"),
-                                                                          ("0.75", "1"))]
-    out.append(Claim("Accuracy never falls as the budget grows", judge_all([judge(g, e) for *_, g, e in steps]),
-                     best, "; ".join(f"{high} minus {low}: {_fmt(g, e)}" for low, high, g, e in steps),
-                     study="video"))
+    out.append(curve_claim(at, best, "video"))
     return out
 
 
@@ -592,10 +603,8 @@ def router_section(folder: Path, docs: Path) -> Section:
     claims = []
 
     def compare(claim: str, mine: dict[str, Any], where: str, name: str, theirs: dict[str, Any],
-                tolerance: float = 0.0) -> None:
-        gap, se = difference(mine, theirs)
-        claims.append(Claim(claim, judge(gap, se, tolerance), best,
-                            _against(mine["top1_mean"], where, name, theirs["top1_mean"], gap, se), study=study))
+                tolerance: float = 0.0, recipe: str = best) -> None:
+        claims.append(comparison(claim, recipe, mine, where, name, theirs, study, tolerance))
 
     at = {c: lookup(summary, best, c) for c in ("0.25", "0.5", "0.75", "1")}
     compare("Beats the nested model's half-width ViT at the same FLOPs", at["0.5"], "0.5", "MatViT half-width", half)
@@ -609,16 +618,10 @@ def router_section(folder: Path, docs: Path) -> Section:
                 ROUTER_DENSE_MORE, lookup(summary, ROUTER_DENSE_MORE, "1"), MATCH)
     # the router's own effect: the recipe with the paper router's steps (the longer fine-tune also trains longer)
     same_steps = ROUTER_ORDINAL if best == ROUTER_ORDINAL_LONG else best
-    gap, se = difference(lookup(summary, same_steps, "0.5"), lookup(summary, ROUTER_PAPER, "0.5"))
-    claims.append(Claim("Beats the paper's router (same recipe and steps otherwise)", judge(gap, se), same_steps,
-                        _against(lookup(summary, same_steps, "0.5")["top1_mean"], "0.5", ROUTER_PAPER,
-                                 lookup(summary, ROUTER_PAPER, "0.5")["top1_mean"], gap, se), study=study))
+    compare("Beats the paper's router (same recipe and steps otherwise)", lookup(summary, same_steps, "0.5"), "0.5",
+            ROUTER_PAPER, lookup(summary, ROUTER_PAPER, "0.5"), recipe=same_steps)
     compare("At capacity 1.0 within 1 point of the dense ViT", at["1"], "1.0", "dense ViT", dense, MATCH)
-    steps = [(low, high, *difference(at[high], at[low])) for low, high in (("0.25", "0.5"), ("0.5", "0.75"),
-                                                                          ("0.75", "1"))]
-    claims.append(Claim("Accuracy never falls as the budget grows", judge_all([judge(g, e) for *_, g, e in steps]),
-                        best, "; ".join(f"{high} minus {low}: {_fmt(g, e)}" for low, high, g, e in steps),
-                        study=study))
+    claims.append(curve_claim(at, best, study))
     checks, parts = [], []
     digit, digit_sd, n = _share(shares, best, 0.5, "object_share")
     background, background_sd, _ = _share(shares, best, 0.5, "background_share")

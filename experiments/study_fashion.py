@@ -43,6 +43,7 @@ from common import (  # noqa: E402
     select_arms,
     setup,
     study_preset,
+    twice_as_long,
 )
 
 from mone.data.fashion_mnist import DEFAULT_DATA_DIR  # noqa: E402
@@ -67,14 +68,9 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
                                   data_dir=data_dir, dataset_kwargs=dataset_kwargs)
         return stage
 
-    def ordinal_fine_tune(seed: int, previous: str | None, steps_factor: int = 1) -> TrainConfig:
+    def ordinal_fine_tune(seed: int, previous: str | None) -> TrainConfig:
         config = preset("finetune", iso_flops=True, router_target="attention")(seed, previous)
-        if not quick:
-            config = config.replace(steps=steps_factor * config.steps, warmup_steps=steps_factor * config.warmup_steps)
         return config.replace(model_kwargs=dict(config.model_kwargs, router="ordinal"))
-
-    def long_ordinal_fine_tune(seed: int, previous: str | None) -> TrainConfig:
-        return ordinal_fine_tune(seed, previous, steps_factor=2)
 
     matvit_mone = "MatViT -> MoNE adaptive"
     return [
@@ -92,7 +88,7 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
             family="random"),
         # the router study's recipe (experiments/study_router.py): ordinal router supervised by attention received
         Arm(UPCYCLED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
-        Arm(UPCYCLED_ORDINAL_LONG, (long_ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(UPCYCLED_ORDINAL_LONG, (twice_as_long(ordinal_fine_tune, quick),), CAPACITIES, init=UPCYCLED_NESTED),
     ]
 
 

@@ -44,6 +44,7 @@ from common import (  # noqa: E402
     select_arms,
     setup,
     train_arm,
+    twice_as_long,
 )
 
 from mone._io import atomic_write_text  # noqa: E402
@@ -87,12 +88,6 @@ def arms(quick: bool) -> list[Arm]:
             return config.replace(capacities=(*config.capacities, 1.0))
         return full
 
-    def twice_as_long(stage: Stage) -> Stage:
-        def longer(seed: int, previous: str | None) -> TrainConfig:
-            config = stage(seed, previous)
-            return config if quick else config.replace(steps=2 * config.steps, warmup_steps=2 * config.warmup_steps)
-        return longer
-
     def more_steps(variant: str, asset: str, steps: int) -> Stage:
         def stage(seed: int, previous: str | None) -> TrainConfig:
             config = demo(variant, quick).replace(seed=seed, init_from=previous if quick else str(ASSETS / asset))
@@ -119,7 +114,7 @@ def arms(quick: bool) -> list[Arm]:
         # the same router ranking tokens by one score (the expected expert) instead of per-expert probabilities
         Arm(ORDINAL, (fine_tune(router="ordinal", router_target="attention"),), CAPACITIES, init=init),
         Arm("ordinal router, paper training", (fine_tune(router="ordinal"),), CAPACITIES, init=init),
-        Arm(ORDINAL_LONG, (twice_as_long(fine_tune(router="ordinal", router_target="attention")),), CAPACITIES,
+        Arm(ORDINAL_LONG, (twice_as_long(fine_tune(router="ordinal", router_target="attention"), quick),), CAPACITIES,
             init=init),
         Arm(DENSE_MORE, (more_steps("dense", "demo_dense_seed0.safetensors", MORE_STEPS[DENSE_MORE]),),
             family="dense", init=init),

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Arm, Stage, parser, run_study, select_arms, setup  # noqa: E402
+from common import Arm, Stage, parser, run_study, select_arms, setup, twice_as_long  # noqa: E402
 
 from mone.configs import video  # noqa: E402
 from mone.train.config import TrainConfig  # noqa: E402
@@ -64,13 +64,9 @@ def arms(quick: bool) -> list[Arm]:
             return config if quick else config.replace(**changes)
         return stage
 
-    def ordinal_fine_tune(seed: int, previous: str | None, **changes: float) -> TrainConfig:
-        config = preset("finetune", **changes)(seed, previous)
+    def ordinal_fine_tune(seed: int, previous: str | None) -> TrainConfig:
+        config = preset("finetune")(seed, previous)
         return config.replace(router_target="attention", model_kwargs=dict(config.model_kwargs, router="ordinal"))
-
-    def long_ordinal_fine_tune(seed: int, previous: str | None) -> TrainConfig:
-        fine_tune = video("finetune")
-        return ordinal_fine_tune(seed, previous, steps=2 * fine_tune.steps, warmup_steps=2 * fine_tune.warmup_steps)
 
     def more_steps(variant: str, steps: int) -> Stage:  # continue a trained model on the fine-tuning schedule
         warmup = steps * video("finetune").warmup_steps // video("finetune").steps
@@ -98,7 +94,7 @@ def arms(quick: bool) -> list[Arm]:
             family="random"),
         # the router study's recipe (experiments/study_router.py): ordinal router supervised by attention received
         Arm(UPCYCLED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
-        Arm(UPCYCLED_ORDINAL_LONG, (long_ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(UPCYCLED_ORDINAL_LONG, (twice_as_long(ordinal_fine_tune, quick),), CAPACITIES, init=UPCYCLED_NESTED),
         Arm(MIXED_NESTED, (mixed_width,), WIDTHS, WIDTH_LABELS, family="matvit", init=DENSE),
         Arm(MIXED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=MIXED_NESTED),
         Arm(DENSE_MORE, (more_steps("dense", 2 * video("finetune").steps),), family="dense", init=DENSE),

@@ -55,6 +55,7 @@ from ._timing import DTYPES, check_timing_settings, environment, synchronizer, t
 from .capacity import realised_capacity, validate_capacity
 from .flops import count_flops
 from .layers import pack_weights
+from .layers.linear import needs_autograd
 from .models import MoneVisionTransformer, MoneViViT, create_model
 
 __all__ = [
@@ -168,7 +169,7 @@ class _PackedTimmMlp(nn.Module):
         self.fc2 = torch.ops.mkldnn._reorder_linear_weight(mlp.fc2.weight.detach().contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or self.mlp.fc1.weight.requires_grad):
+        if needs_autograd(x, *self.mlp.parameters()):
             return self.mlp(x)
         linear = torch.ops.mkldnn._linear_pointwise
         rows = x.reshape(-1, x.shape[-1])

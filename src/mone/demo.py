@@ -92,9 +92,14 @@ def clock_words(ratio: dict[str, float], reference: str) -> str:
     return f"{spread}: no clear difference"
 
 
+def _two_se(a: float, b: float, num_samples: int) -> float:
+    """Two standard errors of the difference of two accuracies measured on ``num_samples`` test images each."""
+    return 2 * math.sqrt((a * (1 - a) + b * (1 - b)) / num_samples)
+
+
 def _verdict(dense: float, mone: float, num_samples: int) -> tuple[str, float]:
     """Plain-words comparison of two test accuracies, with two standard errors of their difference as the margin."""
-    margin = 2 * math.sqrt((dense * (1 - dense) + mone * (1 - mone)) / num_samples)
+    margin = _two_se(dense, mone, num_samples)
     gap = mone - dense
     if abs(gap) <= margin:
         word = "matches"
@@ -274,8 +279,7 @@ def _budgets(rows: dict[float, dict[str, float]], dense: float, num_samples: int
     text = f"One MoNE model for every budget: {listed} (dense ViT: {100 * dense:.2f}%)."
     peak, top = max(rows, key=lambda c: rows[c]["top1"]), max(rows)
     best, last = rows[peak]["top1"], rows[top]["top1"]
-    margin = 2 * math.sqrt((best * (1 - best) + last * (1 - last)) / num_samples)
-    if best - last <= margin:
+    if best - last <= _two_se(best, last, num_samples):
         return text
     advice = ": for more compute, the dense ViT is the better choice." if dense > best else "."
     return (text[:-1] + f"; its accuracy peaks at capacity {peak:g} and falls above it, so it is worth running up to "

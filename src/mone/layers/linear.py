@@ -36,6 +36,7 @@ __all__ = [
     "GroupedGemmPolicy",
     "Route",
     "grouped_linear",
+    "needs_autograd",
     "nested_input_linear",
     "nested_output_linear",
 ]
@@ -93,6 +94,12 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 Route = Literal["dense", "no_grad", "autograd"]
 
 
+def needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records an op on ``tensors`` (``None`` for absent ones): grad mode is on and one of them
+    requires a gradient."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 @dataclass(frozen=True)
 class GroupedGemmPolicy:
     """Which torch ops compute a grouped linear: every choice :func:`grouped_linear` makes, in one place.
@@ -134,7 +141,7 @@ class GroupedGemmPolicy:
             return "autograd"
         if not scaled and layout.widths == (full_width,):
             return "dense"
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        if needs_autograd(*tensors):
             return "autograd"
         return "no_grad"
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .linear import GroupLayout
+from .linear import GroupLayout, needs_autograd
 
 __all__ = ["PACKED_DTYPES", "PackedMlpWeights", "pack_weights", "packing_available"]
 
@@ -46,16 +46,14 @@ class PackedMlpWeights:
     """oneDNN-packed ``fc1.weight[:, :d]`` and ``fc2.weight[:d]`` of one nested MLP, per expert width ``d``."""
 
     widths: tuple[int, ...]
-    dtype: torch.dtype
     fingerprint: tuple = ()
     fc1: dict[int, torch.Tensor] = field(default_factory=dict)
     fc2: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __getstate__(self) -> dict:
-        """Copies and pickles keep the widths and dtype only: oneDNN's packed tensors have no storage to copy, and the
-        copy packs its own weights at its first call (so ``copy.deepcopy`` and ``torch.save`` of a packed model
-        work)."""
-        return {"widths": self.widths, "dtype": self.dtype}
+        """Copies and pickles keep the widths only: oneDNN's packed tensors have no storage to copy, and the copy packs
+        its own weights at its first call (so ``copy.deepcopy`` and ``torch.save`` of a packed model work)."""
+        return {"widths": self.widths}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
@@ -69,7 +67,6 @@ class PackedMlpWeights:
             w1, w2 = mlp.fc1.weight.detach(), mlp.fc2.weight.detach()
             self.fc1 = {d: torch.ops.mkldnn._reorder_linear_weight(w1[:, :d].contiguous()) for d in self.widths}
             self.fc2 = {d: torch.ops.mkldnn._reorder_linear_weight(w2[:d].contiguous()) for d in self.widths}
-        self.dtype = w1.dtype
         self.fingerprint = fingerprint
 
     def serves(self, mlp: nn.Module, x: torch.Tensor, layout: GroupLayout, *tensors: torch.Tensor | None) -> bool:
@@ -80,10 +77,7 @@ class PackedMlpWeights:
             return False
         if x.dtype != mlp.fc1.weight.dtype or x.dtype not in PACKED_DTYPES:
             return False
-        grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, *tensors, *mlp.parameters())
-        )
-        return not grad
+        return not needs_autograd(x, *tensors, *mlp.parameters())
 
     def forward(
         self,
@@ -136,6 +130,6 @@ def pack_weights(model: nn.Module, enabled: bool = True) -> nn.Module:
     widths = getattr(model, "expert_widths", None)
     for mlp in mlps:
         full = mlp.fc1.in_features
-        mlp.packed = PackedMlpWeights(tuple(widths) if widths else (full,), dtype)
+        mlp.packed = PackedMlpWeights(tuple(widths) if widths else (full,))
         mlp.packed.refresh(mlp)
     return model
