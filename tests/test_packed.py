@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+import mone.bench
 from mone.bench import BenchConfig, run_benchmark
 from mone.layers import pack_weights, packing_available
 from mone.layers.packed import PackedMlpWeights
@@ -131,7 +132,7 @@ def test_pack_weights_rejects_what_it_cannot_pack():
         pack_weights(torch.nn.Linear(2, 2))
 
 
-def test_bench_packed_is_like_for_like(tmp_path):
+def test_bench_packed_is_like_for_like(tmp_path, monkeypatch):
     pytest.importorskip("timm")
     config = BenchConfig(model="mone_vit_test", batch_size=2, capacities=(0.5,), modes=("latency",), repeats=1,
                          warmup=0, packed=True)
@@ -140,3 +141,7 @@ def test_bench_packed_is_like_for_like(tmp_path):
     assert meta["max_abs_diff_capacity_1_vs_timm"] < 1e-5  # the packed twin is still the same function
     with pytest.raises(ValueError, match="packed times CPU inference .modes throughput, latency."):
         BenchConfig(model="mone_vit_test", packed=True)  # the default modes include train
+
+    monkeypatch.setattr(mone.bench, "packing_available", lambda: False)  # a torch build without oneDNN
+    with pytest.raises(ValueError, match="packed needs a torch build with oneDNN"):
+        BenchConfig(model="mone_vit_test", modes=("latency",), packed=True)

@@ -54,7 +54,7 @@ from ._settings import add_setting_arguments, device_setting, setting, settings_
 from ._timing import DTYPES, check_timing_settings, environment, synchronizer, time_round_robin
 from .capacity import realised_capacity, validate_capacity
 from .flops import count_flops
-from .layers import pack_weights
+from .layers import pack_weights, packing_available
 from .layers.linear import needs_autograd
 from .models import MoneVisionTransformer, MoneViViT, create_model
 
@@ -129,6 +129,9 @@ class BenchConfig:
                              f"autocast or compile; got "
                              f"device={self.device}, dtype={self.dtype}, autocast={self.autocast}, "
                              f"compile={self.compile}, modes={','.join(self.modes)}")
+        if self.packed and not packing_available():
+            raise ValueError("packed needs a torch build with oneDNN (torch.backends.mkldnn.is_available() is False "
+                             "here)")
 
 
 def build_dense_twin(model: MoneVisionTransformer) -> nn.Module:
