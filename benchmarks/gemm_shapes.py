@@ -7,15 +7,25 @@ default 196: the 14 x 14 patches of a 224-pixel image at patch size 16, since Mo
 counts from the capacity solver), times ``torch.addmm(b, x[:, :d], W[:, :d].T, out=...)``, exactly the call
 ``nested_input_linear`` makes, and prints GMAC/s relative to the dense call ``[B*N, D] x [D, out]``. All shapes
 are timed round-robin (one call of each per round), medians over ``--rounds``.
+
+    python benchmarks/gemm_shapes.py --dim 768 --batch-size 1 --threads 2 --blocks
+
+``--blocks`` times whole inference layers instead (qkv, fc1, proj and fc2 through ``grouped_linear``, at
+``--capacity``): one GEMM per expert group against one per width block (``GroupedGemmPolicy.by_width_block``),
+beside the dense ``F.linear`` (and residual add), round-robin, medians in ms.
 """
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from mone.capacity import capacity_distribution, expert_relative_widths, expert_token_counts
+from mone.layers import linear
+from mone.layers.linear import GroupLayout, grouped_linear
 
 DEFAULT_TOKENS = (224 // 16) ** 2  # patch tokens of a ViT-*/16 at 224 px; MoNE has no class token
 
@@ -29,7 +39,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
+    parser.add_argument("--blocks", action="store_true", help="time whole layers: per group against per width block")
+    parser.add_argument("--capacity", type=float, default=0.5, help="capacity of --blocks")
     return parser
+
+
+def time_layer_forms(args: argparse.Namespace, dtype: torch.dtype) -> None:
+    """``--blocks``: each nested layer of a MoNE block at ``args.capacity``, per group / per width block / dense."""
+    dim, hidden = args.dim, 4 * args.dim
+    widths = tuple(round(w * dim) for w in expert_relative_widths(4))
+    counts = expert_token_counts(capacity_distribution(args.capacity, 4), args.tokens)
+    layout = GroupLayout(tuple(d for n, d in zip(counts, widths) if n), tuple(n for n in counts if n), args.batch_size)
+    rows = args.batch_size * args.tokens
+    forms = {"per group": dataclasses.replace(linear.GEMM_POLICY, block_min_width=2 ** 62),
+             "per width block": dataclasses.replace(linear.GEMM_POLICY, block_min_width=0, block_max_rows=2 ** 62)}
+    layers = {}  # name -> (slicing, input, weight, bias, residual)
+    for name, in_features, out_features, slicing in (("qkv", dim, 3 * dim, "input"), ("fc1", dim, hidden, "input"),
+                                                     ("proj", dim, dim, "output"), ("fc2", hidden, dim, "output")):
+        residual = torch.randn(rows, dim, dtype=dtype) if slicing == "output" else None
+        layers[name] = (slicing, torch.randn(rows, in_features, dtype=dtype),
+                        torch.randn(out_features, in_features, dtype=dtype) / in_features ** 0.5,
+                        torch.randn(out_features, dtype=dtype), residual)
+    times = {(name, form): [] for name in layers for form in (*forms, "dense")}
+    with torch.inference_mode():
+        for round_ in range(args.rounds + 1):
+            for name, (slicing, x, weight, bias, residual) in layers.items():
+                for form in (*forms, "dense"):
+                    start = time.perf_counter()
+                    if form == "dense":
+                        out = F.linear(x, weight, bias)
+                        out = out if residual is None else residual + out
+                    else:
+                        linear.GEMM_POLICY = forms[form]
+                        grouped_linear(x, weight, bias, layout, slicing, residual)
+                    if round_:
+                        times[name, form].append(time.perf_counter() - start)
+    print(f"D={dim}, batch {args.batch_size} x {args.tokens} tokens, capacity {args.capacity:g} (groups "
+          f"{layout.counts} x widths {layout.widths}), {args.dtype}, {torch.get_num_threads()} threads, medians of "
+          f"{args.rounds} rounds, ms")
+    print("| layer | dense | per group | per width block | block / group |")
+    print("|---|---:|---:|---:|---:|")
+    for name in layers:
+        dense, group, block = (statistics.median(times[name, form]) * 1e3 for form in ("dense", *forms))
+        print(f"| {name} | {dense:.3f} | {group:.3f} | {block:.3f} | {block / group:.2f} |")
 
 
 def main() -> None:
@@ -39,6 +91,8 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    if args.blocks:
+        return time_layer_forms(args, dtype)
     weight, bias = torch.randn(out_features, args.dim, dtype=dtype), torch.randn(out_features, dtype=dtype)
     rows = args.batch_size * args.tokens
     shapes = [("dense", rows, args.dim)]

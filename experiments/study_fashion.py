@@ -12,7 +12,8 @@ evaluated alone); MatViT -> MoNE adaptive fine-tuning at capacities 0.25 / 0.5 /
 random router at evaluation; MoNE trained at a fixed capacity 0.5; the image studies' best recipe, upcycling: the
 trained dense ViT through 400 nested steps at lr 1e-3 (``demo_upcycle``), then isoFLOPs MoNE fine-tuning (also
 evaluated with a random router), and the same fine-tuning with the router study's recipe (``router="ordinal"``,
-``router_target="attention"``), for the usual steps and for twice as many.
+``router_target="attention"``), for the usual steps and for twice as many, and twice as many distilled from the
+full width (``distill_weight=1``, the same FLOPs in fewer steps).
 
     python experiments/study_fashion.py --output experiments/results/fashion --seeds 0 1 2 --threads 1  # ~1.5 h
     python experiments/study_fashion.py --output /tmp/quick --quick --seeds 0 1     # under a minute, end to end
@@ -52,6 +53,7 @@ from mone.train.config import TrainConfig  # noqa: E402
 IMG_SIZE = 32  # the demo's canvas: Fashion-MNIST's 28 px padded by 2 px on every side
 UPCYCLED_ORDINAL = f"{UPCYCLED_MONE}, ordinal router, attention-supervised"
 UPCYCLED_ORDINAL_LONG = f"{UPCYCLED_ORDINAL}, 2x steps"  # the video study's longer fine-tune (300 -> 600 steps)
+UPCYCLED_DISTILLED = f"{UPCYCLED_ORDINAL_LONG}, distilled from the full width"  # distill_weight=1, the same FLOPs
 QUICK_SAMPLES = 512  # training images in --quick mode (the presets' local mode trains 20 steps of 32)
 
 
@@ -72,6 +74,9 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
         config = preset("finetune", iso_flops=True, router_target="attention")(seed, previous)
         return config.replace(model_kwargs=dict(config.model_kwargs, router="ordinal"))
 
+    def distilled(seed: int, previous: str | None) -> TrainConfig:
+        return ordinal_fine_tune(seed, previous).replace(distill_weight=1.0)
+
     matvit_mone = "MatViT -> MoNE adaptive"
     return [
         Arm("dense ViT", (preset("dense"),), family="dense"),
@@ -89,6 +94,7 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
         # the router study's recipe (experiments/study_router.py): ordinal router supervised by attention received
         Arm(UPCYCLED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
         Arm(UPCYCLED_ORDINAL_LONG, (twice_as_long(ordinal_fine_tune, quick),), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(UPCYCLED_DISTILLED, (twice_as_long(distilled, quick),), CAPACITIES, init=UPCYCLED_NESTED),
     ]
 
 

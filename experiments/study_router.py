@@ -10,9 +10,11 @@ fine-tuning (data order, capacity draws, router initialisation), not the shared 
     tokens' attention received (``router_target="attention"``), alone and with the straight-through gradient;
     attention-scored routing with no router parameters (``router="attention"``, EViT); the paper router evaluated
     with a random router; the supervised router with capacity 1.0 among the sampled budgets; the learned router
-    ranking tokens by one score (``router="ordinal"``), supervised and not; and the supervised ordinal router
-    fine-tuned for twice the steps. Two references trained on as the MoNE arms are: the shipped dense ViT for 600
-    more dense steps and the shipped nested model for 200 more nested steps (fine-tuning schedule, 3 seeds each).
+    ranking tokens by one score (``router="ordinal"``), supervised and not; the supervised ordinal router
+    fine-tuned for twice the steps, alone, with capacity 1.0 among the sampled budgets, and distilled from the full
+    width (``distill_weight=1``: every step also trains capacity 1.0, whose predictions teach the drawn capacity).
+    Two references trained on as the MoNE arms are: the shipped dense ViT for 600 more dense steps and the shipped
+    nested model for 200 more nested steps (fine-tuning schedule, 3 seeds each).
 
 Each trained model is evaluated at capacities 0.25 / 0.5 / 0.75 / 1.0 on the val and test splits (2,000 images each),
 and its localisation measured: the share of digit tokens and of background tokens that EPR sends to the two largest
@@ -62,6 +64,10 @@ ASSETS = files("mone") / "assets"
 PAPER = "paper router"
 ORDINAL = "ordinal router, attention-supervised"
 ORDINAL_LONG = f"{ORDINAL}, 2x steps"  # the video study's finding: twice the fine-tuning steps
+# the budget curve: the same recipe with the full width trained too, as one more sampled budget or as the teacher of
+# every step (self-distillation; isoFLOPs counts its forward, so it takes fewer steps for the same FLOPs)
+LONG_TO_FULL = f"{ORDINAL_LONG}, capacities to 1.0"
+DISTILLED = f"{ORDINAL_LONG}, distilled from the full width"
 # the references trained on, as the MoNE arms are: the shipped dense ViT 600 more dense steps, the shipped nested
 # model 200 more nested steps (about 600 dense steps of compute), both on the fine-tuning schedule (lr 5e-4); the
 # MoNE fine-tune costs as much as 300 dense steps (isoFLOPs), 600 with twice the steps
@@ -116,6 +122,10 @@ def arms(quick: bool) -> list[Arm]:
         Arm("ordinal router, paper training", (fine_tune(router="ordinal"),), CAPACITIES, init=init),
         Arm(ORDINAL_LONG, (twice_as_long(fine_tune(router="ordinal", router_target="attention"), quick),), CAPACITIES,
             init=init),
+        Arm(LONG_TO_FULL, (with_full(twice_as_long(fine_tune(router="ordinal", router_target="attention"), quick)),),
+            CAPACITIES, init=init),
+        Arm(DISTILLED, (twice_as_long(fine_tune(router="ordinal", router_target="attention", distill_weight=1.0),
+                                      quick),), CAPACITIES, init=init),
         Arm(DENSE_MORE, (more_steps("dense", "demo_dense_seed0.safetensors", MORE_STEPS[DENSE_MORE]),),
             family="dense", init=init),
         Arm(NESTED_MORE, (more_steps("upcycle", "demo_upcycle_seed0.safetensors", MORE_STEPS[NESTED_MORE]),),

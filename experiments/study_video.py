@@ -8,7 +8,8 @@ direction of motion; same data and optimiser in every arm):
     same model evaluated with a random router; the same recipe with as many nested steps as the dense run's; and
     the trained dense ViViT upcycled through nested training (400 steps) then MoNE fine-tuning (at lr 2e-3 and at
     5e-4; the latter also evaluated with a random router); the same upcycled model fine-tuned with the router
-    study's recipe (``router="ordinal"``, ``router_target="attention"``), for 300 and for 600 steps; nested training
+    study's recipe (``router="ordinal"``, ``router_target="attention"``), for 300 and for 600 steps, and for 600
+    steps distilled from the full width (``distill_weight=1``, the same FLOPs in fewer steps); nested training
     that mixes widths within a clip (the dense ViViT trained 400 adaptive steps with a random router: random tokens
     on each expert) and the router study's fine-tune from it; and the 600-step fine-tune's controls, the dense ViViT
     trained 600 more steps and the upcycled nested model 200 more nested steps.
@@ -47,6 +48,9 @@ LOW_LR = 5e-4  # the image study's fine-tuning lr: lr 2e-3 (chosen for the 800-s
 UPCYCLED_MONE_LOW = f"{UPCYCLED_MONE}, lr {LOW_LR:g}"
 UPCYCLED_ORDINAL = f"{UPCYCLED_MONE}, ordinal router, attention-supervised"
 UPCYCLED_ORDINAL_LONG = f"{UPCYCLED_ORDINAL}, 600 steps"
+# the same fine-tune with the full width trained every step and teaching the drawn capacity (self-distillation; the
+# same FLOPs, so fewer steps)
+UPCYCLED_DISTILLED = f"{UPCYCLED_ORDINAL_LONG}, distilled from the full width"
 # nested training that mixes widths within a clip (issue 23, family 5): the dense ViViT upcycled by adaptive training
 # with a random router, so every step puts random tokens of each clip on each expert at a sampled budget
 MIXED_NESTED = "dense -> mixed-width nested ViViT (random router)"
@@ -67,6 +71,9 @@ def arms(quick: bool) -> list[Arm]:
     def ordinal_fine_tune(seed: int, previous: str | None) -> TrainConfig:
         config = preset("finetune")(seed, previous)
         return config.replace(router_target="attention", model_kwargs=dict(config.model_kwargs, router="ordinal"))
+
+    def distilled(seed: int, previous: str | None) -> TrainConfig:
+        return ordinal_fine_tune(seed, previous).replace(distill_weight=1.0)
 
     def more_steps(variant: str, steps: int) -> Stage:  # continue a trained model on the fine-tuning schedule
         warmup = steps * video("finetune").warmup_steps // video("finetune").steps
@@ -95,6 +102,7 @@ def arms(quick: bool) -> list[Arm]:
         # the router study's recipe (experiments/study_router.py): ordinal router supervised by attention received
         Arm(UPCYCLED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
         Arm(UPCYCLED_ORDINAL_LONG, (twice_as_long(ordinal_fine_tune, quick),), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(UPCYCLED_DISTILLED, (twice_as_long(distilled, quick),), CAPACITIES, init=UPCYCLED_NESTED),
         Arm(MIXED_NESTED, (mixed_width,), WIDTHS, WIDTH_LABELS, family="matvit", init=DENSE),
         Arm(MIXED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=MIXED_NESTED),
         Arm(DENSE_MORE, (more_steps("dense", 2 * video("finetune").steps),), family="dense", init=DENSE),

@@ -215,6 +215,7 @@ TRAIN_FLAGS = {  # field: (flags, the value they give), for every TrainConfig fi
     "router_gradient": (["--router-gradient", "straight_through"], "straight_through"),
     "router_target": (["--router-target", "attention"], "attention"),
     "router_loss_weight": (["--router-loss-weight", "0.5"], 0.5),
+    "distill_weight": (["--distill-weight", "0.5"], 0.5),
     "seed": (["--seed", "3"], 3),
     "output_dir": (["--output", "runs/y"], "runs/y"),
     "log_every": (["--log-every", "2"], 2),

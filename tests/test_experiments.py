@@ -85,7 +85,8 @@ def test_fashion_study_quick_runs_end_to_end_and_report_renders_its_section(tmp_
         "dense ViT", "dense ViT, depth 2", "MatViT (nested)", "MatViT -> MoNE adaptive",
         "MatViT -> MoNE, random router at eval", "MoNE fixed 0.5", "dense -> MatViT (nested)", UPCYCLED,
         f"{UPCYCLED}, random router at eval", f"{UPCYCLED}, ordinal router, attention-supervised",
-        f"{UPCYCLED}, ordinal router, attention-supervised, 2x steps"}
+        f"{UPCYCLED}, ordinal router, attention-supervised, 2x steps",
+        f"{UPCYCLED}, ordinal router, attention-supervised, 2x steps, distilled from the full width"}
     ordinal = json.loads((study / "runs" / "dense_->_MatViT_->_MoNE_adaptive,_isoFLOPs,_ordinal_router,"
                                           "_attention-supervised" / "seed0" / "stage0" / "config.json").read_text())
     assert (ordinal["router_target"], ordinal["model_kwargs"]["router"]) == ("attention", "ordinal")
@@ -146,7 +147,8 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
     mones = (mone, "MatViT -> MoNE ViViT, random router at eval", "MatViT, dense steps -> MoNE ViViT adaptive",
              upcycled, f"{upcycled}, lr 0.0005", f"{upcycled}, lr 0.0005, random router at eval",
              f"{upcycled}, ordinal router, attention-supervised", f"{upcycled}, ordinal router, attention-supervised, "
-             "600 steps", "dense -> mixed-width nested -> MoNE ViViT, ordinal router, attention-supervised")
+             "600 steps", f"{upcycled}, ordinal router, attention-supervised, 600 steps, distilled from the full width",
+             "dense -> mixed-width nested -> MoNE ViViT, ordinal router, attention-supervised")
     assert set(rows) == {
         ("dense ViViT", "1"), ("dense ViViT, 2 spatial blocks", "1"), ("dense ViViT, 600 more steps", "1"),
         *((arm, f"width {w}") for arm in nested for w in ("1/8", "1/4", "1/2", "1")),
@@ -184,7 +186,7 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
         assert f"| {claim}" in video, claim
     assert "| MatViT (nested) ViViT | width 1/2 |" in video and "video/accuracy_vs_gflops.png" in video
     assert "Best MoNE recipe on the validation split at capacity 0.5: **" in video
-    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 7
+    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 8
     assert video.count("Learned minus random router on the same weights") == 2  # both recipes with a random router
 
 
@@ -231,6 +233,12 @@ def test_longer_fine_tunes_double_the_steps_and_controls_train_the_references_on
         longer = _stage_config(module, f"{arm}, {'600 steps' if module == 'study_video' else '2x steps'}")
         assert (longer.steps, longer.warmup_steps) == (2 * short.steps, 2 * short.warmup_steps), module
         assert longer.replace(steps=short.steps, warmup_steps=short.warmup_steps) == short, module  # nothing else
+        long_name = f"{arm}, {'600 steps' if module == 'study_video' else '2x steps'}"
+        distilled = _stage_config(module, f"{long_name}, distilled from the full width")
+        assert distilled == longer.replace(distill_weight=1.0), module  # the longer fine-tune, distilled
+    to_full = _stage_config("study_router", f"{router}, 2x steps, capacities to 1.0")
+    longer = _stage_config("study_router", f"{router}, 2x steps")
+    assert to_full == longer.replace(capacities=(*longer.capacities, 1.0))
     dense = _stage_config("study_video", "dense ViViT, 600 more steps")
     assert (dense.steps, dense.capacity_mode, dense.init_from) == (600, "fixed", "previous/checkpoint.safetensors")
     assert dense.model_kwargs["num_experts"] == 1

@@ -54,10 +54,16 @@ def test_block_matches_masked_reference(num_experts, capacity, num_tokens):
         torch.testing.assert_close(got, want, **F64)
 
 
+BY_GROUP = dataclasses.replace(linear.GEMM_POLICY, block_min_width=2 ** 62)  # one GEMM per expert group
+BY_BLOCK = dataclasses.replace(linear.GEMM_POLICY, block_min_width=0, block_max_rows=2 ** 62)  # per width block
+
+
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "frozen"])
-def test_block_without_autograd_matches_masked_reference(mode):
+@pytest.mark.parametrize("policy", [BY_GROUP, BY_BLOCK], ids=["per-group", "per-width-block"])
+def test_block_without_autograd_matches_masked_reference(mode, policy, monkeypatch):
     # The inference path (no autograd nodes, GELU in place on the hidden layer) computes what the reference does,
-    # and leaves its input and the residual stream untouched.
+    # with either GEMM partition, and leaves its input and the residual stream untouched.
+    monkeypatch.setattr(linear, "GEMM_POLICY", policy)
     torch.manual_seed(5)
     B, N, D, E = 3, 11, 32, 4
     block = NestedBlock(D, num_heads=4)
@@ -299,3 +305,50 @@ def test_every_route_gives_the_same_values_and_gradients(widths, monkeypatch):
     torch.testing.assert_close(forced[0], picked[0], **F64)
     for got, want in zip(forced[1], picked[1]):
         torch.testing.assert_close(got, want, **F64)
+
+
+@pytest.mark.parametrize("widths", [(2, 4, 8), (4, 8), (2, 4)])
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("with_scale", [True, False])
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_width_blocks_match_plain_slices(widths, batch_size, with_scale, with_residual, monkeypatch):
+    """Inference by width block (forced on for these small shapes): both layer kinds against plain sliced F.linear,
+    and against the per-group path to round-off."""
+    torch.manual_seed(len(widths) * 10 + batch_size)
+    counts = (3, 5, 2)[: len(widths)]
+    layout = GroupLayout(widths, counts, batch_size)
+    rows = [batch_size * n for n in counts]
+    weight_in, bias_in = torch.randn(12, 8), torch.randn(12)
+    weight_out, bias_out = torch.randn(8, 12), torch.randn(8)
+    x, h = torch.randn(sum(rows), 8), torch.randn(sum(rows), 12)
+    residual = torch.randn(sum(rows), 8) if with_residual else None
+    scale = torch.rand(sum(rows), 1) + 0.5 if with_scale else None
+    outputs = {}
+    for name, policy in (("group", BY_GROUP), ("block", BY_BLOCK)):
+        monkeypatch.setattr(linear, "GEMM_POLICY", policy)
+        assert policy.by_width_block(layout, 8) == (name == "block")
+        with torch.no_grad():
+            outputs[name] = (nested_input_linear(x, weight_in, bias_in, layout),
+                             nested_output_linear(h, weight_out, bias_out, layout, residual, scale))
+    torch.testing.assert_close(outputs["block"][0], _plain_input(x, weight_in, bias_in, rows, widths), **F64)
+    torch.testing.assert_close(outputs["block"][1], _plain_output(
+        h, weight_out, bias_out, rows, widths, 0 if residual is None else residual, 1 if scale is None else scale),
+        **F64)
+    for got, want in zip(outputs["block"], outputs["group"]):
+        torch.testing.assert_close(got, want, **F64)
+
+
+def test_width_blocks_only_where_they_measured_faster():
+    """Small batches of wide tokens run by width block; training, narrow models, large batches, one group and
+    layouts not in increasing width keep one GEMM per group."""
+    policy = linear.GroupedGemmPolicy()
+    vit_b_batch1 = GroupLayout((96, 192, 384, 768), (46, 45, 49, 56), 1)
+    assert policy.by_width_block(vit_b_batch1, 768)
+    assert policy.by_width_block(GroupLayout((96, 192, 384, 768), (46, 45, 49, 56), 4), 768)
+    assert not policy.by_width_block(GroupLayout((96, 192, 384, 768), (46, 45, 49, 56), 8), 768)  # 1,568 rows
+    assert not policy.by_width_block(GroupLayout((16, 32, 64, 128), (16, 16, 16, 16), 1), 128)  # D=128
+    assert not policy.by_width_block(GroupLayout((768,), (196,), 1), 768)
+    assert not policy.by_width_block(GroupLayout((384, 96, 768), (50, 50, 96), 1), 768)
+    weight = torch.randn(3 * 768, 768, requires_grad=True)
+    x = torch.randn(196, 768)
+    assert policy.route(vit_b_batch1, 768, x, weight) == "autograd"  # training keeps the per-group functions

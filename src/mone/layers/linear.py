@@ -116,6 +116,8 @@ class GroupedGemmPolicy:
     * :meth:`transposed`, per group: a direct GEMM, or for outputs at most ``narrow_output_width`` wide the
       transposed product ``(b.T @ a.T).T``.
     * :meth:`adds_residual`, per output layer: whether the GEMM accumulates into the residual's rows itself.
+    * :meth:`by_width_block`, per inference call: one GEMM per group, or one per width block over the rows of every
+      group that uses the block (fewer, taller GEMMs for small batches of wide tokens).
 
     GPU: this is where a grouped-GEMM kernel plugs in. On CUDA one kernel launch can run every group's GEMM
     (``[rows_j, d_j] x [d_j, out]`` or ``[rows_j, in] x [in, d_j]``, each group's row range given by
@@ -128,10 +130,14 @@ class GroupedGemmPolicy:
         narrow_output_width: outputs at most this wide are computed transposed in float32 and float64 (0: never).
         always_autograd: every call takes the ``"autograd"`` route (a benchmark that times the autograd functions,
             as ``benchmarks/step_bound.py`` does); the values are the same.
+        block_min_width, block_max_rows: inference calls whose sliced dimension is at least ``block_min_width`` and
+            whose rows number at most ``block_max_rows`` run by width block (:meth:`by_width_block`).
     """
 
     narrow_output_width: int = 8
     always_autograd: bool = False
+    block_min_width: int = 384
+    block_max_rows: int = 1024
 
     def route(self, layout: GroupLayout, full_width: int, *tensors: torch.Tensor | None, scaled: bool = False) -> Route:
         """The route of one call: ``full_width`` is the weight's sliced dimension (in for input slicing, out for
@@ -161,6 +167,23 @@ class GroupedGemmPolicy:
         faster, float32 (2.7 vs 3.0 ms for a [400, 1536] x [1536, 192] update); in bfloat16 a separate add is faster
         (1.14 vs 1.25 ms)."""
         return (residual is None or residual.dtype == dtype) and dtype in (torch.float32, torch.float64)
+
+
+    def by_width_block(self, layout: GroupLayout, full_width: int) -> bool:
+        """Whether a no-grad call runs one GEMM per width block instead of one per group (:func:`_input_by_block`).
+
+        Block ``k``, features ``[d_{k-1}, d_k)``, is used by every group from ``k`` on, whose rows are one suffix of
+        the rows: the GEMMs have as many multiply-adds as the groups' but more rows, which MKL spreads better over
+        threads, and each weight block is read once where the groups read ``1 + 1/2 + 1/4 + 1/8`` weights. Per layer
+        at capacity 0.5, block / group time (``benchmarks/gemm_shapes.py --blocks``; AMD EPYC, 2 threads; files
+        ``layer_blocks_*`` in ``benchmarks/results/amd-epyc-2threads-2026-12-07/``): ViT-B/16 and ViT-S/16 batch 1
+        0.61-0.90 in float32, 0.78-0.94 in bfloat16; ViT-B/16 batch 8 (1,568 rows) 1.03-1.12; D=128 batch 64
+        0.77-1.11. Whole forwards, batch 1: ViT-B/16 5-10% faster, ViT-S/16 2-7%. Hence the two limits.
+        Groups must be in increasing width (EPR's layouts are)."""
+        widths = layout.widths
+        return (len(widths) > 1 and full_width >= self.block_min_width
+                and layout.batch_size * layout.num_tokens <= self.block_max_rows
+                and all(a < b for a, b in zip(widths, widths[1:])))
 
 
 GEMM_POLICY = GroupedGemmPolicy()  # read at every call: replace it (dataclasses.replace) to change a choice
@@ -212,6 +235,64 @@ def _input_linear(
             torch.mm(x_j, w_j, out=rows)
         else:
             torch.addmm(bias, x_j, w_j, out=rows)
+    return out
+
+
+def _width_blocks(layout: GroupLayout) -> list[tuple[int, int, int]]:
+    """``(first row, lo, hi)`` of each width block: features ``[lo, hi)`` = ``[d_{k-1}, d_k)`` are used by the rows
+    of groups ``k, k+1, ...``, the rows from group ``k``'s first on (widths increasing)."""
+    blocks, lo = [], 0
+    for start, _, d in layout.row_ranges:
+        blocks.append((start, lo, d))
+        lo = d
+    return blocks
+
+
+def _input_by_block(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: GroupLayout
+) -> torch.Tensor:
+    """:func:`_input_linear`'s value by width block: ``out[r_k:] += x[r_k:, lo:hi] @ W[:, lo:hi].T``, the first
+    block (every row) writing ``b + x[:, :d_0] @ W[:, :d_0].T``."""
+    dtype = _compute_dtype(x)
+    x, weight = x.to(dtype), weight.to(dtype)
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=dtype, device=x.device)
+    for start, lo, hi in _width_blocks(layout):
+        rows, x_k, w_k = out[start:], x[start:, lo:hi], weight[:, lo:hi].t()
+        if lo > 0:
+            torch.addmm(rows, x_k, w_k, out=rows)
+        elif bias is None:
+            torch.mm(x_k, w_k, out=rows)
+        else:
+            torch.addmm(bias.to(dtype), x_k, w_k, out=rows)
+    return out
+
+
+def _output_by_block(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    layout: GroupLayout,
+    residual: torch.Tensor | None,
+    scale: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`_output_linear`'s value by width block: ``out[r_k:, lo:hi] += s * (h[r_k:] @ W[lo:hi].T + b[lo:hi])``."""
+    dtype = _compute_dtype(h)
+    h, weight = h.to(dtype), weight.to(dtype)
+    bias = None if bias is None else bias.to(dtype)
+    fused = scale is None and GEMM_POLICY.adds_residual(residual, dtype)
+    out = h.new_zeros(h.shape[0], weight.shape[0], dtype=dtype) if residual is None else residual.clone()
+    for start, lo, hi in _width_blocks(layout):
+        rows, h_k, w_k = out[start:, lo:hi], h[start:], weight[lo:hi].t()
+        if fused:
+            _mm_into(rows, h_k, w_k, accumulate=True)
+            if bias is not None:
+                rows.add_(bias[lo:hi])
+            continue
+        update = _mm(h_k, w_k, None if bias is None else bias[lo:hi])  # [rows from r_k, hi - lo]
+        if scale is None:
+            rows.add_(update)
+        else:
+            rows.addcmul_(update, scale[start:])
     return out
 
 
@@ -367,7 +448,8 @@ def grouped_linear(
     residual: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The linear layer of every nested layer: one GEMM per row group of ``x``, a prefix slice of one shared weight.
+    """The linear layer of every nested layer: one GEMM per row group of ``x``, a prefix slice of one shared weight
+    (or, for inference on small batches of wide tokens, one per width block: :meth:`GroupedGemmPolicy.by_width_block`).
 
     ``slicing="input"`` (``qkv``, ``fc1``): per group ``x_j[:, :d_j] @ W[:, :d_j].T + b``, written into the group's
     rows of one output [R, out]; group ``j``'s rows read their first ``d_j`` features (and get a zero gradient for the
@@ -396,12 +478,16 @@ def grouped_linear(
         if route == "dense":  # exactly timm's call, and autograd's own backward
             return F.linear(x, weight, bias)
         if route == "no_grad":  # inference: no autograd node to build
+            if GEMM_POLICY.by_width_block(layout, weight.shape[1]):
+                return _input_by_block(x, weight, bias, layout)
             return _input_linear(x, weight, bias, layout)
         return _NestedInputLinear.apply(layout, x, weight, bias)
     route = GEMM_POLICY.route(layout, weight.shape[0], x, weight, bias, residual, scale, scaled=scale is not None)
     if route == "dense":  # timm's ops and residual add, and autograd's own backward
         return _dense_output_linear(x, weight, bias, residual)
     if route == "no_grad":
+        if GEMM_POLICY.by_width_block(layout, weight.shape[0]):
+            return _output_by_block(x, weight, bias, layout, residual, scale)
         return _output_linear(x, weight, bias, layout, residual, scale)[0]
     return _NestedOutputLinear.apply(layout, x, weight, bias, residual, scale)
 

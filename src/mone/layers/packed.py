@@ -4,8 +4,8 @@ A BLAS GEMM packs its weight operand on every call; at batch 1 an expert's row g
 that cost is spread over few rows. :func:`pack_weights` packs, per MLP and expert width ``d``, ``fc1.weight[:, :d]``
 and ``fc2.weight[:d]`` into oneDNN's layout once, and the MLP then runs each group as ``fc2_d(GELU(fc1_d(x_j)))``
 with GELU fused into the first GEMM. Whether that is faster depends on the shapes and the machine: on the project's
-AMD EPYC, batch 1, 2 threads, ViT-B/16 float32 at capacity 0.5 serves in 136-146 ms against 190 ms unpacked, but
-ViT-S/16 float32 in 57 ms against 47-49 ms (docs/performance.md, "Pre-packed MLP weights"); measure with
+AMD EPYC, batch 1, 2 threads, ViT-B/16 float32 at capacity 0.5 serves in 140 ms against 180 ms unpacked, but
+ViT-S/16 float32 gains nothing measurable (docs/performance.md, "Pre-packed MLP weights"); measure with
 ``mone bench --packed``. It is off unless asked for.
 
 The packed copies hold each weight once per width (``1 + 1/2 + 1/4 + 1/8`` of the MLP weights for four experts)

@@ -71,6 +71,11 @@ class TrainConfig:
         help="none: the paper's router; attention: also train the router towards EPR's routing of the tokens "
              "ranked by the full-width attention they receive in the router block (cross-entropy)")
     router_loss_weight: float = setting(1.0, help="weight of the router_target loss, added to the classification loss")
+    # self-distillation
+    distill_weight: float = setting(
+        0.0, help="> 0: every step also trains capacity 1.0 (the full width) on the labels, first, and adds this "
+                  "weight x the KL divergence from its detached predictions to the sampled capacity's (MatFormer's "
+                  "self-distillation); the step then costs both forwards and backwards, which --iso-flops counts")
     # bookkeeping
     seed: int = setting(0, help="seed of the initialisation, the data order and the capacity draws")
     output_dir: str = setting("runs/train", flag="--output",
@@ -116,6 +121,12 @@ class TrainConfig:
             raise ValueError(f"router_target must be one of {', '.join(ROUTER_TARGETS)}, got {self.router_target!r}")
         if not self.router_loss_weight > 0:
             raise ValueError(f"router_loss_weight must be > 0, got {self.router_loss_weight}")
+        if not self.distill_weight >= 0:
+            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
+        if self.distill_weight > 0 and self.capacity_mode == "nested":
+            raise ValueError("distill_weight needs routed training (capacity_mode fixed or adaptive)")
+        if self.distill_weight > 0 and self.capacity_mode == "fixed" and self.capacity >= 1:
+            raise ValueError(f"distill_weight needs a capacity below 1.0 to distil into, got capacity={self.capacity}")
         if self.router_target != "none" and self.capacity_mode == "nested":
             raise ValueError("router_target needs routed training (capacity_mode fixed or adaptive); nested training "
                              "puts every token of a step on one expert")
@@ -144,4 +155,4 @@ class TrainConfig:
 # Fields added after runs were saved without them, with the value those runs trained with (their defaults): a resume
 # and the check of the demo's shipped checkpoints compare an older run's configuration with these filled in.
 ADDED_FIELDS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-                if f.name in ("router_gradient", "router_target", "router_loss_weight")}
+                if f.name in ("router_gradient", "router_target", "router_loss_weight", "distill_weight")}

@@ -71,6 +71,7 @@ __all__ = [
     "model_kwargs_for_dataset",
     "planned_steps",
     "train",
+    "with_teacher",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -135,16 +136,25 @@ def capacities_for_step(config: TrainConfig, step: int, num_experts: int) -> lis
     return list(one_hot_distributions(num_experts))
 
 
+def with_teacher(config: TrainConfig, capacities: list[float | tuple[float, ...]]) -> list[float | tuple[float, ...]]:
+    """The forwards of a step: with ``distill_weight`` the full width (the teacher) first, then the drawn capacities
+    that are not the full width; without, ``capacities`` unchanged."""
+    if config.distill_weight == 0:
+        return capacities
+    return [1.0, *(c for c in capacities if c != 1.0)]
+
+
 def planned_steps(config: TrainConfig, model: nn.Module, input_size: Sequence[int]) -> int:
-    """``config.steps``, or with ``iso_flops`` that many times dense FLOPs / expected MoNE FLOPs per step."""
+    """``config.steps``, or with ``iso_flops`` that many times dense FLOPs / expected FLOPs per step (every forward
+    of a step counted: the E widths of nested training, the full-width teacher of self-distillation)."""
     if not config.iso_flops:
         return config.steps
     dense = count_flops(model, input_size, 1.0)
     num_experts = getattr(model, "num_experts", 1)
-    if config.capacity_mode == "adaptive":
-        per_step = sum(count_flops(model, input_size, c) for c in config.capacities) / len(config.capacities)
-    else:
-        per_step = sum(count_flops(model, input_size, c) for c in capacities_for_step(config, 0, num_experts))
+    draws = ([[c] for c in config.capacities] if config.capacity_mode == "adaptive"
+             else [capacities_for_step(config, 0, num_experts)])  # adaptive: each capacity equally likely
+    per_step = sum(sum(count_flops(model, input_size, c) for c in with_teacher(config, draw))
+                   for draw in draws) / len(draws)
     return max(1, round(config.steps * dense / per_step))
 
 
@@ -472,9 +482,10 @@ class _Run:
         lr = warmup_cosine_lr(step, self.total_steps, config.lr, config.warmup_steps, config.min_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        capacities = capacities_for_step(config, step, self.num_experts)
+        capacities = with_teacher(config, capacities_for_step(config, step, self.num_experts))
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=images.device)
+        teacher = None  # the full width's detached log-probabilities, with distill_weight
         for i, capacity in enumerate(capacities):
             # Accumulate one backward per capacity; DDP averages the gradients once, after the last one.
             last = i == len(capacities) - 1
@@ -483,8 +494,14 @@ class _Run:
                 with self.autocast:
                     logits = self.train_model(images, capacity=capacity)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-                router_loss = self.router_loss(capacity) if config.router_target != "none" else None
-                total = loss if router_loss is None else loss + router_loss
+                total = loss
+                if config.router_target != "none" and (router_loss := self.router_loss(capacity)) is not None:
+                    total = total + router_loss
+                if teacher is not None:
+                    total = total + config.distill_weight * F.kl_div(
+                        logits.float().log_softmax(-1), teacher, log_target=True, reduction="batchmean")
+                elif config.distill_weight > 0:
+                    teacher = logits.detach().float().log_softmax(-1)
                 (total / len(capacities)).backward()
             step_loss += loss.detach() / len(capacities)
         if config.grad_clip > 0:
