@@ -83,7 +83,6 @@ def test_iso_flops_counts_the_teachers_forward():
 @pytest.mark.parametrize("changes, message", [
     (dict(distill_weight=-0.1), "distill_weight must be >= 0"),
     (dict(distill_weight=1.0, capacity_mode="nested"), "distill_weight needs routed training"),
-    (dict(distill_weight=1.0, capacity=1.0), "distill_weight needs a capacity below 1.0"),
 ])
 def test_distill_settings_are_checked(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -104,10 +104,10 @@ def needs_autograd(*tensors: torch.Tensor | None) -> bool:
 class GroupedGemmPolicy:
     """Which torch ops compute a grouped linear: every choice :func:`grouped_linear` makes, in one place.
 
-    Each choice was made by measurement on CPU (AMD EPYC, 1 thread; the numbers are in the methods' docstrings); the
-    values do not depend on them (tests/test_layers.py: the no-grad and autograd routes agree bitwise, every route
-    and both GEMM forms match plain sliced ``F.linear`` and the masked reference of ``tests/reference.py`` in
-    float64):
+    Each choice was made by measurement on CPU (AMD EPYC, 1 or 2 threads; the numbers are in the methods'
+    docstrings); the values do not depend on them beyond round-off (tests/test_layers.py: the no-grad and autograd
+    routes agree bitwise with one GEMM per group, every route, both GEMM forms and both partitions match plain sliced
+    ``F.linear`` and the masked reference of ``tests/reference.py`` in float64):
 
     * :meth:`route`, per call: ``"dense"`` for one full-width group without a per-row scale (exactly timm's
       ``F.linear`` and the residual add, with autograd's own backward), ``"no_grad"`` where no autograd node is needed
@@ -170,7 +170,7 @@ class GroupedGemmPolicy:
 
 
     def by_width_block(self, layout: GroupLayout, full_width: int) -> bool:
-        """Whether a no-grad call runs one GEMM per width block instead of one per group (:func:`_input_by_block`).
+        """Whether a no-grad call runs one GEMM per width block instead of one per group (:func:`_pieces`).
 
         Block ``k``, features ``[d_{k-1}, d_k)``, is used by every group from ``k`` on, whose rows are one suffix of
         the rows: the GEMMs have as many multiply-adds as the groups' but more rows, which MKL spreads better over
@@ -222,77 +222,36 @@ def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bo
         torch.mm(a, b, out=out)
 
 
+def _pieces(layout: GroupLayout, by_block: bool) -> list[tuple[int, int, int, int]]:
+    """``(row start, row stop, feature lo, feature hi)`` of each GEMM of a grouped linear: per group, group ``j``'s
+    rows and features ``[0, d_j)``; per width block (widths increasing), features ``[d_{k-1}, d_k)`` and the rows of
+    every group from ``k`` on, one suffix of the rows (:meth:`GroupedGemmPolicy.by_width_block`)."""
+    if not by_block:
+        return [(start, stop, 0, d) for start, stop, d in layout.row_ranges]
+    pieces, lo, rows = [], 0, layout.batch_size * layout.num_tokens
+    for start, _, d in layout.row_ranges:
+        pieces.append((start, rows, lo, d))
+        lo = d
+    return pieces
+
+
 def _input_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: GroupLayout
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: GroupLayout, by_block: bool = False
 ) -> torch.Tensor:
+    """``x_j[:, :d_j] @ W[:, :d_j].T + b`` into each group's rows of one [R, out], one GEMM per group or per width
+    block (a later block adds to what the earlier ones wrote)."""
     dtype = _compute_dtype(x)
     weight = weight.to(dtype)
     bias = None if bias is None else bias.to(dtype)
     out = torch.empty(x.shape[0], weight.shape[0], dtype=dtype, device=x.device)
-    for start, stop, d in layout.row_ranges:
-        rows, x_j, w_j = out[start:stop], x[start:stop, :d].to(dtype), weight[:, :d].t()
-        if bias is None:
-            torch.mm(x_j, w_j, out=rows)
-        else:
-            torch.addmm(bias, x_j, w_j, out=rows)
-    return out
-
-
-def _width_blocks(layout: GroupLayout) -> list[tuple[int, int, int]]:
-    """``(first row, lo, hi)`` of each width block: features ``[lo, hi)`` = ``[d_{k-1}, d_k)`` are used by the rows
-    of groups ``k, k+1, ...``, the rows from group ``k``'s first on (widths increasing)."""
-    blocks, lo = [], 0
-    for start, _, d in layout.row_ranges:
-        blocks.append((start, lo, d))
-        lo = d
-    return blocks
-
-
-def _input_by_block(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: GroupLayout
-) -> torch.Tensor:
-    """:func:`_input_linear`'s value by width block: ``out[r_k:] += x[r_k:, lo:hi] @ W[:, lo:hi].T``, the first
-    block (every row) writing ``b + x[:, :d_0] @ W[:, :d_0].T``."""
-    dtype = _compute_dtype(x)
-    x, weight = x.to(dtype), weight.to(dtype)
-    out = torch.empty(x.shape[0], weight.shape[0], dtype=dtype, device=x.device)
-    for start, lo, hi in _width_blocks(layout):
-        rows, x_k, w_k = out[start:], x[start:, lo:hi], weight[:, lo:hi].t()
+    for start, stop, lo, hi in _pieces(layout, by_block):
+        rows, x_k, w_k = out[start:stop], x[start:stop, lo:hi].to(dtype), weight[:, lo:hi].t()
         if lo > 0:
             torch.addmm(rows, x_k, w_k, out=rows)
         elif bias is None:
             torch.mm(x_k, w_k, out=rows)
         else:
-            torch.addmm(bias.to(dtype), x_k, w_k, out=rows)
-    return out
-
-
-def _output_by_block(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    layout: GroupLayout,
-    residual: torch.Tensor | None,
-    scale: torch.Tensor | None,
-) -> torch.Tensor:
-    """:func:`_output_linear`'s value by width block: ``out[r_k:, lo:hi] += s * (h[r_k:] @ W[lo:hi].T + b[lo:hi])``."""
-    dtype = _compute_dtype(h)
-    h, weight = h.to(dtype), weight.to(dtype)
-    bias = None if bias is None else bias.to(dtype)
-    fused = scale is None and GEMM_POLICY.adds_residual(residual, dtype)
-    out = h.new_zeros(h.shape[0], weight.shape[0], dtype=dtype) if residual is None else residual.clone()
-    for start, lo, hi in _width_blocks(layout):
-        rows, h_k, w_k = out[start:, lo:hi], h[start:], weight[lo:hi].t()
-        if fused:
-            _mm_into(rows, h_k, w_k, accumulate=True)
-            if bias is not None:
-                rows.add_(bias[lo:hi])
-            continue
-        update = _mm(h_k, w_k, None if bias is None else bias[lo:hi])  # [rows from r_k, hi - lo]
-        if scale is None:
-            rows.add_(update)
-        else:
-            rows.addcmul_(update, scale[start:])
+            torch.addmm(bias, x_k, w_k, out=rows)
     return out
 
 
@@ -303,23 +262,25 @@ def _output_linear(
     layout: GroupLayout,
     residual: torch.Tensor | None,
     scale: torch.Tensor | None,
+    by_block: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``residual + Pad(scale * (h_j W[:d_j].T + b[:d_j]))`` [R, out], and the unscaled updates when ``scale``
-    is given (the backward needs them for the scale's gradient)."""
+    """``residual + Pad(scale * (h_j W[:d_j].T + b[:d_j]))`` [R, out], one GEMM per group or per width block, and
+    the unscaled update of each GEMM when ``scale`` is given (per group: what the backward needs for the scale's
+    gradient)."""
     dtype = _compute_dtype(h)
     weight = weight.to(dtype)
     bias = None if bias is None else bias.to(dtype)
     fused = scale is None and GEMM_POLICY.adds_residual(residual, dtype)
     out = h.new_zeros(h.shape[0], weight.shape[0], dtype=dtype) if residual is None else residual.clone()
     updates = []
-    for start, stop, d in layout.row_ranges:
-        rows, h_j, w_j = out[start:stop, :d], h[start:stop].to(dtype), weight[:d].t()
+    for start, stop, lo, hi in _pieces(layout, by_block):
+        rows, h_k, w_k = out[start:stop, lo:hi], h[start:stop].to(dtype), weight[lo:hi].t()
         if fused:
-            _mm_into(rows, h_j, w_j, accumulate=True)
+            _mm_into(rows, h_k, w_k, accumulate=True)
             if bias is not None:
-                rows.add_(bias[:d])
+                rows.add_(bias[lo:hi])
             continue
-        update = _mm(h_j, w_j, None if bias is None else bias[:d])  # [rows_j, d_j]
+        update = _mm(h_k, w_k, None if bias is None else bias[lo:hi])  # [rows, hi - lo]
         if scale is None:
             rows.add_(update)  # autocast: the update in its compute dtype, added to a wider residual (as x + f(x))
         else:
@@ -478,17 +439,14 @@ def grouped_linear(
         if route == "dense":  # exactly timm's call, and autograd's own backward
             return F.linear(x, weight, bias)
         if route == "no_grad":  # inference: no autograd node to build
-            if GEMM_POLICY.by_width_block(layout, weight.shape[1]):
-                return _input_by_block(x, weight, bias, layout)
-            return _input_linear(x, weight, bias, layout)
+            return _input_linear(x, weight, bias, layout, GEMM_POLICY.by_width_block(layout, weight.shape[1]))
         return _NestedInputLinear.apply(layout, x, weight, bias)
     route = GEMM_POLICY.route(layout, weight.shape[0], x, weight, bias, residual, scale, scaled=scale is not None)
     if route == "dense":  # timm's ops and residual add, and autograd's own backward
         return _dense_output_linear(x, weight, bias, residual)
     if route == "no_grad":
-        if GEMM_POLICY.by_width_block(layout, weight.shape[0]):
-            return _output_by_block(x, weight, bias, layout, residual, scale)
-        return _output_linear(x, weight, bias, layout, residual, scale)[0]
+        by_block = GEMM_POLICY.by_width_block(layout, weight.shape[0])
+        return _output_linear(x, weight, bias, layout, residual, scale, by_block)[0]
     return _NestedOutputLinear.apply(layout, x, weight, bias, residual, scale)
 
 

@@ -75,7 +75,8 @@ class TrainConfig:
     distill_weight: float = setting(
         0.0, help="> 0: every step also trains capacity 1.0 (the full width) on the labels, first, and adds this "
                   "weight x the KL divergence from its detached predictions to the sampled capacity's (MatFormer's "
-                  "self-distillation); the step then costs both forwards and backwards, which --iso-flops counts")
+                  "self-distillation; a step at 1.0 has nothing to distil); the step then costs both forwards and "
+                  "backwards, which --iso-flops counts")
     # bookkeeping
     seed: int = setting(0, help="seed of the initialisation, the data order and the capacity draws")
     output_dir: str = setting("runs/train", flag="--output",
@@ -125,8 +126,6 @@ class TrainConfig:
             raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
         if self.distill_weight > 0 and self.capacity_mode == "nested":
             raise ValueError("distill_weight needs routed training (capacity_mode fixed or adaptive)")
-        if self.distill_weight > 0 and self.capacity_mode == "fixed" and self.capacity >= 1:
-            raise ValueError(f"distill_weight needs a capacity below 1.0 to distil into, got capacity={self.capacity}")
         if self.router_target != "none" and self.capacity_mode == "nested":
             raise ValueError("router_target needs routed training (capacity_mode fixed or adaptive); nested training "
                              "puts every token of a step on one expert")
