@@ -542,6 +542,7 @@ def video_section(folder: Path, docs: Path) -> Section:
     rel = Path(os.path.relpath(folder, docs.parent))
     arms = video_arms(quick=False)  # the study's own arms: which are MoNE recipes, what each starts from
     nested = {arm.name: arm.init for arm in arms if arm.family == "mone" and _has(summary, arm.name)}
+    starts_nested = {arm.name for arm in arms if arm.family == "matvit"}
     randoms = {arm.reuse: arm.name for arm in arms if arm.router == "random" and _has(summary, arm.name)}
     best = best_on_val(summary, list(nested), "0.5")
     dense, half = lookup(summary, VIDEO_DENSE, "1"), lookup(summary, VIDEO_HALF, "1")
@@ -560,11 +561,14 @@ def video_section(folder: Path, docs: Path) -> Section:
               f"FLOPs) | vs {VIDEO_DENSE} | vs {VIDEO_HALF} |",
               "|---|---|---|---|---|---|---|"]
     for arm, start in nested.items():
-        r, full, halved = (lookup(summary, arm, "0.5"), lookup(summary, start, "width 1"),
-                           lookup(summary, start, "width 1/2"))
+        r = lookup(summary, arm, "0.5")
         per_seed = " / ".join(f"{v:.1f}" for v in r["top1_per_seed"])
-        lines.append(f"| {arm} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {per_seed} | "
-                     f"{full['top1_mean']:.2f} ± {full['top1_std']:.2f} | {_fmt(*difference(r, halved))} | "
+        if start in starts_nested:
+            full, halved = lookup(summary, start, "width 1"), lookup(summary, start, "width 1/2")
+            own = f"{full['top1_mean']:.2f} ± {full['top1_std']:.2f} | {_fmt(*difference(r, halved))}"
+        else:  # fine-tuned straight from the dense ViViT: no nested model of its own
+            own = f"- (starts from {start}) | -"
+        lines.append(f"| {arm} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {per_seed} | {own} | "
                      f"{_fmt(*difference(r, dense))} | {_fmt(*difference(r, half))} |")
     lines += [line for arm, random in randoms.items() for line in ("", router_lead(summary, arm, random))]
     lines += ["", f"![accuracy against GFLOPs]({rel}/accuracy_vs_gflops.png)", "",

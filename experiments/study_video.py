@@ -9,7 +9,8 @@ direction of motion; same data and optimiser in every arm):
     the trained dense ViViT upcycled through nested training (400 steps) then MoNE fine-tuning (at lr 2e-3 and at
     5e-4; the latter also evaluated with a random router); the same upcycled model fine-tuned with the router
     study's recipe (``router="ordinal"``, ``router_target="attention"``), for 300 and for 600 steps, and for 600
-    steps distilled from the full width (``distill_weight=1``, the same FLOPs in fewer steps); nested training
+    steps distilled from the full width (``distill_weight=1``, the same FLOPs in fewer steps), that last one also
+    straight from the dense ViViT without the nested stage; nested training
     that mixes widths within a clip (the dense ViViT trained 400 adaptive steps with a random router: random tokens
     on each expert) and the router study's fine-tune from it; and the 600-step fine-tune's controls, the dense ViViT
     trained 600 more steps and the upcycled nested model 200 more nested steps.
@@ -51,6 +52,9 @@ UPCYCLED_ORDINAL_LONG = f"{UPCYCLED_ORDINAL}, 600 steps"
 # the same fine-tune with the full width trained every step and teaching the drawn capacity (self-distillation; the
 # same FLOPs, so fewer steps)
 UPCYCLED_DISTILLED = f"{UPCYCLED_ORDINAL_LONG}, distilled from the full width"
+# the same distilled fine-tune straight from the dense ViViT, no nested stage: the full width starts as the trained
+# dense model and teaches the narrow widths from the first step
+DENSE_DISTILLED = "dense -> MoNE ViViT, ordinal router, attention-supervised, 600 steps, distilled from the full width"
 # nested training that mixes widths within a clip (issue 23, family 5): the dense ViViT upcycled by adaptive training
 # with a random router, so every step puts random tokens of each clip on each expert at a sampled budget
 MIXED_NESTED = "dense -> mixed-width nested ViViT (random router)"
@@ -103,6 +107,7 @@ def arms(quick: bool) -> list[Arm]:
         Arm(UPCYCLED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
         Arm(UPCYCLED_ORDINAL_LONG, (twice_as_long(ordinal_fine_tune, quick),), CAPACITIES, init=UPCYCLED_NESTED),
         Arm(UPCYCLED_DISTILLED, (twice_as_long(distilled, quick),), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(DENSE_DISTILLED, (twice_as_long(distilled, quick),), CAPACITIES, init=DENSE),
         Arm(MIXED_NESTED, (mixed_width,), WIDTHS, WIDTH_LABELS, family="matvit", init=DENSE),
         Arm(MIXED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=MIXED_NESTED),
         Arm(DENSE_MORE, (more_steps("dense", 2 * video("finetune").steps),), family="dense", init=DENSE),

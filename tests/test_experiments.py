@@ -148,6 +148,7 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
              upcycled, f"{upcycled}, lr 0.0005", f"{upcycled}, lr 0.0005, random router at eval",
              f"{upcycled}, ordinal router, attention-supervised", f"{upcycled}, ordinal router, attention-supervised, "
              "600 steps", f"{upcycled}, ordinal router, attention-supervised, 600 steps, distilled from the full width",
+             "dense -> MoNE ViViT, ordinal router, attention-supervised, 600 steps, distilled from the full width",
              "dense -> mixed-width nested -> MoNE ViViT, ordinal router, attention-supervised")
     assert set(rows) == {
         ("dense ViViT", "1"), ("dense ViViT, 2 spatial blocks", "1"), ("dense ViViT, 600 more steps", "1"),
@@ -186,7 +187,7 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
         assert f"| {claim}" in video, claim
     assert "| MatViT (nested) ViViT | width 1/2 |" in video and "video/accuracy_vs_gflops.png" in video
     assert "Best MoNE recipe on the validation split at capacity 0.5: **" in video
-    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 8
+    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 9
     assert video.count("Learned minus random router on the same weights") == 2  # both recipes with a random router
 
 
@@ -236,6 +237,9 @@ def test_longer_fine_tunes_double_the_steps_and_controls_train_the_references_on
         long_name = f"{arm}, {'600 steps' if module == 'study_video' else '2x steps'}"
         distilled = _stage_config(module, f"{long_name}, distilled from the full width")
         assert distilled == longer.replace(distill_weight=1.0), module  # the longer fine-tune, distilled
+    straight = _stage_config("study_video", "dense -> MoNE ViViT, ordinal router, attention-supervised, 600 steps, "
+                                            "distilled from the full width")
+    assert straight == _stage_config("study_video", f"{video}, 600 steps, distilled from the full width")
     to_full = _stage_config("study_router", f"{router}, 2x steps, capacities to 1.0")
     longer = _stage_config("study_router", f"{router}, 2x steps")
     assert to_full == longer.replace(capacities=(*longer.capacities, 1.0))
