@@ -4,7 +4,8 @@ Every option runs the demo's model (D=128, 4 blocks, 64 tokens) at capacity 0.5 
 is forward, the loss (classification, plus the router loss where the option has one), backward and an AdamW step;
 inference is one forward without autograd. Options: the paper's router, the straight-through gradient, the
 attention-supervised router (``router_target="attention"``), the ordinal router with that target (the demo's
-recipe) and the attention router (no parameters). One call of each option per round, medians over rounds, and each
+recipe), the attention router (no parameters) and the demo's recipe with self-distillation (``distill_weight=1``:
+a full-width step first). One call of each option per round, medians over rounds, and each
 option's median ratio to the paper's router within the same rounds.
 
     python benchmarks/router_cost.py --threads 1 --rounds 30
@@ -23,17 +24,20 @@ from mone.importance import attention_target_loss
 from mone.models import create_model
 
 MODEL = dict(img_size=32, patch_size=4, in_chans=1, embed_dim=128, depth=4, num_heads=4, num_classes=10)
-OPTIONS = {  # name: (router mode, straight-through gradient, router target)
-    "paper router": ("learned", False, False),
-    "straight-through gradient": ("learned", True, False),
-    "attention-supervised router": ("learned", False, True),
-    "ordinal router, attention-supervised": ("ordinal", False, True),
-    "attention router (no parameters)": ("attention", False, False),
+OPTIONS = {  # name: (router mode, straight-through gradient, router target, self-distillation)
+    "paper router": ("learned", False, False, False),
+    "straight-through gradient": ("learned", True, False, False),
+    "attention-supervised router": ("learned", False, True, False),
+    "ordinal router, attention-supervised": ("ordinal", False, True, False),
+    "attention router (no parameters)": ("attention", False, False, False),
+    "ordinal, attention-supervised, distilled": ("ordinal", False, True, True),
 }
 
 
-def training_step(router: str, straight_through: bool, target: bool, images: torch.Tensor, labels: torch.Tensor):
-    """A closure running one training step of a fresh model with this option (the trainer's computation)."""
+def training_step(router: str, straight_through: bool, target: bool, distill: bool, images: torch.Tensor,
+                  labels: torch.Tensor):
+    """A closure running one training step of a fresh model with this option (the trainer's computation; with
+    ``distill`` first a forward and backward at capacity 1.0, whose predictions teach the step at 0.5)."""
     torch.manual_seed(0)
     model = create_model("mone_vit_test", **MODEL, router=router).train()
     if straight_through:
@@ -45,10 +49,18 @@ def training_step(router: str, straight_through: bool, target: bool, images: tor
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(images, capacity=0.5), labels, label_smoothing=0.1)
+        teacher = None
+        if distill:
+            full = model(images, capacity=1.0)
+            (F.cross_entropy(full, labels, label_smoothing=0.1) / 2).backward()
+            teacher = full.detach().log_softmax(-1)
+        logits = model(images, capacity=0.5)
+        loss = F.cross_entropy(logits, labels, label_smoothing=0.1)
         if target:
             loss = loss + attention_target_loss(model.blocks[0].attn, kept["x"], kept["probs"],
                                                 model.resolve_distribution(0.5))
+        if teacher is not None:
+            loss = (loss + F.kl_div(logits.log_softmax(-1), teacher, log_target=True, reduction="batchmean")) / 2
         loss.backward()
         optimizer.step()
 
@@ -84,13 +96,13 @@ def main() -> None:
     env = environment()
     print(f"{env['hardware']}, {env['threads']} thread(s), torch {env['torch']}, float32, batch {args.batch_size}, "
           f"capacity 0.5, {args.rounds} rounds; medians, and the median per-round ratio to the paper's router")
-    print(f"{'option':<40} {'train step ms':>14} {'ratio':>6} {'inference ms':>13} {'ratio':>6}")
+    print(f"{'option':<42} {'train step ms':>14} {'ratio':>6} {'inference ms':>13} {'ratio':>6}")
     for name in OPTIONS:
         row = []
         for times in (train_times, infer_times):
             ratio = statistics.median(t / p for t, p in zip(times[name], times["paper router"]))
             row += [1e3 * statistics.median(times[name]), ratio]
-        print(f"{name:<40} {row[0]:>14.2f} {row[1]:>6.3f} {row[2]:>13.2f} {row[3]:>6.3f}")
+        print(f"{name:<42} {row[0]:>14.2f} {row[1]:>6.3f} {row[2]:>13.2f} {row[3]:>6.3f}")
 
 
 if __name__ == "__main__":
