@@ -3,6 +3,7 @@ capacity it was exported with, for any batch size."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
@@ -109,6 +110,23 @@ def test_video_and_mixture_of_depths_models_export_too(name):
     x = torch.randn(3, *net.default_input_size)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), net(x, capacity=0.5), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_dynamic_batch_exports_where_eager_inference_runs_by_width_block(model, monkeypatch):
+    """Eager inference cuts small batches by width block (``GroupedGemmPolicy.by_width_block``); its row limit must
+    not become a guard on the exported batch. Here the limit (4 images of 64 tokens) lies inside the example's
+    dynamic range: the program is built and computes the eager model's function at batch sizes on both sides."""
+    from mone.layers import linear
+
+    policy = dataclasses.replace(linear.GEMM_POLICY, block_min_width=0, block_max_rows=256)
+    monkeypatch.setattr(linear, "GEMM_POLICY", policy)
+    model.eval()
+    program = mone.export_model(model, torch.randn(2, 3, 32, 32), capacity=0.5)
+    for batch in (1, 3, 6):  # 64 to 384 rows: by width block in eager up to 4 images
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), model(x, capacity=0.5))
 
 
 def test_onnx_export_names_its_extra_when_onnxscript_is_missing(model, tmp_path, monkeypatch):

@@ -179,8 +179,12 @@ class GroupedGemmPolicy:
         ``layer_blocks_*`` in ``benchmarks/results/amd-epyc-2threads-2026-12-07/``): ViT-B/16 and ViT-S/16 batch 1
         0.61-0.90 in float32, 0.78-0.94 in bfloat16; ViT-B/16 batch 8 (1,568 rows) 1.03-1.12; D=128 batch 64
         0.77-1.11. Whole forwards, batch 1: ViT-B/16 5-10% faster, ViT-S/16 2-7%. Hence the two limits.
-        Groups must be in increasing width (EPR's layouts are)."""
+        Groups must be in increasing width (EPR's layouts are). Eager only: under ``torch.compile`` and
+        ``torch.export`` the row limit would put a guard on the batch size (an exported program with a dynamic batch
+        could not be built), so traced graphs keep one GEMM per group."""
         widths = layout.widths
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return False
         return (len(widths) > 1 and full_width >= self.block_min_width
                 and layout.batch_size * layout.num_tokens <= self.block_max_rows
                 and all(a < b for a, b in zip(widths, widths[1:])))
