@@ -104,6 +104,13 @@ def twice_as_long(stage: Stage, quick: bool) -> Stage:
     return longer
 
 
+def distilled(stage: Stage) -> Stage:
+    """``stage`` with self-distillation from the full width (``distill_weight=1``), the same FLOPs under isoFLOPs."""
+    def with_teacher(seed: int, previous: str | None) -> TrainConfig:
+        return stage(seed, previous).replace(distill_weight=1.0)
+    return with_teacher
+
+
 def paper_router(config: TrainConfig) -> TrainConfig:
     """``config`` with the paper's router and its training (the demo's fine-tuning preset now uses the router study's
     recipe): the studies' earlier arms keep the configuration their runs were made with."""

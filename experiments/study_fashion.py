@@ -39,6 +39,7 @@ from common import (  # noqa: E402
     WIDTHS,
     Arm,
     Stage,
+    distilled,
     parser,
     run_study,
     select_arms,
@@ -74,9 +75,6 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
         config = preset("finetune", iso_flops=True, router_target="attention")(seed, previous)
         return config.replace(model_kwargs=dict(config.model_kwargs, router="ordinal"))
 
-    def distilled(seed: int, previous: str | None) -> TrainConfig:
-        return ordinal_fine_tune(seed, previous).replace(distill_weight=1.0)
-
     matvit_mone = "MatViT -> MoNE adaptive"
     return [
         Arm("dense ViT", (preset("dense"),), family="dense"),
@@ -94,7 +92,8 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
         # the router study's recipe (experiments/study_router.py): ordinal router supervised by attention received
         Arm(UPCYCLED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
         Arm(UPCYCLED_ORDINAL_LONG, (twice_as_long(ordinal_fine_tune, quick),), CAPACITIES, init=UPCYCLED_NESTED),
-        Arm(UPCYCLED_DISTILLED, (twice_as_long(distilled, quick),), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(UPCYCLED_DISTILLED, (twice_as_long(distilled(ordinal_fine_tune), quick),), CAPACITIES,
+            init=UPCYCLED_NESTED),
     ]
 
 

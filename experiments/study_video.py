@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Arm, Stage, parser, run_study, select_arms, setup, twice_as_long  # noqa: E402
+from common import Arm, Stage, distilled, parser, run_study, select_arms, setup, twice_as_long  # noqa: E402
 
 from mone.configs import video  # noqa: E402
 from mone.train.config import TrainConfig  # noqa: E402
@@ -76,9 +76,6 @@ def arms(quick: bool) -> list[Arm]:
         config = preset("finetune")(seed, previous)
         return config.replace(router_target="attention", model_kwargs=dict(config.model_kwargs, router="ordinal"))
 
-    def distilled(seed: int, previous: str | None) -> TrainConfig:
-        return ordinal_fine_tune(seed, previous).replace(distill_weight=1.0)
-
     def more_steps(variant: str, steps: int) -> Stage:  # continue a trained model on the fine-tuning schedule
         warmup = steps * video("finetune").warmup_steps // video("finetune").steps
         return preset(variant, steps=steps, warmup_steps=warmup, lr=video("finetune").lr)
@@ -106,8 +103,9 @@ def arms(quick: bool) -> list[Arm]:
         # the router study's recipe (experiments/study_router.py): ordinal router supervised by attention received
         Arm(UPCYCLED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
         Arm(UPCYCLED_ORDINAL_LONG, (twice_as_long(ordinal_fine_tune, quick),), CAPACITIES, init=UPCYCLED_NESTED),
-        Arm(UPCYCLED_DISTILLED, (twice_as_long(distilled, quick),), CAPACITIES, init=UPCYCLED_NESTED),
-        Arm(DENSE_DISTILLED, (twice_as_long(distilled, quick),), CAPACITIES, init=DENSE),
+        Arm(UPCYCLED_DISTILLED, (twice_as_long(distilled(ordinal_fine_tune), quick),), CAPACITIES,
+            init=UPCYCLED_NESTED),
+        Arm(DENSE_DISTILLED, (twice_as_long(distilled(ordinal_fine_tune), quick),), CAPACITIES, init=DENSE),
         Arm(MIXED_NESTED, (mixed_width,), WIDTHS, WIDTH_LABELS, family="matvit", init=DENSE),
         Arm(MIXED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=MIXED_NESTED),
         Arm(DENSE_MORE, (more_steps("dense", 2 * video("finetune").steps),), family="dense", init=DENSE),
