@@ -168,7 +168,6 @@ class GroupedGemmPolicy:
         (1.14 vs 1.25 ms)."""
         return (residual is None or residual.dtype == dtype) and dtype in (torch.float32, torch.float64)
 
-
     def by_width_block(self, layout: GroupLayout, full_width: int) -> bool:
         """Whether a no-grad call runs one GEMM per width block instead of one per group (:func:`_pieces`).
 
@@ -178,7 +177,7 @@ class GroupedGemmPolicy:
         at capacity 0.5, block / group time (``benchmarks/gemm_shapes.py --blocks``; AMD EPYC, 2 threads; files
         ``layer_blocks_*`` in ``benchmarks/results/amd-epyc-2threads-2026-12-07/``): ViT-B/16 and ViT-S/16 batch 1
         0.61-0.90 in float32, 0.78-0.94 in bfloat16; ViT-B/16 batch 8 (1,568 rows) 1.03-1.12; D=128 batch 64
-        0.77-1.11. Whole forwards, batch 1: ViT-B/16 5-10% faster, ViT-S/16 2-7%. Hence the two limits.
+        0.77-1.11. Whole forwards, batch 1: ViT-B/16 5-10% faster, ViT-S/16 0-7%. Hence the two limits.
         Groups must be in increasing width (EPR's layouts are). Eager only: under ``torch.compile`` and
         ``torch.export`` the row limit would put a guard on the batch size (an exported program with a dynamic batch
         could not be built), so traced graphs keep one GEMM per group."""
