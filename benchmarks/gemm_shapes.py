@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from mone.capacity import capacity_distribution, expert_relative_widths, expert_token_counts
+from mone.capacity import capacity_distribution, expert_relative_widths, expert_token_counts, validate_capacity
 from mone.layers import linear
 from mone.layers.linear import GroupLayout, grouped_linear
 
@@ -85,7 +85,12 @@ def time_layer_forms(args: argparse.Namespace, dtype: torch.dtype) -> None:
 
 
 def main() -> None:
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    try:
+        validate_capacity(args.capacity, 4)
+    except ValueError as error:
+        parser.error(str(error))
     torch.manual_seed(0)
     out_features = 3 * args.dim if args.layer == "qkv" else 4 * args.dim
     if args.threads is not None:
