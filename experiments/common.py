@@ -35,7 +35,7 @@ from mone.train.config import TrainConfig
 from mone.train.evaluate import evaluate
 from mone.train.loop import train
 
-__all__ = ["Arm", "aggregate", "paper_router", "parser", "run_dir", "run_study", "select_arms", "setup",
+__all__ = ["Arm", "aggregate", "distilled", "paper_router", "parser", "run_dir", "run_study", "select_arms", "setup",
            "twice_as_long"]
 
 _logger = logging.getLogger("experiments")

@@ -109,6 +109,8 @@ def arms(quick: bool) -> list[Arm]:
 
     init = "nested (quick)" if quick else None
     supervised = fine_tune(router_target="attention")
+    ordinal = fine_tune(router="ordinal", router_target="attention")  # the recipe `mone demo` runs, twice as long
+    ordinal_long = twice_as_long(ordinal, quick)
     listed = [
         Arm(PAPER, (fine_tune(),), CAPACITIES, init=init),
         Arm("straight-through gradient", (fine_tune(router_gradient="straight_through"),), CAPACITIES, init=init),
@@ -119,14 +121,11 @@ def arms(quick: bool) -> list[Arm]:
         Arm(f"{PAPER}, random router at eval", (), CAPACITIES, router="random", reuse=PAPER, family="random"),
         Arm("attention-supervised router, capacities to 1.0", (with_full(supervised),), CAPACITIES, init=init),
         # the same router ranking tokens by one score (the expected expert) instead of per-expert probabilities
-        Arm(ORDINAL, (fine_tune(router="ordinal", router_target="attention"),), CAPACITIES, init=init),
+        Arm(ORDINAL, (ordinal,), CAPACITIES, init=init),
         Arm("ordinal router, paper training", (fine_tune(router="ordinal"),), CAPACITIES, init=init),
-        Arm(ORDINAL_LONG, (twice_as_long(fine_tune(router="ordinal", router_target="attention"), quick),), CAPACITIES,
-            init=init),
-        Arm(LONG_TO_FULL, (with_full(twice_as_long(fine_tune(router="ordinal", router_target="attention"), quick)),),
-            CAPACITIES, init=init),
-        Arm(DISTILLED, (twice_as_long(distilled(fine_tune(router="ordinal", router_target="attention")), quick),),
-            CAPACITIES, init=init),
+        Arm(ORDINAL_LONG, (ordinal_long,), CAPACITIES, init=init),
+        Arm(LONG_TO_FULL, (with_full(ordinal_long),), CAPACITIES, init=init),
+        Arm(DISTILLED, (twice_as_long(distilled(ordinal), quick),), CAPACITIES, init=init),
         Arm(DENSE_MORE, (more_steps("dense", "demo_dense_seed0.safetensors", MORE_STEPS[DENSE_MORE]),),
             family="dense", init=init),
         Arm(NESTED_MORE, (more_steps("upcycle", "demo_upcycle_seed0.safetensors", MORE_STEPS[NESTED_MORE]),),
