@@ -21,22 +21,23 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mone import create_model
 from mone._io import atomic_write_text, save_figure
 from mone.configs import demo
 from mone.data import build_dataset
 from mone.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
 from mone.train.config import TrainConfig
 from mone.train.evaluate import evaluate
-from mone.train.loop import train
+from mone.train.loop import model_kwargs_for_dataset, planned_steps, step_flops, train
 
-__all__ = ["Arm", "aggregate", "distilled", "paper_router", "parser", "run_dir", "run_study", "select_arms", "setup",
-           "twice_as_long"]
+__all__ = ["Arm", "aggregate", "distilled", "for_flops_of", "paper_router", "parser", "run_dir", "run_study",
+           "select_arms", "setup", "training_flops", "twice_as_long"]
 
 _logger = logging.getLogger("experiments")
 
@@ -57,6 +58,8 @@ class Arm:
         capacity_labels: labels for distribution-valued capacities (e.g. the widths of a MatViT model).
         router: ``"learned"`` or ``"random"``: the router used at evaluation.
         family: groups arms in the verdicts (``dense``, ``mone``, ``matvit``, ``mod``, ...).
+        more_compute: trains on more FLOPs than the study's references trained as long (self-distillation for as
+            many steps): tabled and judged on its budget curve, never picked as the recipe the verdicts judge.
     """
 
     name: str
@@ -68,7 +71,7 @@ class Arm:
     init: str | None = None  # the arm whose trained model (same seed) starts this arm's first stage
     init_seed: int | None = None  # start from the ``init`` arm's run of this seed instead (every seed the same model)
     reuse: str | None = None  # evaluate another arm's trained model instead of training (e.g. with a random router)
-    meta: dict[str, Any] = field(default_factory=dict)
+    more_compute: bool = False
 
 
 STUDY_EMBED_DIM = 64  # the image studies' recipe, pinned: the demo's presets have since moved on (D=128, tuned lr)
@@ -104,11 +107,38 @@ def twice_as_long(stage: Stage, quick: bool) -> Stage:
     return longer
 
 
-def distilled(stage: Stage) -> Stage:
-    """``stage`` with self-distillation from the full width (``distill_weight=1``), the same FLOPs under isoFLOPs."""
+def distilled(stage: Stage, same: str) -> Stage:
+    """``stage`` with self-distillation from the full width (``distill_weight=1``), spending the same ``"flops"`` as
+    ``stage`` (fewer steps: each also trains the full width) or taking the same ``"steps"`` (more FLOPs)."""
+    if same not in ("flops", "steps"):
+        raise ValueError(f"same must be 'flops' or 'steps', got {same!r}")
+
     def with_teacher(seed: int, previous: str | None) -> TrainConfig:
-        return stage(seed, previous).replace(distill_weight=1.0)
+        config = stage(seed, previous)
+        teacher = config.replace(distill_weight=1.0)
+        if same == "steps" and config.iso_flops:  # the steps isoFLOPs gives the stage, now with the teacher too
+            return teacher.replace(iso_flops=False, steps=training_flops(config)[0])
+        if same == "flops" and not config.iso_flops:
+            return for_flops_of(lambda *_: teacher, stage)(seed, previous)
+        return teacher  # isoFLOPs already counts the teacher; without it the steps stay
     return with_teacher
+
+
+def for_flops_of(stage: Stage, reference: Stage) -> Stage:
+    """``stage`` run for as many steps as spend the training FLOPs of ``reference`` (isoFLOPs off)."""
+    def matched(seed: int, previous: str | None) -> TrainConfig:
+        config = stage(seed, previous)
+        steps, per_step = training_flops(reference(seed, previous))
+        return config.replace(iso_flops=False, steps=max(1, round(steps * per_step / training_flops(config)[1])))
+    return matched
+
+
+def training_flops(config: TrainConfig) -> tuple[int, float]:
+    """The steps the trainer runs for ``config`` and the forward FLOPs per sample of one step (every forward)."""
+    dataset = build_dataset(config.dataset, "train", config.data_dir, **config.dataset_kwargs)
+    model = create_model(config.model, **model_kwargs_for_dataset(dataset, config.model_kwargs))
+    size = tuple(model.default_input_size)
+    return planned_steps(config, model, size), step_flops(config, model, size)
 
 
 def paper_router(config: TrainConfig) -> TrainConfig:

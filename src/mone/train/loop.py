@@ -144,18 +144,22 @@ def with_teacher(config: TrainConfig, capacities: list[float | tuple[float, ...]
     return [1.0, *(c for c in capacities if c != 1.0)]
 
 
+def step_flops(config: TrainConfig, model: nn.Module, input_size: Sequence[int]) -> float:
+    """Expected forward FLOPs per sample of one training step: every forward of a step counted (the E widths of
+    nested training, the full-width teacher of self-distillation); adaptive draws each capacity equally often."""
+    num_experts = getattr(model, "num_experts", 1)
+    draws = ([[c] for c in config.capacities] if config.capacity_mode == "adaptive"
+             else [capacities_for_step(config, 0, num_experts)])
+    return sum(sum(count_flops(model, input_size, c) for c in with_teacher(config, draw))
+               for draw in draws) / len(draws)
+
+
 def planned_steps(config: TrainConfig, model: nn.Module, input_size: Sequence[int]) -> int:
-    """``config.steps``, or with ``iso_flops`` that many times dense FLOPs / expected FLOPs per step (every forward
-    of a step counted: the E widths of nested training, the full-width teacher of self-distillation)."""
+    """``config.steps``, or with ``iso_flops`` that many times dense FLOPs / :func:`step_flops`."""
     if not config.iso_flops:
         return config.steps
     dense = count_flops(model, input_size, 1.0)
-    num_experts = getattr(model, "num_experts", 1)
-    draws = ([[c] for c in config.capacities] if config.capacity_mode == "adaptive"
-             else [capacities_for_step(config, 0, num_experts)])  # adaptive: each capacity equally likely
-    per_step = sum(sum(count_flops(model, input_size, c) for c in with_teacher(config, draw))
-                   for draw in draws) / len(draws)
-    return max(1, round(config.steps * dense / per_step))
+    return max(1, round(config.steps * dense / step_flops(config, model, input_size)))
 
 
 def model_kwargs_for_dataset(dataset: Dataset, model_kwargs: dict[str, Any]) -> dict[str, Any]:
