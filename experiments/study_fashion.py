@@ -92,7 +92,7 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
         # the router study's recipe (experiments/study_router.py): ordinal router supervised by attention received
         Arm(UPCYCLED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
         Arm(UPCYCLED_ORDINAL_LONG, (twice_as_long(ordinal_fine_tune, quick),), CAPACITIES, init=UPCYCLED_NESTED),
-        Arm(UPCYCLED_DISTILLED, (twice_as_long(distilled(ordinal_fine_tune), quick),), CAPACITIES,
+        Arm(UPCYCLED_DISTILLED, (distilled(twice_as_long(ordinal_fine_tune, quick), same="flops"),), CAPACITIES,
             init=UPCYCLED_NESTED),
     ]
 

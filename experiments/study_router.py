@@ -12,16 +12,18 @@ fine-tuning (data order, capacity draws, router initialisation), not the shared 
     with a random router; the supervised router with capacity 1.0 among the sampled budgets; the learned router
     ranking tokens by one score (``router="ordinal"``), supervised and not; the supervised ordinal router
     fine-tuned for twice the steps, alone, with capacity 1.0 among the sampled budgets, and distilled from the full
-    width (``distill_weight=1``: every step also trains capacity 1.0, whose predictions teach the drawn capacity).
-    Two references trained on as the MoNE arms are: the shipped dense ViT for 600 more dense steps and the shipped
-    nested model for 200 more nested steps (fine-tuning schedule, 3 seeds each).
+    width (``distill_weight=1``: every step also trains capacity 1.0, whose predictions teach the drawn capacity),
+    for the same FLOPs (fewer steps) and for as many steps (more FLOPs), and undistilled for that last arm's FLOPs.
+    References trained on as the MoNE arms are: the shipped dense ViT for 600 more dense steps and for the FLOPs of
+    the longest arms (1,642 steps), and the shipped nested model for 200 more nested steps (fine-tuning schedule,
+    3 seeds each).
 
 Each trained model is evaluated at capacities 0.25 / 0.5 / 0.75 / 1.0 on the val and test splits (2,000 images each),
 and its localisation measured: the share of digit tokens and of background tokens that EPR sends to the two largest
 experts (``routing.json``; the digit boxes are read only here, never in training). The shipped dense ViT and the
 nested model's half-width ViT are evaluated on the same images as references (``references.json``).
 
-    python experiments/study_router.py --output experiments/results/router        # about 1 h on 2 CPU cores
+    python experiments/study_router.py --output experiments/results/router        # about 2 h on 2 CPU cores
     python experiments/study_router.py --output /tmp/quick --quick --seeds 0       # a minute, end to end
 """
 
@@ -41,6 +43,7 @@ from common import (  # noqa: E402
     Arm,
     Stage,
     distilled,
+    for_flops_of,
     paper_router,
     parser,
     run_study,
@@ -69,11 +72,18 @@ ORDINAL_LONG = f"{ORDINAL}, 2x steps"  # the video study's finding: twice the fi
 # every step (self-distillation; isoFLOPs counts its forward, so it takes fewer steps for the same FLOPs)
 LONG_TO_FULL = f"{ORDINAL_LONG}, capacities to 1.0"
 DISTILLED = f"{ORDINAL_LONG}, distilled from the full width"
+# ... and distilled for as many steps as the undistilled recipe (2.7x its FLOPs): is the distilled arm's loss at 0.5
+# the distillation or its fewer steps (381 against 1,041)?
+DISTILLED_STEPS = f"{DISTILLED}, as many steps"
+# ... and its control, the undistilled recipe for the same FLOPs: is a rising curve the teacher or the FLOPs?
+UNDISTILLED_SAME_FLOPS = f"{ORDINAL}, the FLOPs of the arm distilled for as many steps"
 # the references trained on, as the MoNE arms are: the shipped dense ViT 600 more dense steps, the shipped nested
 # model 200 more nested steps (about 600 dense steps of compute), both on the fine-tuning schedule (lr 5e-4); the
 # MoNE fine-tune costs as much as 300 dense steps (isoFLOPs), 600 with twice the steps
 DENSE_MORE, NESTED_MORE = "dense ViT, 600 more steps", "nested ViT, 200 more nested steps"
 MORE_STEPS = {DENSE_MORE: 600, NESTED_MORE: 200}
+# the dense ViT trained on for the FLOPs of the longest arms above: their reference trained as long
+DENSE_MORE_FLOPS = "dense ViT, trained on for the FLOPs of the arm distilled for as many steps"
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -111,6 +121,7 @@ def arms(quick: bool) -> list[Arm]:
     supervised = fine_tune(router_target="attention")
     ordinal = fine_tune(router="ordinal", router_target="attention")  # the recipe `mone demo` runs, twice as long
     ordinal_long = twice_as_long(ordinal, quick)
+    distilled_long = distilled(ordinal_long, same="steps")  # the longest arms' FLOPs
     listed = [
         Arm(PAPER, (fine_tune(),), CAPACITIES, init=init),
         Arm("straight-through gradient", (fine_tune(router_gradient="straight_through"),), CAPACITIES, init=init),
@@ -125,9 +136,14 @@ def arms(quick: bool) -> list[Arm]:
         Arm("ordinal router, paper training", (fine_tune(router="ordinal"),), CAPACITIES, init=init),
         Arm(ORDINAL_LONG, (ordinal_long,), CAPACITIES, init=init),
         Arm(LONG_TO_FULL, (with_full(ordinal_long),), CAPACITIES, init=init),
-        Arm(DISTILLED, (twice_as_long(distilled(ordinal), quick),), CAPACITIES, init=init),
+        Arm(DISTILLED, (distilled(ordinal_long, same="flops"),), CAPACITIES, init=init),
+        Arm(DISTILLED_STEPS, (distilled_long,), CAPACITIES, init=init, more_compute=True),
+        Arm(UNDISTILLED_SAME_FLOPS, (for_flops_of(ordinal_long, distilled_long),), CAPACITIES, init=init,
+            more_compute=True),
         Arm(DENSE_MORE, (more_steps("dense", "demo_dense_seed0.safetensors", MORE_STEPS[DENSE_MORE]),),
             family="dense", init=init),
+        Arm(DENSE_MORE_FLOPS, (for_flops_of(more_steps("dense", "demo_dense_seed0.safetensors", MORE_STEPS[DENSE_MORE]),
+                                            distilled_long),), family="dense", init=init),
         Arm(NESTED_MORE, (more_steps("upcycle", "demo_upcycle_seed0.safetensors", MORE_STEPS[NESTED_MORE]),),
             (HALF_WIDTH, (0.0, 0.0, 0.0, 1.0)), ("width 1/2", "width 1"), family="matvit", init=init),
     ]

@@ -9,13 +9,14 @@ direction of motion; same data and optimiser in every arm):
     the trained dense ViViT upcycled through nested training (400 steps) then MoNE fine-tuning (at lr 2e-3 and at
     5e-4; the latter also evaluated with a random router); the same upcycled model fine-tuned with the router
     study's recipe (``router="ordinal"``, ``router_target="attention"``), for 300 and for 600 steps, and for 600
-    steps distilled from the full width (``distill_weight=1``, the same FLOPs in fewer steps), that last one also
-    straight from the dense ViViT without the nested stage; nested training
-    that mixes widths within a clip (the dense ViViT trained 400 adaptive steps with a random router: random tokens
-    on each expert) and the router study's fine-tune from it; and the 600-step fine-tune's controls, the dense ViViT
-    trained 600 more steps and the upcycled nested model 200 more nested steps.
+    steps distilled from the full width (``distill_weight=1``: more FLOPs), that last one also straight from the
+    dense ViViT without the nested stage, and distilled for the FLOPs of the 600 steps (fewer steps); undistilled for
+    the FLOPs of the 600 distilled steps (the control of the distilled arm), and the dense ViViT trained on for those
+    FLOPs; nested training that mixes widths within a clip (the dense ViViT trained 400 adaptive steps with a random
+    router: random tokens on each expert) and the router study's fine-tune from it; and the 600-step fine-tune's
+    controls, the dense ViViT trained 600 more steps and the upcycled nested model 200 more nested steps.
 
-    python experiments/study_video.py --output experiments/results/video --threads 1   # about 2 h on one thread
+    python experiments/study_video.py --output experiments/results/video --threads 1   # about 2.5 h on one thread
     python experiments/study_video.py --output /tmp/quick --quick --seeds 0 1          # seconds, end to end
 
 Minutes per seed on one thread: the first five arms about 15 (dense 3.5, 2 spatial blocks 2, nested 7, fine-tune 1,
@@ -31,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Arm, Stage, distilled, parser, run_study, select_arms, setup, twice_as_long  # noqa: E402
+from common import Arm, Stage, distilled, for_flops_of, parser, run_study, select_arms, setup, twice_as_long  # noqa: E402
 
 from mone.configs import video  # noqa: E402
 from mone.train.config import TrainConfig  # noqa: E402
@@ -49,9 +50,12 @@ LOW_LR = 5e-4  # the image study's fine-tuning lr: lr 2e-3 (chosen for the 800-s
 UPCYCLED_MONE_LOW = f"{UPCYCLED_MONE}, lr {LOW_LR:g}"
 UPCYCLED_ORDINAL = f"{UPCYCLED_MONE}, ordinal router, attention-supervised"
 UPCYCLED_ORDINAL_LONG = f"{UPCYCLED_ORDINAL}, 600 steps"
-# the same fine-tune with the full width trained every step and teaching the drawn capacity (self-distillation; the
-# same FLOPs, so fewer steps)
+# the same fine-tune with the full width trained every step and teaching the drawn capacity (self-distillation): as
+# many steps (2.6x the FLOPs; the video fine-tune does not scale its steps by FLOPs), and for the same FLOPs (fewer)
 UPCYCLED_DISTILLED = f"{UPCYCLED_ORDINAL_LONG}, distilled from the full width"
+UPCYCLED_DISTILLED_FLOPS = f"{UPCYCLED_DISTILLED}, same FLOPs"
+# ... and the control of the first, the undistilled fine-tune for its FLOPs: is the gain the teacher or the FLOPs?
+UNDISTILLED_SAME_FLOPS = f"{UPCYCLED_ORDINAL}, the FLOPs of the arm distilled for 600 steps"
 # the same distilled fine-tune straight from the dense ViViT, no nested stage: the full width starts as the trained
 # dense model and teaches the narrow widths from the first step
 DENSE_DISTILLED = "dense -> MoNE ViViT, ordinal router, attention-supervised, 600 steps, distilled from the full width"
@@ -62,6 +66,8 @@ MIXED_ORDINAL = "dense -> mixed-width nested -> MoNE ViViT, ordinal router, atte
 # controls for the 600-step fine-tune, each given at least its extra training compute (600 adaptive MoNE steps cost
 # about 350 dense steps): the dense ViViT trained 600 more steps, the nested model 200 more nested steps (about 600)
 DENSE_MORE, NESTED_MORE = "dense ViViT, 600 more steps", "dense -> MatViT (nested) ViViT, 200 more nested steps"
+# the dense ViViT trained on for the FLOPs of the longest fine-tune (the control above): its reference trained as long
+DENSE_MORE_FLOPS = "dense ViViT, trained on for the FLOPs of the 600 distilled steps"
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -84,6 +90,8 @@ def arms(quick: bool) -> list[Arm]:
         config = preset("finetune", steps=UPCYCLE_STEPS, warmup_steps=UPCYCLE_STEPS // 20)(seed, previous)
         return config.replace(model_kwargs=dict(config.model_kwargs, router="random"))
 
+    ordinal_long = twice_as_long(ordinal_fine_tune, quick)
+    distilled_long = distilled(ordinal_long, same="steps")  # the longest arms' FLOPs
     dense = video("dense")
     long_nested = preset("nested", steps=dense.steps, warmup_steps=dense.warmup_steps)
     upcycling = preset("nested", steps=UPCYCLE_STEPS, warmup_steps=UPCYCLE_STEPS // 20)
@@ -102,13 +110,17 @@ def arms(quick: bool) -> list[Arm]:
             family="random"),
         # the router study's recipe (experiments/study_router.py): ordinal router supervised by attention received
         Arm(UPCYCLED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=UPCYCLED_NESTED),
-        Arm(UPCYCLED_ORDINAL_LONG, (twice_as_long(ordinal_fine_tune, quick),), CAPACITIES, init=UPCYCLED_NESTED),
-        Arm(UPCYCLED_DISTILLED, (twice_as_long(distilled(ordinal_fine_tune), quick),), CAPACITIES,
-            init=UPCYCLED_NESTED),
-        Arm(DENSE_DISTILLED, (twice_as_long(distilled(ordinal_fine_tune), quick),), CAPACITIES, init=DENSE),
+        Arm(UPCYCLED_ORDINAL_LONG, (ordinal_long,), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(UPCYCLED_DISTILLED, (distilled_long,), CAPACITIES, init=UPCYCLED_NESTED, more_compute=True),
+        Arm(UNDISTILLED_SAME_FLOPS, (for_flops_of(ordinal_long, distilled_long),), CAPACITIES, init=UPCYCLED_NESTED,
+            more_compute=True),
+        Arm(UPCYCLED_DISTILLED_FLOPS, (distilled(ordinal_long, same="flops"),), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(DENSE_DISTILLED, (distilled_long,), CAPACITIES, init=DENSE, more_compute=True),
         Arm(MIXED_NESTED, (mixed_width,), WIDTHS, WIDTH_LABELS, family="matvit", init=DENSE),
         Arm(MIXED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=MIXED_NESTED),
         Arm(DENSE_MORE, (more_steps("dense", 2 * video("finetune").steps),), family="dense", init=DENSE),
+        Arm(DENSE_MORE_FLOPS, (for_flops_of(more_steps("dense", 2 * video("finetune").steps), distilled_long),),
+            family="dense", init=DENSE),
         Arm(NESTED_MORE, (more_steps("nested", 200),), WIDTHS, WIDTH_LABELS, family="matvit", init=UPCYCLED_NESTED),
     ]
 

@@ -148,10 +148,13 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
              upcycled, f"{upcycled}, lr 0.0005", f"{upcycled}, lr 0.0005, random router at eval",
              f"{upcycled}, ordinal router, attention-supervised", f"{upcycled}, ordinal router, attention-supervised, "
              "600 steps", f"{upcycled}, ordinal router, attention-supervised, 600 steps, distilled from the full width",
+             f"{upcycled}, ordinal router, attention-supervised, 600 steps, distilled from the full width, same FLOPs",
+             f"{upcycled}, ordinal router, attention-supervised, the FLOPs of the arm distilled for 600 steps",
              "dense -> MoNE ViViT, ordinal router, attention-supervised, 600 steps, distilled from the full width",
              "dense -> mixed-width nested -> MoNE ViViT, ordinal router, attention-supervised")
     assert set(rows) == {
         ("dense ViViT", "1"), ("dense ViViT, 2 spatial blocks", "1"), ("dense ViViT, 600 more steps", "1"),
+        ("dense ViViT, trained on for the FLOPs of the 600 distilled steps", "1"),
         *((arm, f"width {w}") for arm in nested for w in ("1/8", "1/4", "1/2", "1")),
         *((arm, c) for arm in mones for c in ("0.25", "0.5", "0.75", "1")),
     }
@@ -180,14 +183,15 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
     video = report.read_text().split("## Video: moving digits", 1)[1]
     claims = re.findall(r"^\| (Dense ViViT accuracy at|Better than the dense ViViT of) .*? \| \*\*(.+?)\*\* \|", video,
                         flags=re.MULTILINE)
-    assert len(claims) == 5 and {word for _, word in claims} <= {"holds", "not resolved", "does not hold"}
+    assert len(claims) == 6 and {word for _, word in claims} <= {"holds", "not resolved", "does not hold"}
     for claim in ("Dense ViViT accuracy at about half the FLOPs, the dense ViViT trained as long",
+                  "Dense ViViT accuracy at about half the FLOPs, both trained on for the FLOPs of the 600 distilled steps",
                   "Beats its nested model's half-width ViViT at the same FLOPs",
                   "At capacity 1.0 within 1 point of the dense ViViT", "Accuracy never falls as the budget grows"):
         assert f"| {claim}" in video, claim
     assert "| MatViT (nested) ViViT | width 1/2 |" in video and "video/accuracy_vs_gflops.png" in video
     assert "Best MoNE recipe on the validation split at capacity 0.5: **" in video
-    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 9
+    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 11
     assert video.count("Learned minus random router on the same weights") == 2  # both recipes with a random router
 
 
@@ -225,6 +229,21 @@ def _stage_config(module: str, arm: str, previous: str = "previous/checkpoint.sa
     return stage(1, previous)
 
 
+def _step_flops(config) -> tuple[float, float]:
+    """A dense step's FLOPs and the mean over ``config.capacities`` of an adaptive step's (one forward each; a fixed
+    run's: its capacity's)."""
+    from mone import count_flops, create_model
+    from mone.data import build_dataset
+    from mone.train.loop import model_kwargs_for_dataset
+
+    dataset = build_dataset(config.dataset, "train", config.data_dir, **config.dataset_kwargs)
+    model = create_model(config.model, **model_kwargs_for_dataset(dataset, config.model_kwargs))
+    size = tuple(dataset.input_size)
+    flops = [count_flops(model, size, c)
+             for c in (config.capacities if config.capacity_mode == "adaptive" else [config.capacity])]
+    return count_flops(model, size, 1.0), sum(flops) / len(flops)
+
+
 def test_longer_fine_tunes_double_the_steps_and_controls_train_the_references_on():
     video, router = "dense -> MatViT -> MoNE ViViT adaptive, ordinal router, attention-supervised", \
         "ordinal router, attention-supervised"
@@ -240,6 +259,32 @@ def test_longer_fine_tunes_double_the_steps_and_controls_train_the_references_on
     straight = _stage_config("study_video", "dense -> MoNE ViViT, ordinal router, attention-supervised, 600 steps, "
                                             "distilled from the full width")
     assert straight == _stage_config("study_video", f"{video}, 600 steps, distilled from the full width")
+    # distilled for as many steps as the undistilled fine-tune (isoFLOPs off, its step count), and for its FLOPs
+    as_many = _stage_config("study_router", f"{router}, 2x steps, distilled from the full width, as many steps")
+    longer = _stage_config("study_router", f"{router}, 2x steps")
+    dense, mean = _step_flops(longer)
+    assert as_many == longer.replace(distill_weight=1.0, iso_flops=False, steps=round(longer.steps * dense / mean))
+    assert as_many.steps > 1000
+    control = _stage_config("study_router", f"{router}, the FLOPs of the arm distilled for as many steps")
+    assert control == longer.replace(iso_flops=False, steps=control.steps)  # undistilled, for the distilled FLOPs
+    assert abs(control.steps * mean - as_many.steps * (dense + mean)) <= mean
+    dense_longer = _stage_config("study_router", "dense ViT, trained on for the FLOPs of the arm distilled for as many "
+                                                 "steps")
+    assert dense_longer == _stage_config("study_router", "dense ViT, 600 more steps").replace(steps=dense_longer.steps)
+    own = _step_flops(dense_longer)[0]  # the dense ViT's own FLOPs (no router)
+    assert abs(dense_longer.steps * own - as_many.steps * (dense + mean)) <= own
+    plain = _stage_config("study_video", f"{video}, 600 steps")
+    same_flops = _stage_config("study_video", f"{video}, 600 steps, distilled from the full width, same FLOPs")
+    dense, mean = _step_flops(plain)
+    assert same_flops.replace(steps=plain.steps) == plain.replace(distill_weight=1.0)
+    assert abs(same_flops.steps * (dense + mean) - plain.steps * mean) <= dense + mean  # within one step's FLOPs
+    control = _stage_config("study_video", f"{video}, the FLOPs of the arm distilled for 600 steps")
+    assert control == plain.replace(steps=control.steps)
+    assert abs(control.steps * mean - plain.steps * (dense + mean)) <= mean
+    dense_longer = _stage_config("study_video", "dense ViViT, trained on for the FLOPs of the 600 distilled steps")
+    assert dense_longer == _stage_config("study_video", "dense ViViT, 600 more steps").replace(steps=dense_longer.steps)
+    own = _step_flops(dense_longer)[0]  # the dense ViT's own FLOPs (no router)
+    assert abs(dense_longer.steps * own - plain.steps * (dense + mean)) <= own
     to_full = _stage_config("study_router", f"{router}, 2x steps, capacities to 1.0")
     longer = _stage_config("study_router", f"{router}, 2x steps")
     assert to_full == longer.replace(capacities=(*longer.capacities, 1.0))
@@ -299,7 +344,7 @@ def test_the_report_opens_with_one_claims_table_gathered_from_every_section(tmp_
     studies = [study for _, study, *_ in rows]
     assert list(dict.fromkeys(studies)) == ["images, D=64", "images, D=128", "images, D=192", "Fashion-MNIST, D=64",
                                             "video"]
-    assert studies.count("video") == 9 and studies.count("images, D=128") == 2 + len(report.ALTERNATIVES)
+    assert studies.count("video") == 13 and studies.count("images, D=128") == 2 + len(report.ALTERNATIVES)
     width = {study: sections[sections.index(f"## Width: every model at {study[8:]} "):] for study in studies
              if study.startswith("images, D=1")}
     for claim, study, verdict, recipe, _ in rows:  # each printed with the same verdict in its study's section
