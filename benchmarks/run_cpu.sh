@@ -41,6 +41,7 @@ declare -A flags=(
   [s16-autocast-train]="${s16[*]} --modes train --capacities 0.5 0.25 --repeats 7 --warmup 2 --autocast bfloat16"
   [s16-latency]="${s16[*]} --modes latency --repeats 9"
   [s16-latency-bf16]="${s16[*]} --modes latency --repeats 15 --warmup 2 --dtype bfloat16"
+  [s16-latency-compiled]="${s16[*]} --modes latency --capacities 0.5 0.25 --repeats 15 --warmup 2 --compile"
   [s16-latency-packed]="${s16[*]} --modes latency --repeats 15 --warmup 2 --packed"
   [s16-latency-bf16-packed]="${s16[*]} --modes latency --repeats 15 --warmup 2 --dtype bfloat16 --packed"
   [b16-f32]="${b16[*]} --modes throughput --repeats 7 --warmup 1"
@@ -50,13 +51,14 @@ declare -A flags=(
     --compile"
   [b16-latency]="${b16[*]} --modes latency --repeats 9"
   [b16-latency-bf16]="${b16[*]} --modes latency --repeats 9 --warmup 2 --dtype bfloat16"
+  [b16-latency-compiled]="${b16[*]} --modes latency --capacities 0.5 0.25 --repeats 9 --warmup 2 --compile"
   [b16-latency-packed]="${b16[*]} --modes latency --repeats 9 --warmup 2 --packed"
   [b16-latency-bf16-packed]="${b16[*]} --modes latency --repeats 9 --warmup 2 --dtype bfloat16 --packed"
 )
 small_suites=(d64-f32 d64-f32-compiled d64-latency d64-latency-compiled d128-f32 d128-bf16 d128-latency step-bound)
-vit_suites=(s16-f32 s16-f32-train s16-bf16 s16-autocast-train s16-latency s16-latency-bf16 s16-latency-packed
-            s16-latency-bf16-packed b16-f32 b16-f32-compiled b16-bf16 b16-bf16-compiled b16-latency b16-latency-bf16
-            b16-latency-packed b16-latency-bf16-packed)
+vit_suites=(s16-f32 s16-f32-train s16-bf16 s16-autocast-train s16-latency s16-latency-bf16 s16-latency-compiled
+            s16-latency-packed s16-latency-bf16-packed b16-f32 b16-f32-compiled b16-bf16 b16-bf16-compiled b16-latency
+            b16-latency-bf16 b16-latency-compiled b16-latency-packed b16-latency-bf16-packed)
 
 usage() {
   sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
@@ -98,6 +100,11 @@ lock=()
 if [[ -n "${MONE_BENCH_LOCK:-}" ]]; then lock=(flock "$MONE_BENCH_LOCK"); fi
 tuned=(env MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296)  # 32 MiB: glibc's largest
 mkdir -p "$out"
+for name in "${suites[@]}"; do  # never overwrite an earlier measurement: name another --out
+  for ext in csv json txt; do
+    if [[ -e $out/$name.$ext ]]; then echo "run_cpu.sh: $out/$name.$ext exists (use --out DIR)" >&2; exit 2; fi
+  done
+done
 
 for name in "${suites[@]}"; do
   file=$out/$name
