@@ -185,7 +185,8 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
                         flags=re.MULTILINE)
     assert len(claims) == 6 and {word for _, word in claims} <= {"holds", "not resolved", "does not hold"}
     for claim in ("Dense ViViT accuracy at about half the FLOPs, the dense ViViT trained as long",
-                  "Dense ViViT accuracy at about half the FLOPs, both trained on for the FLOPs of the 600 distilled steps",
+                  "Dense ViViT accuracy at about half the FLOPs, both trained on for the FLOPs of the 600 distilled "
+                  "steps",
                   "Beats its nested model's half-width ViViT at the same FLOPs",
                   "At capacity 1.0 within 1 point of the dense ViViT", "Accuracy never falls as the budget grows"):
         assert f"| {claim}" in video, claim
