@@ -565,7 +565,7 @@ def video_section(folder: Path, docs: Path) -> Section:
              "give the references at least the longer fine-tune's extra compute, on the same schedule. The recipes "
              "distilled from the full width for 600 steps (each step also trains capacity 1.0: about 950 dense steps) "
              "train on more than the references do, so they are tabled and judged on their budget curve but never "
-             "picked as the recipe the verdicts judge; the one distilled for the FLOPs of 600 steps (221 steps) is.",
+             "picked as the recipe the verdicts judge; the one distilled for the FLOPs of 600 steps (222 steps) is.",
              ""]
     claims = video_verdicts(summary, best, nested.get(best))
     claims += [curve_claim({c: lookup(summary, arm, c) for c in ("0.25", "0.5", "0.75", "1")}, arm, "video")
