@@ -42,6 +42,8 @@ declare -A flags=(
   [s16-latency]="${s16[*]} --modes latency --repeats 9"
   [s16-latency-bf16]="${s16[*]} --modes latency --repeats 15 --warmup 2 --dtype bfloat16"
   [s16-latency-compiled]="${s16[*]} --modes latency --capacities 0.5 0.25 --repeats 15 --warmup 2 --compile"
+  [s16-latency-bf16-compiled]="${s16[*]} --modes latency --capacities 0.5 0.25 --repeats 15 --warmup 2
+    --dtype bfloat16 --compile"
   [s16-latency-packed]="${s16[*]} --modes latency --repeats 15 --warmup 2 --packed"
   [s16-latency-bf16-packed]="${s16[*]} --modes latency --repeats 15 --warmup 2 --dtype bfloat16 --packed"
   [b16-f32]="${b16[*]} --modes throughput --repeats 7 --warmup 1"
@@ -52,13 +54,16 @@ declare -A flags=(
   [b16-latency]="${b16[*]} --modes latency --repeats 9"
   [b16-latency-bf16]="${b16[*]} --modes latency --repeats 9 --warmup 2 --dtype bfloat16"
   [b16-latency-compiled]="${b16[*]} --modes latency --capacities 0.5 0.25 --repeats 9 --warmup 2 --compile"
+  [b16-latency-bf16-compiled]="${b16[*]} --modes latency --capacities 0.5 0.25 --repeats 9 --warmup 2
+    --dtype bfloat16 --compile"
   [b16-latency-packed]="${b16[*]} --modes latency --repeats 9 --warmup 2 --packed"
   [b16-latency-bf16-packed]="${b16[*]} --modes latency --repeats 9 --warmup 2 --dtype bfloat16 --packed"
 )
 small_suites=(d64-f32 d64-f32-compiled d64-latency d64-latency-compiled d128-f32 d128-bf16 d128-latency step-bound)
 vit_suites=(s16-f32 s16-f32-train s16-bf16 s16-autocast-train s16-latency s16-latency-bf16 s16-latency-compiled
-            s16-latency-packed s16-latency-bf16-packed b16-f32 b16-f32-compiled b16-bf16 b16-bf16-compiled b16-latency
-            b16-latency-bf16 b16-latency-compiled b16-latency-packed b16-latency-bf16-packed)
+            s16-latency-bf16-compiled s16-latency-packed s16-latency-bf16-packed b16-f32 b16-f32-compiled b16-bf16
+            b16-bf16-compiled b16-latency b16-latency-bf16 b16-latency-compiled b16-latency-bf16-compiled
+            b16-latency-packed b16-latency-bf16-packed)
 
 usage() {
   sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
