@@ -118,8 +118,9 @@ def distilled(stage: Stage, same: str) -> Stage:
         teacher = config.replace(distill_weight=1.0)
         if same == "steps" and config.iso_flops:  # the steps isoFLOPs gives the stage, now with the teacher too
             return teacher.replace(iso_flops=False, steps=training_flops(config)[0])
-        if same == "flops" and not config.iso_flops:
-            return for_flops_of(lambda *_: teacher, stage)(seed, previous)
+        if same == "flops" and not config.iso_flops:  # the stage's steps times its FLOPs per step / the teacher's
+            steps, per_step = training_flops(config)
+            return teacher.replace(steps=max(1, round(steps * per_step / training_flops(teacher)[1])))
         return teacher  # isoFLOPs already counts the teacher; without it the steps stay
     return with_teacher
 
