@@ -284,10 +284,9 @@ def test_longer_fine_tunes_double_the_steps_and_controls_train_the_references_on
     assert abs(control.steps * mean - plain.steps * (dense + mean)) <= mean
     dense_longer = _stage_config("study_video", "dense ViViT, trained on for the FLOPs of the 600 distilled steps")
     assert dense_longer == _stage_config("study_video", "dense ViViT, 600 more steps").replace(steps=dense_longer.steps)
-    own = _step_flops(dense_longer)[0]  # the dense ViT's own FLOPs (no router)
+    own = _step_flops(dense_longer)[0]  # the dense ViViT's own FLOPs (no router)
     assert abs(dense_longer.steps * own - plain.steps * (dense + mean)) <= own
     to_full = _stage_config("study_router", f"{router}, 2x steps, capacities to 1.0")
-    longer = _stage_config("study_router", f"{router}, 2x steps")
     assert to_full == longer.replace(capacities=(*longer.capacities, 1.0))
     dense = _stage_config("study_video", "dense ViViT, 600 more steps")
     assert (dense.steps, dense.capacity_mode, dense.init_from) == (600, "fixed", "previous/checkpoint.safetensors")
