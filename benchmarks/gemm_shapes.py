@@ -49,7 +49,7 @@ def time_layer_forms(args: argparse.Namespace, dtype: torch.dtype) -> None:
     dim, hidden = args.dim, 4 * args.dim
     widths = tuple(round(w * dim) for w in expert_relative_widths(4))
     counts = expert_token_counts(capacity_distribution(args.capacity, 4), args.tokens)
-    layout = GroupLayout(tuple(d for n, d in zip(counts, widths) if n), tuple(n for n in counts if n), args.batch_size)
+    layout = GroupLayout.of_experts(widths, counts, args.batch_size)
     rows = args.batch_size * args.tokens
     forms = {"per group": dataclasses.replace(linear.GEMM_POLICY, block_min_width=2 ** 62),
              "per width block": dataclasses.replace(linear.GEMM_POLICY, block_min_width=0, block_max_rows=2 ** 62)}

@@ -204,8 +204,7 @@ def main() -> None:
             parser.error(f"--batch-sizes needs at least two different sizes >= 1, got {args.batch_sizes}")
         for train in (False, True):
             batch_scaling(model, args.capacity, args.batch_sizes, train)
-    present = [(d, n) for d, n in zip(model.expert_widths, counts) if n]
-    layout = GroupLayout(tuple(d for d, _ in present), tuple(n for _, n in present), BATCH)
+    layout = GroupLayout.of_experts(model.expert_widths, counts, BATCH)
     groups = [(z - a, d) for a, z, d in layout.row_ranges]
     gemm_dense = block_gemms_ms(args.embed_dim, GroupLayout.dense(BATCH, TOKENS, args.embed_dim))
     gemm_routed = block_gemms_ms(args.embed_dim, layout)

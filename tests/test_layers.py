@@ -352,3 +352,9 @@ def test_width_blocks_only_where_they_measured_faster():
     weight = torch.randn(3 * 768, 768, requires_grad=True)
     x = torch.randn(196, 768)
     assert policy.route(vit_b_batch1, 768, x, weight) == "autograd"  # training keeps the per-group functions
+
+
+def test_group_layout_of_experts_leaves_empty_experts_out():
+    layout = GroupLayout.of_experts((8, 16, 32, 64), (3, 0, 2, 0), 2)
+    assert layout == GroupLayout((8, 32), (3, 2), 2)
+    assert layout.row_ranges == [(0, 6, 8), (6, 10, 32)]

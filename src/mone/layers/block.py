@@ -87,10 +87,7 @@ class SortedTokens:
         straight_through: bool = False,
     ) -> None:
         self.plan = plan
-        present = [j for j, n in enumerate(plan.counts) if n > 0]
-        self.layout = GroupLayout(
-            tuple(expert_widths[j] for j in present), tuple(plan.counts[j] for j in present), plan.batch_size
-        )
+        self.layout = GroupLayout.of_experts(expert_widths, plan.counts, plan.batch_size)
         self.rows = plan.sort(x)  # [B * L, D], group-major
         self.scale = mlp_scale(alpha, plan.expert_probs, straight_through).unsqueeze(-1)  # [B * L, 1]
 

@@ -65,6 +65,12 @@ class GroupLayout:
         """One full-width group: a plain transformer's rows [B * N, D] in input order."""
         return cls((width,), (num_tokens,), batch_size)
 
+    @classmethod
+    def of_experts(cls, widths: Sequence[int], counts: Sequence[int], batch_size: int) -> GroupLayout:
+        """The groups of experts with widths ``widths`` and ``counts`` tokens per example, empty experts left out."""
+        present = [(d, n) for d, n in zip(widths, counts) if n > 0]
+        return cls(tuple(d for d, _ in present), tuple(n for _, n in present), batch_size)
+
     @property
     def input_order(self) -> bool:
         """One group: the rows are in input order, [B, N, D]; otherwise slot-major, [N, B, D]."""
