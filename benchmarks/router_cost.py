@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from mone._timing import environment, time_round_robin
 from mone.importance import attention_target_loss
 from mone.models import create_model
+from mone.train.loop import distillation_loss
 
 MODEL = dict(img_size=32, patch_size=4, in_chans=1, embed_dim=128, depth=4, num_heads=4, num_classes=10)
 OPTIONS = {  # name: (router mode, straight-through gradient, router target, self-distillation)
@@ -60,7 +61,7 @@ def training_step(router: str, straight_through: bool, target: bool, distill: bo
             loss = loss + attention_target_loss(model.blocks[0].attn, kept["x"], kept["probs"],
                                                 model.resolve_distribution(0.5))
         if teacher is not None:
-            loss = (loss + F.kl_div(logits.log_softmax(-1), teacher, log_target=True, reduction="batchmean")) / 2
+            loss = (loss + distillation_loss(logits, teacher)) / 2
         loss.backward()
         optimizer.step()
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mone import MoneVisionTransformer, count_flops
 from mone.train import TrainConfig
-from mone.train.loop import _Run, planned_steps, train, with_teacher
+from mone.train.loop import _Run, distillation_loss, planned_steps, train, with_teacher
 
 from reference import randomise_
 
@@ -26,6 +26,17 @@ def reference_kl(teacher_logits, student_logits):
     """KL(teacher || student) per image, summed over classes, averaged over images; written out."""
     p = teacher_logits.softmax(-1)
     return (p * (p.log() - student_logits.log_softmax(-1))).sum(-1).mean()
+
+
+def test_distillation_loss_is_the_kl_from_the_teacher():
+    """The shared loss (trainer and benchmarks/router_cost.py) against the written-out KL; zero on the teacher's own
+    logits, and not symmetric (KL(student || teacher) would give another value)."""
+    torch.manual_seed(0)
+    teacher, student = torch.randn(6, 5), torch.randn(6, 5)
+    loss = distillation_loss(student, teacher.log_softmax(-1))
+    torch.testing.assert_close(loss, reference_kl(teacher, student))
+    assert not torch.isclose(loss, reference_kl(student, teacher))
+    assert distillation_loss(teacher, teacher.log_softmax(-1)).abs() < 1e-6
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.7])

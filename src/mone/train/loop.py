@@ -144,6 +144,16 @@ def with_teacher(config: TrainConfig, capacities: list[float | tuple[float, ...]
     return [1.0, *(c for c in capacities if c != 1.0)]
 
 
+def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Self-distillation's loss: KL(teacher || student) summed over classes, averaged over the batch.
+
+    Args:
+        logits: (B, C) the student's logits at the drawn capacity.
+        teacher: (B, C) the full width's log-probabilities, detached.
+    """
+    return F.kl_div(logits.float().log_softmax(-1), teacher, log_target=True, reduction="batchmean")
+
+
 def step_flops(config: TrainConfig, model: nn.Module, input_size: Sequence[int]) -> float:
     """Expected forward FLOPs per sample of one training step: every forward of a step counted (the E widths of
     nested training, the full-width teacher of self-distillation); adaptive draws each capacity equally often."""
@@ -502,8 +512,7 @@ class _Run:
                 if config.router_target != "none" and (router_loss := self.router_loss(capacity)) is not None:
                     total = total + router_loss
                 if teacher is not None:
-                    total = total + config.distill_weight * F.kl_div(
-                        logits.float().log_softmax(-1), teacher, log_target=True, reduction="batchmean")
+                    total = total + config.distill_weight * distillation_loss(logits, teacher)
                 elif config.distill_weight > 0:
                     teacher = logits.detach().float().log_softmax(-1)
                 (total / len(capacities)).backward()
