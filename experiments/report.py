@@ -48,6 +48,11 @@ from study_router import LONG_TO_FULL as ROUTER_LONG_TO_FULL  # noqa: E402
 from study_router import NESTED_MORE as ROUTER_NESTED_MORE  # noqa: E402
 from study_router import ORDINAL as ROUTER_ORDINAL  # noqa: E402
 from study_router import ORDINAL_LONG as ROUTER_ORDINAL_LONG  # noqa: E402
+from study_router import OWN_DENSE as ROUTER_OWN_DENSE  # noqa: E402
+from study_router import OWN_DENSE_MORE as ROUTER_OWN_DENSE_MORE  # noqa: E402
+from study_router import OWN_NESTED as ROUTER_OWN_NESTED  # noqa: E402
+from study_router import OWN_NESTED_MORE as ROUTER_OWN_NESTED_MORE  # noqa: E402
+from study_router import OWN_RECIPE as ROUTER_OWN_RECIPE  # noqa: E402
 from study_router import PAPER as ROUTER_PAPER  # noqa: E402
 from study_router import SHARE_CAPACITIES  # noqa: E402
 from study_router import UNDISTILLED_SAME_FLOPS as ROUTER_LONGEST  # noqa: E402
@@ -611,6 +616,28 @@ def _reference(top1: float) -> dict[str, Any]:
     return {"top1_mean": 100 * top1, "top1_std": 0.0, "seeds": 1}
 
 
+def localisation_claim(shares: Sequence[dict[str, Any]], arm: str, study: str) -> Claim:
+    """Issue 23's localisation targets for ``arm`` (routing rows ``shares``, test split): at 0.5 the digit share on
+    the two largest experts above :data:`LOCALISED_DIGIT` and the background share below
+    :data:`LOCALISED_BACKGROUND`; the digit share above the background share at every capacity of
+    :data:`SHARE_CAPACITIES`. Each part judged as a "beats" (:func:`judge`)."""
+    checks, parts = [], []
+    digit, digit_sd, n = _share(shares, arm, 0.5, "object_share")
+    background, background_sd, _ = _share(shares, arm, 0.5, "background_share")
+    checks.append(judge(100 * (digit - LOCALISED_DIGIT), 100 * digit_sd / math.sqrt(n)))
+    checks.append(judge(100 * (LOCALISED_BACKGROUND - background), 100 * background_sd / math.sqrt(n)))
+    parts.append(f"at 0.5 digit {100 * digit:.1f}% (target >= {100 * LOCALISED_DIGIT:g}), background "
+                 f"{100 * background:.1f}% (target <= {100 * LOCALISED_BACKGROUND:g})")
+    for capacity in SHARE_CAPACITIES:
+        values = [r["object_share"] - r["background_share"] for r in shares
+                  if r["arm"] == arm and r["split"] == "test" and r["capacity"] == capacity]
+        lead = statistics.fmean(values)
+        checks.append(judge(100 * lead, 100 * statistics.stdev(values) / math.sqrt(len(values))))
+        parts.append(f"digit minus background at {capacity:g}: {100 * lead:+.1f} points")
+    return Claim("The router localises the digit (share of tokens on the two largest experts)", judge_all(checks),
+                 arm, "; ".join(parts), study=study)
+
+
 def router_section(folder: Path, docs: Path) -> Section:
     """The router study (``experiments/study_router.py``): every router recipe fine-tuned from the demo's shipped
     nested model; the recipe best on validation at 0.5 is judged against the dense ViT and the nested model's
@@ -623,9 +650,11 @@ def router_section(folder: Path, docs: Path) -> Section:
     paper_flops = lookup(summary, ROUTER_PAPER, "0.5")["gflops"]
     # candidates: the recipes that route at the paper router's inference cost (the attention router costs more)
     # and train on at most the references' FLOPs (the arms distilled for as many steps train on more)
-    more = {arm.name for arm in router_arms(quick=False) if arm.more_compute}
+    # and start from the shipped nested model (the judged recipe run again from a starting model per seed is not a
+    # recipe of its own)
+    excluded = {arm.name for arm in router_arms(quick=False) if arm.more_compute} | {ROUTER_OWN_RECIPE}
     arms = [arm for arm in dict.fromkeys(s["arm"] for s in summary if s["family"] == "mone")
-            if lookup(summary, arm, "0.5")["gflops"] <= paper_flops and arm not in more]
+            if lookup(summary, arm, "0.5")["gflops"] <= paper_flops and arm not in excluded]
     best = best_on_val(summary, arms, "0.5")
     dense, half = _reference(references["test"]["dense ViT"]), _reference(references["test"]["MatViT half-width"])
     study = "router, images D=128"
@@ -638,7 +667,9 @@ def router_section(folder: Path, docs: Path) -> Section:
     at = {c: lookup(summary, best, c) for c in ("0.25", "0.5", "0.75", "1")}
     compare("Beats the nested model's half-width ViT at the same FLOPs", at["0.5"], "0.5", "MatViT half-width", half)
     compare("Dense accuracy at about half the FLOPs", at["0.5"], "0.5", "dense ViT", dense, MATCH)
-    trained_on = [arm for arm in (ROUTER_DENSE_MORE, ROUTER_NESTED_MORE, ROUTER_DENSE_MORE_FLOPS) if _has(summary, arm)]
+    trained_on = [arm for arm in (ROUTER_DENSE_MORE, ROUTER_NESTED_MORE, ROUTER_DENSE_MORE_FLOPS, ROUTER_OWN_DENSE,
+                                  ROUTER_OWN_NESTED, ROUTER_OWN_DENSE_MORE, ROUTER_OWN_NESTED_MORE)
+                  if _has(summary, arm)]
     if ROUTER_NESTED_MORE in trained_on:
         compare("Beats the nested half-width ViT trained as long", at["0.5"], "0.5",
                 f"{ROUTER_NESTED_MORE}, width 1/2", lookup(summary, ROUTER_NESTED_MORE, "width 1/2"))
@@ -658,21 +689,25 @@ def router_section(folder: Path, docs: Path) -> Section:
         compare("Dense accuracy at about half the FLOPs, both trained on for the FLOPs of the arm distilled for as "
                 "many steps", lookup(summary, ROUTER_LONGEST, "0.5"), "0.5", ROUTER_DENSE_MORE_FLOPS,
                 lookup(summary, ROUTER_DENSE_MORE_FLOPS, "1"), MATCH, recipe=ROUTER_LONGEST)
-    checks, parts = [], []
-    digit, digit_sd, n = _share(shares, best, 0.5, "object_share")
-    background, background_sd, _ = _share(shares, best, 0.5, "background_share")
-    checks.append(judge(100 * (digit - LOCALISED_DIGIT), 100 * digit_sd / math.sqrt(n)))
-    checks.append(judge(100 * (LOCALISED_BACKGROUND - background), 100 * background_sd / math.sqrt(n)))
-    parts.append(f"at 0.5 digit {100 * digit:.1f}% (target >= {100 * LOCALISED_DIGIT:g}), background "
-                 f"{100 * background:.1f}% (target <= {100 * LOCALISED_BACKGROUND:g})")
-    for capacity in SHARE_CAPACITIES:
-        values = [r["object_share"] - r["background_share"] for r in shares
-                  if r["arm"] == best and r["split"] == "test" and r["capacity"] == capacity]
-        lead = statistics.fmean(values)
-        checks.append(judge(100 * lead, 100 * statistics.stdev(values) / math.sqrt(len(values))))
-        parts.append(f"digit minus background at {capacity:g}: {100 * lead:+.1f} points")
-    claims.append(Claim("The router localises the digit (share of tokens on the two largest experts)",
-                        judge_all(checks), best, "; ".join(parts), study=study))
+    claims.append(localisation_claim(shares, best, study))
+    if _has(summary, ROUTER_OWN_RECIPE):  # the same recipe and references, each seed from its own starting model
+        own = {c: lookup(summary, ROUTER_OWN_RECIPE, c) for c in at}
+        per_seed = ", each seed its own starting model"
+        own_dense = lookup(summary, ROUTER_OWN_DENSE, "1")
+        compare(f"Beats the nested model's half-width ViT at the same FLOPs{per_seed}", own["0.5"], "0.5",
+                f"{ROUTER_OWN_NESTED}, width 1/2", lookup(summary, ROUTER_OWN_NESTED, "width 1/2"),
+                recipe=ROUTER_OWN_RECIPE)
+        compare(f"Dense accuracy at about half the FLOPs{per_seed}", own["0.5"], "0.5", ROUTER_OWN_DENSE, own_dense,
+                MATCH, recipe=ROUTER_OWN_RECIPE)
+        compare(f"Beats the nested half-width ViT trained as long{per_seed}", own["0.5"], "0.5",
+                f"{ROUTER_OWN_NESTED_MORE}, width 1/2", lookup(summary, ROUTER_OWN_NESTED_MORE, "width 1/2"),
+                recipe=ROUTER_OWN_RECIPE)
+        compare(f"Dense accuracy at about half the FLOPs, the dense ViT trained as long{per_seed}", own["0.5"], "0.5",
+                ROUTER_OWN_DENSE_MORE, lookup(summary, ROUTER_OWN_DENSE_MORE, "1"), MATCH, recipe=ROUTER_OWN_RECIPE)
+        compare(f"At capacity 1.0 within 1 point of the dense ViT{per_seed}", own["1"], "1.0", ROUTER_OWN_DENSE,
+                own_dense, MATCH, recipe=ROUTER_OWN_RECIPE)
+        claims.append(curve_claim(own, ROUTER_OWN_RECIPE, study))
+        claims.append(localisation_claim(shares, ROUTER_OWN_RECIPE, study))
 
     rel = Path(os.path.relpath(folder, docs.parent))
     lines = ["## Router training: does the router learn which tokens matter?", "",
@@ -681,8 +716,12 @@ def router_section(folder: Path, docs: Path) -> Section:
              "lr 5e-4, isoFLOPs: the FLOPs of 300 dense steps); only the router and its training differ "
              "(docs/method.md, \"Routers that learn which tokens matter\"), except in the arm fine-tuned for twice "
              "the steps, the recipe `mone demo` now runs. "
-             "Seeds 0-2 vary the fine-tuning, not the shared starting model. The dense ViT and the half-width ViT are "
-             f"the shipped models on the same 2,000 test images (dense {dense['top1_mean']:.2f}%, half-width "
+             "Seeds 0-2 vary the fine-tuning, not the shared starting model; the judged recipe and its references "
+             f"are also run with a starting model per seed (**{ROUTER_OWN_RECIPE}**: each seed pre-trains its own "
+             "dense ViT with the demo's preset and upcycles it through 400 nested steps), and judged against those "
+             "per-seed models, so that those differences carry the spread of the whole pipeline. Otherwise the "
+             "dense ViT and the half-width ViT are the shipped models on the same 2,000 test images "
+             f"(dense {dense['top1_mean']:.2f}%, half-width "
              f"{half['top1_mean']:.2f}%; validation {100 * references['val']['dense ViT']:.2f}% and "
              f"{100 * references['val']['MatViT half-width']:.2f}%): one model each, so their differences carry the "
              "spread over MoNE's seeds only. They are trained for less: the shipped nested model is the dense ViT "
@@ -713,7 +752,7 @@ def router_section(folder: Path, docs: Path) -> Section:
         lines.append(f"| {arm} | {1e3 * lookup(summary, arm, '0.5')['gflops']:.2f} | {' | '.join(cells)} | "
                      f"{located} |")
     if trained_on:
-        lines += ["", "The references trained as long (test split, top-1 mean ± std over seeds): " + "; ".join(
+        lines += ["", "The references trained over seeds (test split, top-1 mean ± std over seeds): " + "; ".join(
             f"{arm}, {s['capacity']}: {s['top1_mean']:.2f} ± {s['top1_std']:.2f}%" for arm in trained_on
             for s in test if s["arm"] == arm) + "."]
     lines += ["", f"![accuracy against GFLOPs]({rel}/accuracy_vs_gflops.png)", "",

@@ -84,6 +84,11 @@ DENSE_MORE, NESTED_MORE = "dense ViT, 600 more steps", "nested ViT, 200 more nes
 MORE_STEPS = {DENSE_MORE: 600, NESTED_MORE: 200}
 # the dense ViT trained on for the FLOPs of the longest arms above: their reference trained as long
 DENSE_MORE_FLOPS = "dense ViT, trained on for the FLOPs of the arm distilled for as many steps"
+# the seeds above vary the fine-tuning only; these vary the whole pipeline: each seed pre-trains its own dense ViT
+# (the demo's preset) and upcycles it (400 nested steps), then runs the judged recipe and the references trained on
+OWN_DENSE, OWN_NESTED = "dense ViT, pre-trained per seed", "nested ViT, upcycled per seed"
+OWN_RECIPE = f"{ORDINAL_LONG}, starting model per seed"
+OWN_DENSE_MORE, OWN_NESTED_MORE = f"{DENSE_MORE}, pre-trained per seed", f"{NESTED_MORE}, upcycled per seed"
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -94,7 +99,7 @@ def arms(quick: bool) -> list[Arm]:
             config = paper_router(demo("finetune", quick))  # the paper's router unless an arm says otherwise
             if not quick:  # the steps every arm was run with (the demo now fine-tunes twice as long)
                 config = config.replace(**STUDY_FINE_TUNE_STEPS)
-            init = previous if quick else str(ASSETS / "demo_upcycle_seed0.safetensors")
+            init = previous if previous is not None else str(ASSETS / "demo_upcycle_seed0.safetensors")
             config = config.replace(seed=seed, init_from=init, model_kwargs=dict(config.model_kwargs, router=router))
             return config.replace(**changes)
         return stage
@@ -105,9 +110,10 @@ def arms(quick: bool) -> list[Arm]:
             return config.replace(capacities=(*config.capacities, 1.0))
         return full
 
-    def more_steps(variant: str, asset: str, steps: int) -> Stage:
+    def more_steps(variant: str, steps: int, asset: str | None = None) -> Stage:  # from the asset or ``init``'s run
         def stage(seed: int, previous: str | None) -> TrainConfig:
-            config = demo(variant, quick).replace(seed=seed, init_from=previous if quick else str(ASSETS / asset))
+            init = previous if asset is None or quick else str(ASSETS / asset)
+            config = demo(variant, quick).replace(seed=seed, init_from=init)
             if quick:
                 return config
             warmup = steps * STUDY_FINE_TUNE_STEPS["warmup_steps"] // STUDY_FINE_TUNE_STEPS["steps"]
@@ -116,6 +122,11 @@ def arms(quick: bool) -> list[Arm]:
 
     def quick_nested(seed: int, previous: str | None) -> TrainConfig:
         return demo("upcycle", True).replace(seed=0, init_from=None)
+
+    def pre_train(variant: str) -> Stage:  # the demo's own pre-training stage, run for this seed
+        def stage(seed: int, previous: str | None) -> TrainConfig:
+            return demo(variant, quick).replace(seed=seed, init_from=previous)
+        return stage
 
     init = "nested (quick)" if quick else None
     supervised = fine_tune(router_target="attention")
@@ -140,12 +151,22 @@ def arms(quick: bool) -> list[Arm]:
         Arm(DISTILLED_STEPS, (distilled_long,), CAPACITIES, init=init, more_compute=True),
         Arm(UNDISTILLED_SAME_FLOPS, (for_flops_of(ordinal_long, distilled_long),), CAPACITIES, init=init,
             more_compute=True),
-        Arm(DENSE_MORE, (more_steps("dense", "demo_dense_seed0.safetensors", MORE_STEPS[DENSE_MORE]),),
+        Arm(DENSE_MORE, (more_steps("dense", MORE_STEPS[DENSE_MORE], "demo_dense_seed0.safetensors"),),
             family="dense", init=init),
-        Arm(DENSE_MORE_FLOPS, (for_flops_of(more_steps("dense", "demo_dense_seed0.safetensors", MORE_STEPS[DENSE_MORE]),
+        Arm(DENSE_MORE_FLOPS, (for_flops_of(more_steps("dense", MORE_STEPS[DENSE_MORE], "demo_dense_seed0.safetensors"),
                                             distilled_long),), family="dense", init=init),
-        Arm(NESTED_MORE, (more_steps("upcycle", "demo_upcycle_seed0.safetensors", MORE_STEPS[NESTED_MORE]),),
+        Arm(NESTED_MORE, (more_steps("upcycle", MORE_STEPS[NESTED_MORE], "demo_upcycle_seed0.safetensors"),),
             (HALF_WIDTH, (0.0, 0.0, 0.0, 1.0)), ("width 1/2", "width 1"), family="matvit", init=init),
+    ]
+    # the judged recipe and its references again, each seed from its own dense ViT and upcycled nested model
+    listed += [
+        Arm(OWN_DENSE, (pre_train("dense"),), family="dense"),
+        Arm(OWN_NESTED, (pre_train("upcycle"),), (HALF_WIDTH, (0.0, 0.0, 0.0, 1.0)), ("width 1/2", "width 1"),
+            family="matvit", init=OWN_DENSE),
+        Arm(OWN_RECIPE, (ordinal_long,), CAPACITIES, init=OWN_NESTED),
+        Arm(OWN_DENSE_MORE, (more_steps("dense", MORE_STEPS[DENSE_MORE]),), family="dense", init=OWN_DENSE),
+        Arm(OWN_NESTED_MORE, (more_steps("upcycle", MORE_STEPS[NESTED_MORE]),),
+            (HALF_WIDTH, (0.0, 0.0, 0.0, 1.0)), ("width 1/2", "width 1"), family="matvit", init=OWN_NESTED),
     ]
     if quick:
         listed.insert(0, Arm("nested (quick)", (quick_nested,), family="matvit"))

@@ -8,13 +8,14 @@ direction of motion; same data and optimiser in every arm):
     same model evaluated with a random router; the same recipe with as many nested steps as the dense run's; and
     the trained dense ViViT upcycled through nested training (400 steps) then MoNE fine-tuning (at lr 2e-3 and at
     5e-4; the latter also evaluated with a random router); the same upcycled model fine-tuned with the router
-    study's recipe (``router="ordinal"``, ``router_target="attention"``), for 300 and for 600 steps, and for 600
-    steps distilled from the full width (``distill_weight=1``: more FLOPs), that last one also straight from the
-    dense ViViT without the nested stage, and distilled for the FLOPs of the 600 steps (fewer steps); undistilled for
-    the FLOPs of the 600 distilled steps (the control of the distilled arm), and the dense ViViT trained on for those
-    FLOPs; nested training that mixes widths within a clip (the dense ViViT trained 400 adaptive steps with a random
-    router: random tokens on each expert) and the router study's fine-tune from it; and the 600-step fine-tune's
-    controls, the dense ViViT trained 600 more steps and the upcycled nested model 200 more nested steps.
+    study's recipe (``router="ordinal"``, ``router_target="attention"``), for 300 and for 600 steps, for the FLOPs
+    of the dense ViViT's 600 more steps (1,024 steps), and for 600 steps distilled from the full width
+    (``distill_weight=1``: more FLOPs), that last one also straight from the dense ViViT without the nested stage,
+    and distilled for the FLOPs of the 600 steps (fewer steps); undistilled for the FLOPs of the 600 distilled
+    steps (the control of the distilled arm), and the dense ViViT trained on for those FLOPs; nested training that
+    mixes widths within a clip (the dense ViViT trained 400 adaptive steps with a random router: random tokens on
+    each expert) and the router study's fine-tune from it; and the 600-step fine-tune's controls, the dense ViViT
+    trained 600 more steps and the upcycled nested model 200 more nested steps.
 
     python experiments/study_video.py --output experiments/results/video --threads 1   # about 2.5 h on one thread
     python experiments/study_video.py --output /tmp/quick --quick --seeds 0 1          # seconds, end to end
@@ -68,6 +69,9 @@ MIXED_ORDINAL = "dense -> mixed-width nested -> MoNE ViViT, ordinal router, atte
 DENSE_MORE, NESTED_MORE = "dense ViViT, 600 more steps", "dense -> MatViT (nested) ViViT, 200 more nested steps"
 # the dense ViViT trained on for the FLOPs of the longest fine-tune (the control above): its reference trained as long
 DENSE_MORE_FLOPS = "dense ViViT, trained on for the FLOPs of the 600 distilled steps"
+# the router study's fine-tune for the FLOPs of the dense ViViT's 600 more steps (about 1,030 steps), as the image
+# study's judged recipe spends the FLOPs of its dense reference's 600 more steps
+UPCYCLED_ORDINAL_DENSE_FLOPS = f"{UPCYCLED_ORDINAL}, the FLOPs of the dense ViViT's 600 more steps"
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -92,6 +96,7 @@ def arms(quick: bool) -> list[Arm]:
 
     ordinal_long = twice_as_long(ordinal_fine_tune, quick)
     distilled_long = distilled(ordinal_long, same="steps")  # the longest arms' FLOPs
+    dense_more = more_steps("dense", 2 * video("finetune").steps)
     dense = video("dense")
     long_nested = preset("nested", steps=dense.steps, warmup_steps=dense.warmup_steps)
     upcycling = preset("nested", steps=UPCYCLE_STEPS, warmup_steps=UPCYCLE_STEPS // 20)
@@ -118,9 +123,9 @@ def arms(quick: bool) -> list[Arm]:
         Arm(DENSE_DISTILLED, (distilled_long,), CAPACITIES, init=DENSE, more_compute=True),
         Arm(MIXED_NESTED, (mixed_width,), WIDTHS, WIDTH_LABELS, family="matvit", init=DENSE),
         Arm(MIXED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=MIXED_NESTED),
-        Arm(DENSE_MORE, (more_steps("dense", 2 * video("finetune").steps),), family="dense", init=DENSE),
-        Arm(DENSE_MORE_FLOPS, (for_flops_of(more_steps("dense", 2 * video("finetune").steps), distilled_long),),
-            family="dense", init=DENSE),
+        Arm(UPCYCLED_ORDINAL_DENSE_FLOPS, (for_flops_of(ordinal_long, dense_more),), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(DENSE_MORE, (dense_more,), family="dense", init=DENSE),
+        Arm(DENSE_MORE_FLOPS, (for_flops_of(dense_more, distilled_long),), family="dense", init=DENSE),
         Arm(NESTED_MORE, (more_steps("nested", 200),), WIDTHS, WIDTH_LABELS, family="matvit", init=UPCYCLED_NESTED),
     ]
 

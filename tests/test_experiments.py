@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mone.data.fashion_mnist import DEFAULT_DATA_DIR as FASHION_DIR
+from mone.train.checkpoint import CHECKPOINT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 UPCYCLED = "dense -> MatViT -> MoNE adaptive, isoFLOPs"  # the upcycling recipe's MoNE arm
@@ -361,16 +362,60 @@ def test_the_report_opens_with_one_claims_table_gathered_from_every_section(tmp_
 
 
 @pytest.mark.slow
+def test_per_seed_starting_models_rerun_the_judged_recipe_and_its_references_from_the_seeds_own_runs():
+    from mone.configs import demo
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import study_router as r
+
+    previous = "previous/checkpoint.safetensors"
+    shipped = _stage_config("study_router", r.ORDINAL_LONG, previous=None)
+    assert shipped.init_from.endswith("demo_upcycle_seed0.safetensors")
+    assert _stage_config("study_router", r.OWN_RECIPE) == shipped.replace(init_from=previous)
+    assert _stage_config("study_router", r.OWN_DENSE, previous=None) == demo("dense").replace(seed=1, init_from=None)
+    assert _stage_config("study_router", r.OWN_NESTED) == demo("upcycle").replace(seed=1, init_from=previous)
+    for own, shared in ((r.OWN_DENSE_MORE, r.DENSE_MORE), (r.OWN_NESTED_MORE, r.NESTED_MORE)):
+        from_asset = _stage_config("study_router", shared)
+        assert "_seed0.safetensors" in from_asset.init_from  # the shipped model even when an init run is given
+        assert _stage_config("study_router", own) == from_asset.replace(init_from=previous)
+    starts = {arm.name: arm.init for arm in r.arms(quick=False)}
+    assert (starts[r.OWN_DENSE], starts[r.OWN_NESTED], starts[r.OWN_RECIPE]) == (None, r.OWN_DENSE, r.OWN_NESTED)
+    assert (starts[r.OWN_DENSE_MORE], starts[r.OWN_NESTED_MORE]) == (r.OWN_DENSE, r.OWN_NESTED)
+
+
+def test_video_fine_tune_for_the_dense_references_flops_spends_them():
+    video = "dense -> MatViT -> MoNE ViViT adaptive, ordinal router, attention-supervised"
+    plain = _stage_config("study_video", f"{video}, 600 steps")
+    matched = _stage_config("study_video", f"{video}, the FLOPs of the dense ViViT's 600 more steps")
+    assert matched == plain.replace(steps=matched.steps) and matched.steps > plain.steps
+    dense_more = _stage_config("study_video", "dense ViViT, 600 more steps")
+    dense = _step_flops(dense_more)[0]
+    mean = _step_flops(plain)[1]
+    assert abs(matched.steps * mean - dense_more.steps * dense) <= mean  # within one step's FLOPs
+
+
 def test_router_study_quick_and_its_report_section(tmp_path):
     """study_router.py end to end (tiny models), then report.py's router section and its claims in the table."""
     study = tmp_path / "router"
+    own = "ordinal router, attention-supervised, 2x steps, starting model per seed"
     subprocess.run([sys.executable, str(ROOT / "experiments" / "study_router.py"), "--output", str(study), "--quick",
-                    "--seeds", "0", "1", "--arms", "paper router", "ordinal router, attention-supervised"],
+                    "--seeds", "0", "1", "--arms", "paper router", "ordinal router, attention-supervised", own,
+                    "dense ViT, 600 more steps, pre-trained per seed",
+                    "nested ViT, 200 more nested steps, upcycled per seed"],
                    check=True, capture_output=True, text=True, timeout=900)
     routing = json.loads((study / "routing.json").read_text())
     assert {(r["arm"], r["seed"], r["split"], r["capacity"]) for r in routing} == {
-        (arm, seed, split, capacity) for arm in ("paper router", "ordinal router, attention-supervised")
+        (arm, seed, split, capacity) for arm in ("paper router", "ordinal router, attention-supervised", own)
         for seed in (0, 1) for split in ("val", "test") for capacity in (0.25, 0.5, 0.75)}
+    runs = study / "runs"
+    for seed in (0, 1):  # each seed's recipe starts from its own upcycled model, which starts from its own dense ViT
+        nested = runs / "nested_ViT,_upcycled_per_seed" / f"seed{seed}" / "stage0"
+        dense = runs / "dense_ViT,_pre-trained_per_seed" / f"seed{seed}" / "stage0"
+        recipe = json.loads((runs / own.replace(" ", "_") / f"seed{seed}" / "stage0" / "config.json").read_text())
+        upcycle = json.loads((nested / "config.json").read_text())
+        assert recipe["init_from"] == str(nested / CHECKPOINT_NAME)
+        assert upcycle["init_from"] == str(dense / CHECKPOINT_NAME)
+        assert recipe["seed"] == upcycle["seed"] == seed
     assert all(0 <= r["object_share"] <= 1 and 0 <= r["background_share"] <= 1 for r in routing)
     references = json.loads((study / "references.json").read_text())
     assert set(references["test"]) == {"dense ViT", "MatViT half-width"}
@@ -387,5 +432,12 @@ def test_router_study_quick_and_its_report_section(tmp_path):
     text = report.read_text()
     section = text.split("## Router training: does the router learn which tokens matter?", 1)[1]
     claims = re.findall(r"^\| (.+?) \| router, images D=128 \| \*\*(.+?)\*\* \|", text, flags=re.MULTILINE)
-    assert len(claims) == 6 and {word for _, word in claims} <= {"holds", "not resolved", "does not hold"}
+    assert len(claims) == 13 and {word for _, word in claims} <= {"holds", "not resolved", "does not hold"}
     assert "| paper router | " in section and "| ordinal router, attention-supervised | " in section
+    per_seed = [claim for claim, _ in claims if claim.endswith(", each seed its own starting model")]
+    assert len(per_seed) == 5
+    rows = re.findall(r"^\| (.+?) \| router, images D=128 \| \*\*.+?\*\* \| (.+?) \|", text, flags=re.MULTILINE)
+    assert {recipe for claim, recipe in rows if claim in per_seed} == {own}  # judged against per-seed references
+    assert sum(recipe == own for _, recipe in rows) == 7  # those, its curve and its localisation
+    best = re.search(r"costs at inference: \*\*(.+?)\*\*", section).group(1)
+    assert best in ("paper router", "ordinal router, attention-supervised")  # a recipe's rerun is never the judged one
