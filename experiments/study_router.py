@@ -16,14 +16,16 @@ fine-tuning (data order, capacity draws, router initialisation), not the shared 
     for the same FLOPs (fewer steps) and for as many steps (more FLOPs), and undistilled for that last arm's FLOPs.
     References trained on as the MoNE arms are: the shipped dense ViT for 600 more dense steps and for the FLOPs of
     the longest arms (1,642 steps), and the shipped nested model for 200 more nested steps (fine-tuning schedule,
-    3 seeds each).
+    3 seeds each). Last, the whole pipeline per seed: each seed pre-trains its own dense ViT (the demo's preset),
+    upcycles it (400 nested steps) and runs the twice-as-long recipe and those two references from its own models
+    (seed 0 reproduces the shipped models).
 
 Each trained model is evaluated at capacities 0.25 / 0.5 / 0.75 / 1.0 on the val and test splits (2,000 images each),
 and its localisation measured: the share of digit tokens and of background tokens that EPR sends to the two largest
 experts (``routing.json``; the digit boxes are read only here, never in training). The shipped dense ViT and the
 nested model's half-width ViT are evaluated on the same images as references (``references.json``).
 
-    python experiments/study_router.py --output experiments/results/router        # about 2 h on 2 CPU cores
+    python experiments/study_router.py --output experiments/results/router        # about 5.5 h on one thread
     python experiments/study_router.py --output /tmp/quick --quick --seeds 0       # a minute, end to end
 """
 

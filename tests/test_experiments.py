@@ -151,6 +151,7 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
              "600 steps", f"{upcycled}, ordinal router, attention-supervised, 600 steps, distilled from the full width",
              f"{upcycled}, ordinal router, attention-supervised, 600 steps, distilled from the full width, same FLOPs",
              f"{upcycled}, ordinal router, attention-supervised, the FLOPs of the arm distilled for 600 steps",
+             f"{upcycled}, ordinal router, attention-supervised, the FLOPs of the dense ViViT's 600 more steps",
              "dense -> MoNE ViViT, ordinal router, attention-supervised, 600 steps, distilled from the full width",
              "dense -> mixed-width nested -> MoNE ViViT, ordinal router, attention-supervised")
     assert set(rows) == {
