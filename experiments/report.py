@@ -666,50 +666,50 @@ def router_section(folder: Path, docs: Path) -> Section:
                 tolerance: float = 0.0, recipe: str = best) -> None:
         claims.append(comparison(claim, recipe, mine, where, name, theirs, study, tolerance))
 
-    at = {c: lookup(summary, best, c) for c in ("0.25", "0.5", "0.75", "1")}
-    compare("Beats the nested model's half-width ViT at the same FLOPs", at["0.5"], "0.5", "MatViT half-width", half)
-    compare("Dense accuracy at about half the FLOPs", at["0.5"], "0.5", "dense ViT", dense, MATCH)
     trained_on = [arm for arm in (ROUTER_DENSE_MORE, ROUTER_NESTED_MORE, ROUTER_DENSE_MORE_FLOPS, ROUTER_OWN_DENSE,
                                   ROUTER_OWN_NESTED, ROUTER_OWN_DENSE_MORE, ROUTER_OWN_NESTED_MORE)
                   if _has(summary, arm)]
-    if ROUTER_NESTED_MORE in trained_on:
-        compare("Beats the nested half-width ViT trained as long", at["0.5"], "0.5",
-                f"{ROUTER_NESTED_MORE}, width 1/2", lookup(summary, ROUTER_NESTED_MORE, "width 1/2"))
-    if ROUTER_DENSE_MORE in trained_on:
-        compare("Dense accuracy at about half the FLOPs, the dense ViT trained as long", at["0.5"], "0.5",
-                ROUTER_DENSE_MORE, lookup(summary, ROUTER_DENSE_MORE, "1"), MATCH)
+
+    def reference(arm: str, capacity: str = "1") -> tuple[str, dict[str, Any]] | None:
+        return (arm if capacity == "1" else f"{arm}, {capacity}", lookup(summary, arm, capacity)) \
+            if arm in trained_on else None
+
+    def judged(recipe: str, suffix: str, dense_ref: tuple[str, dict[str, Any]], half_ref: tuple[str, dict[str, Any]],
+               nested_more: tuple[str, dict[str, Any]] | None, dense_more: tuple[str, dict[str, Any]] | None) -> None:
+        """The recipe's claims against the dense ViT and the half-width ViT it is compared with, and against the
+        same references trained as long where the study has them; its curve and its localisation."""
+        at = {c: lookup(summary, recipe, c) for c in ("0.25", "0.5", "0.75", "1")}
+        compare(f"Beats the nested model's half-width ViT at the same FLOPs{suffix}", at["0.5"], "0.5", *half_ref,
+                recipe=recipe)
+        compare(f"Dense accuracy at about half the FLOPs{suffix}", at["0.5"], "0.5", *dense_ref, MATCH, recipe=recipe)
+        if nested_more is not None:
+            compare(f"Beats the nested half-width ViT trained as long{suffix}", at["0.5"], "0.5", *nested_more,
+                    recipe=recipe)
+        if dense_more is not None:
+            compare(f"Dense accuracy at about half the FLOPs, the dense ViT trained as long{suffix}", at["0.5"], "0.5",
+                    *dense_more, MATCH, recipe=recipe)
+        compare(f"At capacity 1.0 within 1 point of the dense ViT{suffix}", at["1"], "1.0", *dense_ref, MATCH,
+                recipe=recipe)
+        claims.append(curve_claim(at, recipe, study))
+        claims.append(localisation_claim(shares, recipe, study))
+
+    judged(best, "", ("dense ViT", dense), ("MatViT half-width", half), reference(ROUTER_NESTED_MORE, "width 1/2"),
+           reference(ROUTER_DENSE_MORE))
     # the router's own effect: the recipe with the paper router's steps (the longer fine-tune also trains longer)
     same_steps = ROUTER_ORDINAL if best.startswith(ROUTER_ORDINAL_LONG) else best
     compare("Beats the paper's router (same recipe and steps otherwise)", lookup(summary, same_steps, "0.5"), "0.5",
             ROUTER_PAPER, lookup(summary, ROUTER_PAPER, "0.5"), recipe=same_steps)
-    compare("At capacity 1.0 within 1 point of the dense ViT", at["1"], "1.0", "dense ViT", dense, MATCH)
-    claims.append(curve_claim(at, best, study))
     for arm in (ROUTER_LONG_TO_FULL, ROUTER_DISTILLED, ROUTER_DISTILLED_STEPS, ROUTER_LONGEST):  # the curve arms
         if arm != best and _has(summary, arm):
-            claims.append(curve_claim({c: lookup(summary, arm, c) for c in at}, arm, study))
+            claims.append(curve_claim({c: lookup(summary, arm, c) for c in ("0.25", "0.5", "0.75", "1")}, arm, study))
     if _has(summary, ROUTER_LONGEST, ROUTER_DENSE_MORE_FLOPS):  # the longest fine-tune against dense trained as long
         compare("Dense accuracy at about half the FLOPs, both trained on for the FLOPs of the arm distilled for as "
                 "many steps", lookup(summary, ROUTER_LONGEST, "0.5"), "0.5", ROUTER_DENSE_MORE_FLOPS,
                 lookup(summary, ROUTER_DENSE_MORE_FLOPS, "1"), MATCH, recipe=ROUTER_LONGEST)
-    claims.append(localisation_claim(shares, best, study))
     if _has(summary, ROUTER_OWN_RECIPE):  # the same recipe and references, each seed from its own starting model
-        own = {c: lookup(summary, ROUTER_OWN_RECIPE, c) for c in at}
-        per_seed = ", each seed its own starting model"
-        own_dense = lookup(summary, ROUTER_OWN_DENSE, "1")
-        compare(f"Beats the nested model's half-width ViT at the same FLOPs{per_seed}", own["0.5"], "0.5",
-                f"{ROUTER_OWN_NESTED}, width 1/2", lookup(summary, ROUTER_OWN_NESTED, "width 1/2"),
-                recipe=ROUTER_OWN_RECIPE)
-        compare(f"Dense accuracy at about half the FLOPs{per_seed}", own["0.5"], "0.5", ROUTER_OWN_DENSE, own_dense,
-                MATCH, recipe=ROUTER_OWN_RECIPE)
-        compare(f"Beats the nested half-width ViT trained as long{per_seed}", own["0.5"], "0.5",
-                f"{ROUTER_OWN_NESTED_MORE}, width 1/2", lookup(summary, ROUTER_OWN_NESTED_MORE, "width 1/2"),
-                recipe=ROUTER_OWN_RECIPE)
-        compare(f"Dense accuracy at about half the FLOPs, the dense ViT trained as long{per_seed}", own["0.5"], "0.5",
-                ROUTER_OWN_DENSE_MORE, lookup(summary, ROUTER_OWN_DENSE_MORE, "1"), MATCH, recipe=ROUTER_OWN_RECIPE)
-        compare(f"At capacity 1.0 within 1 point of the dense ViT{per_seed}", own["1"], "1.0", ROUTER_OWN_DENSE,
-                own_dense, MATCH, recipe=ROUTER_OWN_RECIPE)
-        claims.append(curve_claim(own, ROUTER_OWN_RECIPE, study))
-        claims.append(localisation_claim(shares, ROUTER_OWN_RECIPE, study))
+        judged(ROUTER_OWN_RECIPE, ", each seed its own starting model", reference(ROUTER_OWN_DENSE),
+               reference(ROUTER_OWN_NESTED, "width 1/2"), reference(ROUTER_OWN_NESTED_MORE, "width 1/2"),
+               reference(ROUTER_OWN_DENSE_MORE))
 
     rel = Path(os.path.relpath(folder, docs.parent))
     lines = ["## Router training: does the router learn which tokens matter?", "",

@@ -194,7 +194,7 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
         assert f"| {claim}" in video, claim
     assert "| MatViT (nested) ViViT | width 1/2 |" in video and "video/accuracy_vs_gflops.png" in video
     assert "Best MoNE recipe on the validation split at capacity 0.5: **" in video
-    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 11
+    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 12
     assert video.count("Learned minus random router on the same weights") == 2  # both recipes with a random router
 
 
