@@ -186,7 +186,8 @@ class GroupedGemmPolicy:
         0.77-1.11. Whole forwards, batch 1: ViT-B/16 5-10% faster, ViT-S/16 0-7%. Hence the two limits.
         Groups must be in increasing width (EPR's layouts are). Eager only: under ``torch.compile`` and
         ``torch.export`` the row limit would put a guard on the batch size (an exported program with a dynamic batch
-        could not be built), so traced graphs keep one GEMM per group."""
+        could not be built), so traced graphs keep one GEMM per group; compiled, blocks also measured no faster
+        (ViT-S/16, batch 1, 2 threads: float32 47.8 against 45.7 ms at 0.5, bfloat16 50.6 against 43.1 ms)."""
         widths = layout.widths
         if torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return False
