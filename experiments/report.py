@@ -127,7 +127,10 @@ VERDICT_RULE = (
     "\"better\"). From the difference of the two means over seeds and its standard error (sample standard "
     "deviations with n - 1, seeds independent): **holds** when the whole interval difference ± 2 standard errors "
     "lies above minus the tolerance, **does not hold** when it lies wholly below, **not resolved** otherwise. A claim "
-    "made of several comparisons holds when each holds and does not hold when any does not."
+    "made of several comparisons holds when each holds and does not hold when any does not. The standard error is "
+    "over seeds alone, and the seeds share the test images: for the closest comparisons of the router and video "
+    "studies, the tables \"with the test images' own error\" add that error and repeat them on a fresh draw of "
+    "20,000 test images (`experiments/fresh_draw.py`)."
 )
 
 
@@ -599,9 +602,39 @@ def video_section(folder: Path, docs: Path) -> Section:
         lines.append(f"| {arm} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {per_seed} | {own} | "
                      f"{_fmt(*difference(r, dense))} | {_fmt(*difference(r, half))} |")
     lines += [line for arm, random in randoms.items() for line in ("", router_lead(summary, arm, random))]
-    lines += ["", f"![accuracy against GFLOPs]({rel}/accuracy_vs_gflops.png)", "",
+    lines += ["", f"![accuracy against GFLOPs]({rel}/accuracy_vs_gflops.png)", "", *fresh_draw_lines(folder),
               "### Test split", "", markdown_table(test), "", "### Validation split", "", markdown_table(val), ""]
     return Section(lines, claims)
+
+
+def fresh_draw_lines(folder: Path) -> list[str]:
+    """The subsection of ``fresh_draw.json`` (experiments/fresh_draw.py), when the study folder has one: the closest
+    comparisons again with the test images' own error, on the study's test images and on a fresh draw, judged by
+    :func:`judge` with the combined standard error."""
+    path = folder / "fresh_draw.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+
+    def cell(r: dict[str, Any], tolerance: float) -> str:
+        return (f"{_fmt(r['gap'], r['se'])} (seeds {r['se_seeds']:.2f}, images {r['se_images']:.2f}): "
+                f"**{judge(r['gap'], r['se'], tolerance)}**")
+
+    lines = ["### The closest comparisons with the test images' own error", "",
+             "The seeds share one set of test images, so the standard errors above (over seeds) leave out the error "
+             "of that set. `experiments/fresh_draw.py` evaluates the models image by image on the study's "
+             f"{data['study_images']:,} test images and on the next {data['fresh_images']:,} of the test split (a "
+             "fresh draw of the same generated distribution, used for no choice), seeds "
+             f"{data['seeds']}. Standard error = sqrt(seeds² + images²): the seeds' part as above, the images' part "
+             "the standard deviation over images of the seed-averaged per-image difference over sqrt(images); the "
+             "verdict is `judge`'s with that error.", "",
+             "| claim | MoNE side | reference | study's test images | fresh draw |", "|---|---|---|---|---|"]
+    for r in data["rows"]:
+        (arm, capacity), (ref, ref_capacity) = r["mine"], r["theirs"]
+        reference = f"capacity {ref_capacity:g}" if ref == arm else f"{ref} at {ref_capacity:g}"
+        study, fresh = (cell(r[key], r["tolerance"]) for key in ("study_images", "fresh_draw"))
+        lines.append(f"| {r['claim']} | {arm} at {capacity:g} | {reference} | {study} | {fresh} |")
+    return [*lines, ""]
 
 
 LOCALISED_DIGIT, LOCALISED_BACKGROUND = 0.85, 0.45  # issue 23's localisation targets at capacity 0.5
@@ -757,7 +790,7 @@ def router_section(folder: Path, docs: Path) -> Section:
         lines += ["", "The references trained over seeds (test split, top-1 mean ± std over seeds): " + "; ".join(
             f"{arm}, {s['capacity']}: {s['top1_mean']:.2f} ± {s['top1_std']:.2f}%" for arm in seeded
             for s in test if s["arm"] == arm) + "."]
-    lines += ["", f"![accuracy against GFLOPs]({rel}/accuracy_vs_gflops.png)", "",
+    lines += ["", f"![accuracy against GFLOPs]({rel}/accuracy_vs_gflops.png)", "", *fresh_draw_lines(folder),
               "### Test split", "", markdown_table(test), ""]
     return Section(lines, claims)
 

@@ -317,6 +317,32 @@ def test_one_verdict_rule_for_every_claim():
     assert judge_all(["not resolved", "does not hold"]) == "does not hold"
 
 
+def test_paired_error_adds_the_test_images_own_error_to_the_seeds():
+    """fresh_draw.py's standard error: the seeds' part is report.py's (common.difference), the images' part scipy's
+    standard error of the seed-averaged per-image difference; identical seeds leave only the images' part."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import numpy as np
+    from common import difference
+    from fresh_draw import paired_error
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    mine, theirs = rng.random((3, 400)) < 0.8, rng.random((3, 400)) < 0.7
+    r = paired_error(mine, theirs)
+    side = [dict(top1_mean=100 * m.mean(), top1_std=100 * m.mean(axis=1).std(ddof=1), seeds=3) for m in (mine, theirs)]
+    gap, se_seeds = difference(*side)
+    assert r["gap"] == pytest.approx(gap) and r["se_seeds"] == pytest.approx(se_seeds)
+    assert r["se_images"] == pytest.approx(stats.sem(100 * (mine.astype(float) - theirs).mean(axis=0)))
+    assert r["se"] == pytest.approx((se_seeds ** 2 + r["se_images"] ** 2) ** 0.5)
+    same = paired_error(np.repeat(mine[:1], 3, axis=0), np.repeat(theirs[:1], 3, axis=0))  # three identical seeds
+    assert same["se_seeds"] == 0 and same["se"] == pytest.approx(stats.sem(100 * (mine[0].astype(float) - theirs[0])))
+    assert same["se"] > 1.0  # 400 images: a difference of a few points is inside the images' error alone
+    itself = paired_error(mine, mine)  # no image differs; the seeds' part is the rule's, seeds unpaired
+    assert itself["gap"] == itself["se_images"] == 0 and itself["se"] == itself["se_seeds"] > 0
+    with pytest.raises(ValueError, match="seeds >= 2, images >= 2"):
+        paired_error(mine[:1], theirs[:1])
+
+
 def test_the_report_opens_with_one_claims_table_gathered_from_every_section(tmp_path, monkeypatch):
     """docs/results.md's layout: title and intro, the claims table (every section's claims, the verdict they print
     in their own section), the verdict rule, the set-up, then the sections; from the committed study folders."""
@@ -426,6 +452,24 @@ def test_router_study_quick_and_its_report_section(tmp_path):
     paper = json.loads((study / "runs" / "paper_router" / "seed0" / "stage0" / "config.json").read_text())
     assert paper["router_target"] == "none" and paper["model_kwargs"]["router"] == "learned"
 
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import fresh_draw  # the closest comparisons image by image, on the study's test images and a fresh draw
+    ordinal = "ordinal router, attention-supervised"
+    comparisons = [*fresh_draw.curve(ordinal), fresh_draw.matches("trained as long", own, "dense ViT, 600 more steps, "
+                                                                   "pre-trained per seed")]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(fresh_draw.COMPARISONS, "router", comparisons)
+        patch.setitem(fresh_draw.STUDY_SAMPLES, "router", 256)  # the quick study's test images
+        patch.setattr(sys, "argv", ["fresh_draw.py", "--study", "router", "--output", str(study), "--seeds", "0", "1",
+                                    "--samples", "128"])
+        fresh_draw.main()
+    fresh = json.loads((study / "fresh_draw.json").read_text())
+    assert (fresh["study_images"], fresh["fresh_images"], len(fresh["rows"])) == (256, 128, 4)
+    summary = json.loads((study / "summary.json").read_text())["rows"]
+    at_half = next(s for s in summary if (s["arm"], s["split"], s["capacity"]) == (ordinal, "test", "0.5"))
+    step = fresh["rows"][0]  # 0.5 minus 0.25 on the study's own test images: the study's means again
+    assert step["mine"] == [ordinal, 0.5] and step["study_images"]["mine"] == pytest.approx(at_half["top1_mean"])
+
     images = shutil.copytree(ROOT / "experiments" / "results" / "images", tmp_path / "images")
     report = tmp_path / "results.md"
     subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), "--images", str(images), "--router",
@@ -440,5 +484,10 @@ def test_router_study_quick_and_its_report_section(tmp_path):
     rows = re.findall(r"^\| (.+?) \| router, images D=128 \| \*\*.+?\*\* \| (.+?) \|", text, flags=re.MULTILINE)
     assert {recipe for claim, recipe in rows if claim in per_seed} == {own}  # judged against per-seed references
     assert sum(recipe == own for _, recipe in rows) == 7  # those, its curve and its localisation
+    fresh_rows = re.findall(r"^\| (.+?) \| (.+?) at ([\d.]+) \| (.+?) \| .+?: \*\*(.+?)\*\* \| .+?: \*\*(.+?)\*\* \|$",
+                            section.split("with the test images' own error", 1)[1], flags=re.MULTILINE)
+    assert [(arm, capacity, reference) for _, arm, capacity, reference, *_ in fresh_rows] == [
+        (ordinal, "0.5", "capacity 0.25"), (ordinal, "0.75", "capacity 0.5"), (ordinal, "1", "capacity 0.75"),
+        (own, "0.5", "dense ViT, 600 more steps, pre-trained per seed at 1")]
     best = re.search(r"costs at inference: \*\*(.+?)\*\*", section).group(1)
     assert best in ("paper router", "ordinal router, attention-supervised")  # a recipe's rerun is never the judged one
