@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import study_router  # noqa: E402
 import study_video  # noqa: E402
 import torch  # noqa: E402
-from common import parser, run_dir  # noqa: E402
+from common import difference, parser, run_dir  # noqa: E402
 from report import MATCH  # noqa: E402
 
 from mone._io import atomic_write_text  # noqa: E402
@@ -66,36 +66,41 @@ COMPARISONS = {
                 study_video.UPCYCLED_ORDINAL_DENSE_FLOPS, study_video.DENSE_MORE),
     ],
 }
-STUDY_SAMPLES = {"router": 2000, "video": 1000}  # the study's own test images (run_study's num_samples)
 
 
 def paired_error(mine: np.ndarray, theirs: np.ndarray) -> dict[str, float]:
     """Mean difference ``mine - theirs`` in points and its standard errors, from correctness [seeds, images] (0/1)
     of both sides on the same images.
 
-    ``se_seeds`` is report.py's standard error (the per-seed accuracies of each side, sample standard deviations,
-    seeds independent); ``se_images`` the error of the image set: the sample standard deviation over images of the
-    seed-averaged per-image difference, over sqrt(images). ``se`` combines them, ``sqrt(se_seeds² + se_images²)``.
+    ``se_seeds`` is report.py's standard error (:func:`common.difference` of the per-seed accuracies: sample
+    standard deviations, seeds independent); ``se_images`` the error of the image set: the sample standard
+    deviation over images of the seed-averaged per-image difference, over sqrt(images). ``se`` combines them,
+    ``sqrt(se_seeds² + se_images²)``.
     """
     if mine.shape != theirs.shape or mine.ndim != 2 or mine.shape[0] < 2 or mine.shape[1] < 2:
         raise ValueError(f"need [seeds >= 2, images >= 2] correctness for both sides, got {mine.shape} and "
                          f"{theirs.shape}")
-    seeds, images = mine.shape
-    a, b = 100.0 * mine.mean(axis=1), 100.0 * theirs.mean(axis=1)  # per-seed accuracy, points
-    se_seeds = math.sqrt(statistics.variance(a) / seeds + statistics.variance(b) / seeds)
+    a, b = ({"top1_mean": statistics.fmean(acc), "top1_std": statistics.stdev(acc), "seeds": len(acc)}
+            for acc in (100.0 * mine.mean(axis=1), 100.0 * theirs.mean(axis=1)))  # per-seed accuracy, points
+    gap, se_seeds = difference(a, b)
     per_image = 100.0 * (mine.astype(float) - theirs.astype(float)).mean(axis=0)  # [images]
-    se_images = float(per_image.std(ddof=1)) / math.sqrt(images)
-    return {"gap": float(a.mean() - b.mean()), "se": math.hypot(se_seeds, se_images), "se_seeds": se_seeds,
-            "se_images": se_images, "mine": float(a.mean()), "theirs": float(b.mean())}
+    se_images = float(per_image.std(ddof=1)) / math.sqrt(len(per_image))
+    return {"gap": gap, "se": math.hypot(se_seeds, se_images), "se_seeds": se_seeds, "se_images": se_images,
+            "mine": a["top1_mean"], "theirs": b["top1_mean"]}
 
 
-def correct(checkpoint: Path, capacity: float, images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """Whether the model of ``checkpoint`` classifies each of ``images`` [I, ...] right at ``capacity``: [I]."""
+def correct(checkpoint: Path, capacities: list[float], images: torch.Tensor, labels: torch.Tensor
+            ) -> dict[float, np.ndarray]:
+    """Whether the model of ``checkpoint`` classifies each of ``images`` [I, ...] right, at each capacity: [I]."""
     model, _ = load_model(checkpoint)
     model.eval()
+    out = {}
     with torch.inference_mode():
-        pred = torch.cat([model(images[i:i + 500], capacity=capacity).argmax(-1) for i in range(0, len(images), 500)])
-    return (pred == labels).numpy()
+        for capacity in capacities:
+            pred = torch.cat([model(images[i:i + 500], capacity=capacity).argmax(-1)
+                              for i in range(0, len(images), 500)])
+            out[capacity] = (pred == labels).numpy()
+    return out
 
 
 def main() -> None:
@@ -106,7 +111,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     comparisons = COMPARISONS[args.study]
-    first = STUDY_SAMPLES[args.study]
+    evaluated = json.loads((args.output / "results.json").read_text())  # the study's own rows
+    first = next(r["num_samples"] for r in evaluated if r["split"] == "test" and r["arm"] == comparisons[0]["mine"][0])
 
     def checkpoint(arm: str, seed: int) -> Path:
         return sorted(run_dir(args.output, arm, seed, 0).parent.glob("stage*"))[-1] / CHECKPOINT_NAME
@@ -116,11 +122,16 @@ def main() -> None:
                             **dict(config.get("dataset_kwargs", {}), num_samples=first + args.samples))
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     labels = torch.tensor([dataset[i][1] for i in range(len(dataset))])
-    cache: dict[tuple[str, float], np.ndarray] = {}
+    capacities: dict[str, list[float]] = {}  # every arm once, at each capacity a comparison needs
     for c in comparisons:
-        for side in (c["mine"], c["theirs"]):
-            if side not in cache:
-                cache[side] = np.stack([correct(checkpoint(side[0], s), side[1], images, labels) for s in args.seeds])
+        for arm, capacity in (c["mine"], c["theirs"]):
+            wanted = capacities.setdefault(arm, [])
+            if capacity not in wanted:
+                wanted.append(capacity)
+    cache: dict[tuple[str, float], np.ndarray] = {}
+    for arm, wanted in capacities.items():
+        per_seed = [correct(checkpoint(arm, s), wanted, images, labels) for s in args.seeds]
+        cache.update({(arm, capacity): np.stack([r[capacity] for r in per_seed]) for capacity in wanted})
     rows = []
     for c in comparisons:
         mine, theirs = cache[c["mine"]], cache[c["theirs"]]

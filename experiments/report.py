@@ -130,7 +130,7 @@ VERDICT_RULE = (
     "made of several comparisons holds when each holds and does not hold when any does not. The standard error is "
     "over seeds alone, and the seeds share the test images: for the closest comparisons of the router and video "
     "studies, the tables \"with the test images' own error\" add that error and repeat them on a fresh draw of "
-    "20,000 test images (`experiments/fresh_draw.py`)."
+    "the test split (`experiments/fresh_draw.py`)."
 )
 
 

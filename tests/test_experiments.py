@@ -459,12 +459,11 @@ def test_router_study_quick_and_its_report_section(tmp_path):
                                                                    "pre-trained per seed")]
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(fresh_draw.COMPARISONS, "router", comparisons)
-        patch.setitem(fresh_draw.STUDY_SAMPLES, "router", 256)  # the quick study's test images
         patch.setattr(sys, "argv", ["fresh_draw.py", "--study", "router", "--output", str(study), "--seeds", "0", "1",
                                     "--samples", "128"])
         fresh_draw.main()
     fresh = json.loads((study / "fresh_draw.json").read_text())
-    assert (fresh["study_images"], fresh["fresh_images"], len(fresh["rows"])) == (256, 128, 4)
+    assert (fresh["study_images"], fresh["fresh_images"], len(fresh["rows"])) == (256, 128, 4)  # the study's 256
     summary = json.loads((study / "summary.json").read_text())["rows"]
     at_half = next(s for s in summary if (s["arm"], s["split"], s["capacity"]) == (ordinal, "test", "0.5"))
     step = fresh["rows"][0]  # 0.5 minus 0.25 on the study's own test images: the study's means again
