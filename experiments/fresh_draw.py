@@ -108,14 +108,22 @@ def main() -> None:
     p.add_argument("--study", choices=tuple(COMPARISONS), required=True)
     p.add_argument("--samples", type=int, default=20000, help="fresh test images, after the study's own")
     args = p.parse_args()
+    if args.samples < 2 or len(set(args.seeds)) < 2:
+        p.error(f"need --samples >= 2 and at least 2 seeds, got --samples {args.samples} and --seeds {args.seeds}")
     if args.threads:
         torch.set_num_threads(args.threads)
     comparisons = COMPARISONS[args.study]
-    evaluated = json.loads((args.output / "results.json").read_text())  # the study's own rows
+    results = args.output / "results.json"
+    if not results.exists():
+        p.error(f"{results} does not exist: run experiments/study_{args.study}.py --output {args.output} first")
+    evaluated = json.loads(results.read_text())  # the study's own rows
     first = next(r["num_samples"] for r in evaluated if r["split"] == "test" and r["arm"] == comparisons[0]["mine"][0])
 
     def checkpoint(arm: str, seed: int) -> Path:
-        return sorted(run_dir(args.output, arm, seed, 0).parent.glob("stage*"))[-1] / CHECKPOINT_NAME
+        stages = sorted(run_dir(args.output, arm, seed, 0).parent.glob("stage*"))
+        if not stages:
+            p.error(f"no trained run of {arm!r}, seed {seed} in {args.output / 'runs'}: train it with the study first")
+        return stages[-1] / CHECKPOINT_NAME
 
     config = load_model(checkpoint(comparisons[0]["mine"][0], args.seeds[0]))[1].meta["config"]
     dataset = build_dataset(config["dataset"], "test", config.get("data_dir"),

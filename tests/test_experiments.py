@@ -343,6 +343,26 @@ def test_paired_error_adds_the_test_images_own_error_to_the_seeds():
         paired_error(mine[:1], theirs[:1])
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--samples", "1"], "need --samples >= 2 and at least 2 seeds, got --samples 1"),
+    (["--seeds", "0"], "need --samples >= 2 and at least 2 seeds"),
+    ([], "results.json does not exist: run experiments/study_router.py"),
+])
+def test_fresh_draw_refuses_bad_input_in_one_line(tmp_path, extra, message):
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "fresh_draw.py"), "--study", "router",
+                           "--output", str(tmp_path), *extra], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_fresh_draw_names_the_run_it_misses(tmp_path):
+    arm = "ordinal router, attention-supervised, 2x steps"
+    (tmp_path / "results.json").write_text(json.dumps([{"split": "test", "arm": arm, "num_samples": 2000}]))
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "fresh_draw.py"), "--study", "router",
+                           "--output", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"no trained run of {arm!r}, seed 0 in {tmp_path / 'runs'}" in done.stderr
+
+
 def test_the_report_opens_with_one_claims_table_gathered_from_every_section(tmp_path, monkeypatch):
     """docs/results.md's layout: title and intro, the claims table (every section's claims, the verdict they print
     in their own section), the verdict rule, the set-up, then the sections; from the committed study folders."""
