@@ -27,19 +27,17 @@ import study_router  # noqa: E402
 import study_video  # noqa: E402
 import torch  # noqa: E402
 from common import difference, parser, run_dir  # noqa: E402
-from report import MATCH  # noqa: E402
+from report import CURVE_STEPS, MATCH  # noqa: E402
 
 from mone._io import atomic_write_text  # noqa: E402
 from mone.data import build_dataset  # noqa: E402
-from mone.train.checkpoint import CHECKPOINT_NAME, load_model  # noqa: E402
-
-STEPS = ((0.25, 0.5), (0.5, 0.75), (0.75, 1.0))  # the budget curve's steps up
+from mone.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model  # noqa: E402
 
 
 def curve(arm: str) -> list[dict[str, Any]]:
     """The comparisons of "accuracy never falls as the budget grows" for ``arm``: each step up, tolerance 0."""
     return [{"claim": "Accuracy never falls as the budget grows", "mine": (arm, high), "theirs": (arm, low),
-             "tolerance": 0.0} for low, high in STEPS]
+             "tolerance": 0.0} for low, high in CURVE_STEPS]
 
 
 def matches(claim: str, mine: str, theirs: str) -> dict[str, Any]:
@@ -92,8 +90,7 @@ def paired_error(mine: np.ndarray, theirs: np.ndarray) -> dict[str, float]:
 def correct(checkpoint: Path, capacities: list[float], images: torch.Tensor, labels: torch.Tensor
             ) -> dict[float, np.ndarray]:
     """Whether the model of ``checkpoint`` classifies each of ``images`` [I, ...] right, at each capacity: [I]."""
-    model, _ = load_model(checkpoint)
-    model.eval()
+    model, _ = load_model(checkpoint)  # in eval mode
     out = {}
     with torch.inference_mode():
         for capacity in capacities:
@@ -125,11 +122,12 @@ def main() -> None:
             p.error(f"no trained run of {arm!r}, seed {seed} in {args.output / 'runs'}: train it with the study first")
         return stages[-1] / CHECKPOINT_NAME
 
-    config = load_model(checkpoint(comparisons[0]["mine"][0], args.seeds[0]))[1].meta["config"]
+    config = load_checkpoint(checkpoint(comparisons[0]["mine"][0], args.seeds[0]), tensors=False).meta["config"]
     dataset = build_dataset(config["dataset"], "test", config.get("data_dir"),
                             **dict(config.get("dataset_kwargs", {}), num_samples=first + args.samples))
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    labels = torch.tensor([dataset[i][1] for i in range(len(dataset))])
+    samples = [dataset[i] for i in range(len(dataset))]  # generated on access: once each
+    images = torch.stack([image for image, _ in samples])
+    labels = torch.tensor([label for _, label in samples])
     capacities: dict[str, list[float]] = {}  # every arm once, at each capacity a comparison needs
     for c in comparisons:
         for arm, capacity in (c["mine"], c["theirs"]):

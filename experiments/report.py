@@ -174,11 +174,14 @@ def comparison(claim: str, recipe: str, mine: dict[str, Any], where: str, name: 
                  _against(mine["top1_mean"], where, name, theirs["top1_mean"], gap, se), long, study=study)
 
 
+CURVE_STEPS = ((0.25, 0.5), (0.5, 0.75), (0.75, 1.0))  # the budget curve's steps up, judged by curve_claim
+
+
 def curve_claim(at: dict[str, dict[str, Any]], recipe: str, study: str) -> Claim:
     """"Accuracy never falls as the budget grows" for ``recipe``'s summary rows ``at`` capacities 0.25 to 1: each
-    step up must hold as a "beats" (see :func:`judge_all`)."""
-    steps = [(low, high, *difference(at[high], at[low])) for low, high in (("0.25", "0.5"), ("0.5", "0.75"),
-                                                                          ("0.75", "1"))]
+    step up (:data:`CURVE_STEPS`) must hold as a "beats" (see :func:`judge_all`)."""
+    labels = [(f"{low:g}", f"{high:g}") for low, high in CURVE_STEPS]  # the summary's capacity labels
+    steps = [(low, high, *difference(at[high], at[low])) for low, high in labels]
     numbers = "; ".join(f"{high} minus {low}: {_fmt(g, e)}" for low, high, g, e in steps)
     return Claim("Accuracy never falls as the budget grows", judge_all([judge(g, e) for *_, g, e in steps]), recipe,
                  numbers, f"{recipe}: {numbers}", study=study)
