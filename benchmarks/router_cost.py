@@ -3,10 +3,10 @@
 Every option runs the demo's model (D=128, 4 blocks, 64 tokens) at capacity 0.5 on the same batch: a training step
 is forward, the loss (classification, plus the router loss where the option has one), backward and an AdamW step;
 inference is one forward without autograd. Options: the paper's router, the straight-through gradient, the
-attention-supervised router (``router_target="attention"``), the ordinal router with that target (the demo's
-recipe), the attention router (no parameters) and the demo's recipe with self-distillation (``distill_weight=1``:
-a full-width step first). One call of each option per round, medians over rounds, and each
-option's median ratio to the paper's router within the same rounds.
+attention-supervised router (``router_target="attention"``), the ordinal router with that target and with
+``router_target="distinctiveness"`` (the demo's recipe), the attention router (no parameters) and the ordinal
+attention-supervised router with self-distillation (``distill_weight=1``: a full-width step first). One call of each
+option per round, medians over rounds, and each option's median ratio to the paper's router within the same rounds.
 
     python benchmarks/router_cost.py --threads 1 --rounds 30
 """
@@ -20,22 +20,23 @@ import torch
 import torch.nn.functional as F
 
 from mone._timing import environment, time_round_robin
-from mone.importance import attention_target_loss
+from mone.importance import target_loss
 from mone.models import create_model
 from mone.train.loop import distillation_loss
 
 MODEL = dict(img_size=32, patch_size=4, in_chans=1, embed_dim=128, depth=4, num_heads=4, num_classes=10)
-OPTIONS = {  # name: (router mode, straight-through gradient, router target, self-distillation)
-    "paper router": ("learned", False, False, False),
-    "straight-through gradient": ("learned", True, False, False),
-    "attention-supervised router": ("learned", False, True, False),
-    "ordinal router, attention-supervised": ("ordinal", False, True, False),
-    "attention router (no parameters)": ("attention", False, False, False),
-    "ordinal, attention-supervised, distilled": ("ordinal", False, True, True),
+OPTIONS = {  # name: (router mode, straight-through gradient, router target or None, self-distillation)
+    "paper router": ("learned", False, None, False),
+    "straight-through gradient": ("learned", True, None, False),
+    "attention-supervised router": ("learned", False, "attention", False),
+    "ordinal router, attention-supervised": ("ordinal", False, "attention", False),
+    "ordinal router, distinctiveness-supervised": ("ordinal", False, "distinctiveness", False),
+    "attention router (no parameters)": ("attention", False, None, False),
+    "ordinal, attention-supervised, distilled": ("ordinal", False, "attention", True),
 }
 
 
-def training_step(router: str, straight_through: bool, target: bool, distill: bool, images: torch.Tensor,
+def training_step(router: str, straight_through: bool, target: str | None, distill: bool, images: torch.Tensor,
                   labels: torch.Tensor):
     """A closure running one training step of a fresh model with this option (the trainer's computation; with
     ``distill`` first a forward and backward at capacity 1.0, whose predictions teach the step at 0.5)."""
@@ -58,8 +59,8 @@ def training_step(router: str, straight_through: bool, target: bool, distill: bo
         logits = model(images, capacity=0.5)
         loss = F.cross_entropy(logits, labels, label_smoothing=0.1)
         if target:
-            loss = loss + attention_target_loss(model.blocks[0].attn, kept["x"], kept["probs"],
-                                                model.resolve_distribution(0.5))
+            loss = loss + target_loss(target, model.blocks[0].attn, kept["x"], kept["probs"],
+                                      model.resolve_distribution(0.5))
         if teacher is not None:
             loss = (loss + distillation_loss(logits, teacher)) / 2
         loss.backward()

@@ -47,10 +47,17 @@ def matches(claim: str, mine: str, theirs: str) -> dict[str, Any]:
 
 COMPARISONS = {
     "router": [
+        *curve(study_router.DISTINCT_LONG),
+        *curve(study_router.OWN_DISTINCT),
         *curve(study_router.ORDINAL_LONG),
         *curve(study_router.OWN_RECIPE),
         *curve(study_router.LONG_TO_FULL),
+        *curve(study_router.FULL_QUARTER),
         *curve(study_router.DISTILLED_STEPS),
+        matches("Dense accuracy at about half the FLOPs, the dense ViT trained as long", study_router.DISTINCT_LONG,
+                study_router.DENSE_MORE),
+        matches("Dense accuracy at about half the FLOPs, the dense ViT trained as long, each seed its own starting "
+                "model", study_router.OWN_DISTINCT, study_router.OWN_DENSE_MORE),
         matches("Dense accuracy at about half the FLOPs, the dense ViT trained as long", study_router.ORDINAL_LONG,
                 study_router.DENSE_MORE),
         matches("Dense accuracy at about half the FLOPs, the dense ViT trained as long, each seed its own starting "

@@ -44,12 +44,16 @@ from study_router import DENSE_MORE as ROUTER_DENSE_MORE  # noqa: E402
 from study_router import DENSE_MORE_FLOPS as ROUTER_DENSE_MORE_FLOPS  # noqa: E402
 from study_router import DISTILLED as ROUTER_DISTILLED  # noqa: E402
 from study_router import DISTILLED_STEPS as ROUTER_DISTILLED_STEPS  # noqa: E402
+from study_router import DISTINCT as ROUTER_DISTINCT  # noqa: E402
+from study_router import DISTINCT_LONG as ROUTER_DISTINCT_LONG  # noqa: E402
+from study_router import FULL_QUARTER as ROUTER_FULL_QUARTER  # noqa: E402
 from study_router import LONG_TO_FULL as ROUTER_LONG_TO_FULL  # noqa: E402
 from study_router import NESTED_MORE as ROUTER_NESTED_MORE  # noqa: E402
 from study_router import ORDINAL as ROUTER_ORDINAL  # noqa: E402
 from study_router import ORDINAL_LONG as ROUTER_ORDINAL_LONG  # noqa: E402
 from study_router import OWN_DENSE as ROUTER_OWN_DENSE  # noqa: E402
 from study_router import OWN_DENSE_MORE as ROUTER_OWN_DENSE_MORE  # noqa: E402
+from study_router import OWN_DISTINCT as ROUTER_OWN_DISTINCT  # noqa: E402
 from study_router import OWN_NESTED as ROUTER_OWN_NESTED  # noqa: E402
 from study_router import OWN_NESTED_MORE as ROUTER_OWN_NESTED_MORE  # noqa: E402
 from study_router import OWN_RECIPE as ROUTER_OWN_RECIPE  # noqa: E402
@@ -676,6 +680,10 @@ def localisation_claim(shares: Sequence[dict[str, Any]], arm: str, study: str) -
                  arm, "; ".join(parts), study=study)
 
 
+# the router study's recipes run again with a starting model per seed: recipe -> its rerun
+ROUTER_PER_SEED = {ROUTER_ORDINAL_LONG: ROUTER_OWN_RECIPE, ROUTER_DISTINCT_LONG: ROUTER_OWN_DISTINCT}
+
+
 def router_section(folder: Path, docs: Path) -> Section:
     """The router study (``experiments/study_router.py``): every router recipe fine-tuned from the demo's shipped
     nested model; the recipe best on validation at 0.5 is judged against the dense ViT and the nested model's
@@ -690,7 +698,7 @@ def router_section(folder: Path, docs: Path) -> Section:
     # and train on at most the references' FLOPs (the arms distilled for as many steps train on more)
     # and start from the shipped nested model (the judged recipe run again from a starting model per seed is not a
     # recipe of its own)
-    excluded = {arm.name for arm in router_arms(quick=False) if arm.more_compute} | {ROUTER_OWN_RECIPE}
+    excluded = {arm.name for arm in router_arms(quick=False) if arm.more_compute} | set(ROUTER_PER_SEED.values())
     arms = [arm for arm in dict.fromkeys(s["arm"] for s in summary if s["family"] == "mone")
             if lookup(summary, arm, "0.5")["gflops"] <= paper_flops and arm not in excluded]
     best = best_on_val(summary, arms, "0.5")
@@ -732,20 +740,22 @@ def router_section(folder: Path, docs: Path) -> Section:
     judged(best, "", ("dense ViT", dense), ("MatViT half-width", half), reference(ROUTER_NESTED_MORE, "width 1/2"),
            reference(ROUTER_DENSE_MORE))
     # the router's own effect: the recipe with the paper router's steps (the longer fine-tune also trains longer)
-    same_steps = ROUTER_ORDINAL if best.startswith(ROUTER_ORDINAL_LONG) else best
+    same_steps = {ROUTER_ORDINAL_LONG: ROUTER_ORDINAL, ROUTER_DISTINCT_LONG: ROUTER_DISTINCT}.get(best, best)
     compare("Beats the paper's router (same recipe and steps otherwise)", lookup(summary, same_steps, "0.5"), "0.5",
             ROUTER_PAPER, lookup(summary, ROUTER_PAPER, "0.5"), recipe=same_steps)
-    for arm in (ROUTER_LONG_TO_FULL, ROUTER_DISTILLED, ROUTER_DISTILLED_STEPS, ROUTER_LONGEST):  # the curve arms
+    for arm in (ROUTER_LONG_TO_FULL, ROUTER_FULL_QUARTER, ROUTER_DISTILLED, ROUTER_DISTILLED_STEPS,
+                ROUTER_LONGEST):  # the curve arms
         if arm != best and _has(summary, arm):
             claims.append(curve_claim({c: lookup(summary, arm, c) for c in ("0.25", "0.5", "0.75", "1")}, arm, study))
     if _has(summary, ROUTER_LONGEST, ROUTER_DENSE_MORE_FLOPS):  # the longest fine-tune against dense trained as long
         compare("Dense accuracy at about half the FLOPs, both trained on for the FLOPs of the arm distilled for as "
                 "many steps", lookup(summary, ROUTER_LONGEST, "0.5"), "0.5", ROUTER_DENSE_MORE_FLOPS,
                 lookup(summary, ROUTER_DENSE_MORE_FLOPS, "1"), MATCH, recipe=ROUTER_LONGEST)
-    if _has(summary, ROUTER_OWN_RECIPE):  # the same recipe and references, each seed from its own starting model
-        judged(ROUTER_OWN_RECIPE, ", each seed its own starting model", reference(ROUTER_OWN_DENSE),
-               reference(ROUTER_OWN_NESTED, "width 1/2"), reference(ROUTER_OWN_NESTED_MORE, "width 1/2"),
-               reference(ROUTER_OWN_DENSE_MORE))
+    for rerun in ROUTER_PER_SEED.values():  # a recipe and its references again, each seed from its own start
+        if _has(summary, rerun):
+            judged(rerun, ", each seed its own starting model", reference(ROUTER_OWN_DENSE),
+                   reference(ROUTER_OWN_NESTED, "width 1/2"), reference(ROUTER_OWN_NESTED_MORE, "width 1/2"),
+                   reference(ROUTER_OWN_DENSE_MORE))
 
     rel = Path(os.path.relpath(folder, docs.parent))
     lines = ["## Router training: does the router learn which tokens matter?", "",
@@ -754,8 +764,9 @@ def router_section(folder: Path, docs: Path) -> Section:
              "lr 5e-4, isoFLOPs: the FLOPs of 300 dense steps); only the router and its training differ "
              "(docs/method.md, \"Routers that learn which tokens matter\"), except in the arm fine-tuned for twice "
              "the steps, the recipe `mone demo` now runs. "
-             "Seeds 0-2 vary the fine-tuning, not the shared starting model; the judged recipe and its references "
-             f"are also run with a starting model per seed (**{ROUTER_OWN_RECIPE}**: each seed pre-trains its own "
+             "Seeds 0-2 vary the fine-tuning, not the shared starting model; the recipes of both importance targets "
+             f"and their references are also run with a starting model per seed (**{ROUTER_OWN_RECIPE}** and "
+             f"**{ROUTER_OWN_DISTINCT}**: each seed pre-trains its own "
              "dense ViT with the demo's preset and upcycles it through 400 nested steps), and judged against those "
              "per-seed models, so that those differences carry the spread of the whole pipeline. Otherwise the "
              "dense ViT and the half-width ViT are the shipped models on the same 2,000 test images "

@@ -10,22 +10,24 @@ fine-tuning (data order, capacity draws, router initialisation), not the shared 
     tokens' attention received (``router_target="attention"``), alone and with the straight-through gradient;
     attention-scored routing with no router parameters (``router="attention"``, EViT); the paper router evaluated
     with a random router; the supervised router with capacity 1.0 among the sampled budgets; the learned router
-    ranking tokens by one score (``router="ordinal"``), supervised and not; the supervised ordinal router
-    fine-tuned for twice the steps, alone, with capacity 1.0 among the sampled budgets, and distilled from the full
+    ranking tokens by one score (``router="ordinal"``), supervised and not, and supervised by the tokens'
+    distinctiveness instead (``router_target="distinctiveness"``), for the usual and for twice the steps; the
+    attention-supervised ordinal router fine-tuned for twice the steps, alone, with capacity 1.0 among the sampled
+    budgets (1 step in 10, and 1 in 4), and distilled from the full
     width (``distill_weight=1``: every step also trains capacity 1.0, whose predictions teach the drawn capacity),
     for the same FLOPs (fewer steps) and for as many steps (more FLOPs), and undistilled for that last arm's FLOPs.
     References trained on as the MoNE arms are: the shipped dense ViT for 600 more dense steps and for the FLOPs of
     the longest arms (1,642 steps), and the shipped nested model for 200 more nested steps (fine-tuning schedule,
     3 seeds each). Last, the whole pipeline per seed: each seed pre-trains its own dense ViT (the demo's preset),
-    upcycles it (400 nested steps) and runs the twice-as-long recipe and those two references from its own models
-    (seed 0 reproduces the shipped models).
+    upcycles it (400 nested steps) and runs the twice-as-long recipes of both targets and those two references from
+    its own models (seed 0 reproduces the shipped models).
 
 Each trained model is evaluated at capacities 0.25 / 0.5 / 0.75 / 1.0 on the val and test splits (2,000 images each),
 and its localisation measured: the share of digit tokens and of background tokens that EPR sends to the two largest
 experts (``routing.json``; the digit boxes are read only here, never in training). The shipped dense ViT and the
 nested model's half-width ViT are evaluated on the same images as references (``references.json``).
 
-    python experiments/study_router.py --output experiments/results/router        # about 5.5 h on one thread
+    python experiments/study_router.py --output experiments/results/router        # about 6.5 h on one thread
     python experiments/study_router.py --output /tmp/quick --quick --seeds 0       # a minute, end to end
 """
 
@@ -73,6 +75,9 @@ ORDINAL_LONG = f"{ORDINAL}, 2x steps"  # the video study's finding: twice the fi
 # the budget curve: the same recipe with the full width trained too, as one more sampled budget or as the teacher of
 # every step (self-distillation; isoFLOPs counts its forward, so it takes fewer steps for the same FLOPs)
 LONG_TO_FULL = f"{ORDINAL_LONG}, capacities to 1.0"
+# ... with capacity 1.0 drawn on 1 step in 4 instead of 1 in 10 (listed three times among the nine sampled budgets):
+# does the dip from 0.75 to 1.0 shrink with the dose of full-width steps, and at what cost at 0.5?
+FULL_QUARTER = f"{ORDINAL_LONG}, capacity 1.0 on 1 step in 4"
 DISTILLED = f"{ORDINAL_LONG}, distilled from the full width"
 # ... and distilled for as many steps as the undistilled recipe (2.7x its FLOPs): is the distilled arm's loss at 0.5
 # the distillation or its fewer steps (381 against 1,041)?
@@ -91,6 +96,12 @@ DENSE_MORE_FLOPS = "dense ViT, trained on for the FLOPs of the arm distilled for
 OWN_DENSE, OWN_NESTED = "dense ViT, pre-trained per seed", "nested ViT, upcycled per seed"
 OWN_RECIPE = f"{ORDINAL_LONG}, starting model per seed"
 OWN_DENSE_MORE, OWN_NESTED_MORE = f"{DENSE_MORE}, pre-trained per seed", f"{NESTED_MORE}, upcycled per seed"
+# the judged recipe with another importance target: tokens ranked by distinctiveness (one minus their mean cosine
+# similarity to the image's other tokens, ToMe's redundancy), where attention received localises well on two of the
+# three per-seed starting models only; from the shared and from the per-seed starting models
+DISTINCT = "ordinal router, distinctiveness-supervised"
+DISTINCT_LONG = f"{DISTINCT}, 2x steps"
+OWN_DISTINCT = f"{DISTINCT_LONG}, starting model per seed"
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -106,10 +117,10 @@ def arms(quick: bool) -> list[Arm]:
             return config.replace(**changes)
         return stage
 
-    def with_full(stage: Stage) -> Stage:
+    def with_full(stage: Stage, times: int = 1) -> Stage:  # capacity 1.0 ``times`` more among the drawn budgets
         def full(seed: int, previous: str | None) -> TrainConfig:
             config = stage(seed, previous)
-            return config.replace(capacities=(*config.capacities, 1.0))
+            return config.replace(capacities=(*config.capacities, *(1.0,) * times))
         return full
 
     def more_steps(variant: str, steps: int, asset: str | None = None) -> Stage:  # from the asset or ``init``'s run
@@ -134,6 +145,8 @@ def arms(quick: bool) -> list[Arm]:
     supervised = fine_tune(router_target="attention")
     ordinal = fine_tune(router="ordinal", router_target="attention")  # the recipe `mone demo` runs, twice as long
     ordinal_long = twice_as_long(ordinal, quick)
+    distinct = fine_tune(router="ordinal", router_target="distinctiveness")
+    distinct_long = twice_as_long(distinct, quick)
     distilled_long = distilled(ordinal_long, same="steps")  # the longest arms' FLOPs
     listed = [
         Arm(PAPER, (fine_tune(),), CAPACITIES, init=init),
@@ -149,6 +162,9 @@ def arms(quick: bool) -> list[Arm]:
         Arm("ordinal router, paper training", (fine_tune(router="ordinal"),), CAPACITIES, init=init),
         Arm(ORDINAL_LONG, (ordinal_long,), CAPACITIES, init=init),
         Arm(LONG_TO_FULL, (with_full(ordinal_long),), CAPACITIES, init=init),
+        Arm(FULL_QUARTER, (with_full(ordinal_long, 3),), CAPACITIES, init=init),
+        Arm(DISTINCT, (distinct,), CAPACITIES, init=init),
+        Arm(DISTINCT_LONG, (distinct_long,), CAPACITIES, init=init),
         Arm(DISTILLED, (distilled(ordinal_long, same="flops"),), CAPACITIES, init=init),
         Arm(DISTILLED_STEPS, (distilled_long,), CAPACITIES, init=init, more_compute=True),
         Arm(UNDISTILLED_SAME_FLOPS, (for_flops_of(ordinal_long, distilled_long),), CAPACITIES, init=init,
@@ -166,6 +182,7 @@ def arms(quick: bool) -> list[Arm]:
         Arm(OWN_NESTED, (pre_train("upcycle"),), (HALF_WIDTH, (0.0, 0.0, 0.0, 1.0)), ("width 1/2", "width 1"),
             family="matvit", init=OWN_DENSE),
         Arm(OWN_RECIPE, (ordinal_long,), CAPACITIES, init=OWN_NESTED),
+        Arm(OWN_DISTINCT, (distinct_long,), CAPACITIES, init=OWN_NESTED),
         Arm(OWN_DENSE_MORE, (more_steps("dense", MORE_STEPS[DENSE_MORE]),), family="dense", init=OWN_DENSE),
         Arm(OWN_NESTED_MORE, (more_steps("upcycle", MORE_STEPS[NESTED_MORE]),),
             (HALF_WIDTH, (0.0, 0.0, 0.0, 1.0)), ("width 1/2", "width 1"), family="matvit", init=OWN_NESTED),

@@ -290,6 +290,9 @@ def test_longer_fine_tunes_double_the_steps_and_controls_train_the_references_on
     assert abs(dense_longer.steps * own - plain.steps * (dense + mean)) <= own
     to_full = _stage_config("study_router", f"{router}, 2x steps, capacities to 1.0")
     assert to_full == longer.replace(capacities=(*longer.capacities, 1.0))
+    quarter = _stage_config("study_router", f"{router}, 2x steps, capacity 1.0 on 1 step in 4")
+    assert quarter == longer.replace(capacities=(*longer.capacities, 1.0, 1.0, 1.0))
+    assert sum(c == 1.0 for c in quarter.capacities) * 4 == len(quarter.capacities)  # drawn uniformly: 1 step in 4
     dense = _stage_config("study_video", "dense ViViT, 600 more steps")
     assert (dense.steps, dense.capacity_mode, dense.init_from) == (600, "fixed", "previous/checkpoint.safetensors")
     assert dense.model_kwargs["num_experts"] == 1
@@ -355,7 +358,7 @@ def test_fresh_draw_refuses_bad_input_in_one_line(tmp_path, extra, message):
 
 
 def test_fresh_draw_names_the_run_it_misses(tmp_path):
-    arm = "ordinal router, attention-supervised, 2x steps"
+    arm = "ordinal router, distinctiveness-supervised, 2x steps"  # the first comparison's
     (tmp_path / "results.json").write_text(json.dumps([{"split": "test", "arm": arm, "num_samples": 2000}]))
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "fresh_draw.py"), "--study", "router",
                            "--output", str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -419,6 +422,9 @@ def test_per_seed_starting_models_rerun_the_judged_recipe_and_its_references_fro
     shipped = _stage_config("study_router", r.ORDINAL_LONG, previous=None)
     assert shipped.init_from.endswith("demo_upcycle_seed0.safetensors")
     assert _stage_config("study_router", r.OWN_RECIPE) == shipped.replace(init_from=previous)
+    distinct = _stage_config("study_router", r.DISTINCT_LONG, previous=None)
+    assert distinct == shipped.replace(router_target="distinctiveness")  # the judged recipe with the other target
+    assert _stage_config("study_router", r.OWN_DISTINCT) == distinct.replace(init_from=previous)
     assert _stage_config("study_router", r.OWN_DENSE, previous=None) == demo("dense").replace(seed=1, init_from=None)
     assert _stage_config("study_router", r.OWN_NESTED) == demo("upcycle").replace(seed=1, init_from=previous)
     for own, shared in ((r.OWN_DENSE_MORE, r.DENSE_MORE), (r.OWN_NESTED_MORE, r.NESTED_MORE)):
@@ -427,7 +433,21 @@ def test_per_seed_starting_models_rerun_the_judged_recipe_and_its_references_fro
         assert _stage_config("study_router", own) == from_asset.replace(init_from=previous)
     starts = {arm.name: arm.init for arm in r.arms(quick=False)}
     assert (starts[r.OWN_DENSE], starts[r.OWN_NESTED], starts[r.OWN_RECIPE]) == (None, r.OWN_DENSE, r.OWN_NESTED)
+    assert starts[r.OWN_DISTINCT] == r.OWN_NESTED and starts[r.DISTINCT_LONG] is None
     assert (starts[r.OWN_DENSE_MORE], starts[r.OWN_NESTED_MORE]) == (r.OWN_DENSE, r.OWN_NESTED)
+
+
+def test_the_demo_fine_tunes_with_the_router_studys_judged_recipe():
+    """`mone demo` runs the recipe report.py judges (best on validation at 0.5): the same settings but the start."""
+    from mone.configs import demo
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import report
+
+    judged = report.best_on_val(json.loads((ROOT / "experiments" / "results" / "router" / "summary.json").read_text())
+                                ["rows"], [report.ROUTER_DISTINCT_LONG, report.ROUTER_ORDINAL_LONG], "0.5")
+    study = _stage_config("study_router", judged, previous=None)
+    assert demo("finetune").replace(seed=1, init_from=study.init_from) == study
 
 
 def test_video_fine_tune_for_the_dense_references_flops_spends_them():

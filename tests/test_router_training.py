@@ -8,10 +8,18 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.spatial.distance import cdist
 from torch.utils.flop_counter import FlopCounterMode
 
 from mone import MoneVisionTransformer, capacity_distribution, count_flops, create_model
-from mone.importance import attention_received, importance_probs, importance_routing, router_distillation_loss
+from mone.importance import (
+    attention_received,
+    distinctiveness,
+    importance_probs,
+    importance_routing,
+    router_distillation_loss,
+    target_loss,
+)
 from mone.layers.block import mlp_scale
 from mone.train import TrainConfig
 from mone.train.loop import _Run
@@ -46,6 +54,38 @@ def test_attention_received_matches_reference():
     expected = reference_attention_received(model.blocks[0].attn, x)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(got.sum(-1), torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def reference_distinctiveness(x):
+    """scipy's cosine distances between every pair of a group's tokens (1 - cos), averaged over the other token."""
+    return torch.stack([torch.from_numpy(cdist(g.numpy(), g.numpy(), "cosine").mean(axis=1)) for g in x])
+
+
+def test_distinctiveness_matches_scipy():
+    x = torch.randn(3, 17, 8, dtype=torch.float64)
+    x[0, 4] = 0.5 * x[0, 2]  # a token and a scaled copy of another
+    torch.testing.assert_close(distinctiveness(x), reference_distinctiveness(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(distinctiveness(x.float()), reference_distinctiveness(x).float(), rtol=1e-5, atol=1e-5)
+
+
+def test_distinctiveness_ranks_the_odd_token_first_and_ignores_scale():
+    """Nine near-copies of one background token and one unlike them: the odd one is the most distinct, and rescaling
+    any token (a brighter patch of the same pattern) changes nothing."""
+    generator = torch.Generator().manual_seed(0)
+    background = torch.randn(8, generator=generator, dtype=torch.float64)
+    x = background + 0.01 * torch.randn(10, 8, generator=generator, dtype=torch.float64)
+    x[6] = torch.randn(8, generator=generator, dtype=torch.float64)
+    scores = distinctiveness(x.unsqueeze(0))[0]
+    assert scores.argmax() == 6 and scores[6] > 5 * scores[torch.arange(10) != 6].max()
+    scaled = x * torch.rand(10, 1, generator=generator, dtype=torch.float64).add(0.1)
+    torch.testing.assert_close(distinctiveness(scaled.unsqueeze(0))[0], scores, rtol=1e-12, atol=1e-12)
+
+
+def test_target_loss_names_the_valid_targets():
+    model = MoneVisionTransformer(**SMALL)
+    x, probs = torch.randn(1, model.num_patches, 32), torch.full((1, model.num_patches, 4), 0.25)
+    with pytest.raises(ValueError, match="target must be one of attention, distinctiveness, got 'gradient'"):
+        target_loss("gradient", model.blocks[0].attn, x, probs, capacity_distribution(0.5))
 
 
 @settings(max_examples=40, deadline=None)
@@ -146,20 +186,21 @@ def _run(config, model):
                 model=model, optimizer=optimizer, model_kwargs={}, total_steps=1, steps_per_epoch=1, saved_step=None)
 
 
-def test_trainer_router_loss_is_cross_entropy_to_epr_of_attention_received():
+@pytest.mark.parametrize("target", ["attention", "distinctiveness"])
+def test_trainer_router_loss_is_cross_entropy_to_epr_of_the_target_importance(target):
     torch.manual_seed(0)
     model = randomise_(MoneVisionTransformer(**SMALL).double())
-    config = TrainConfig(router_target="attention", router_loss_weight=0.5)
+    config = TrainConfig(router_target=target, router_loss_weight=0.5)
     run = _run(config, model)
     images = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     model(images, capacity=0.5)
     got = run.router_loss(0.5)
     tokens = model.blocks[0].norm1(model.patch_embed(images) + model.pos_embed)
     probs = (tokens @ model.router.weight.T + model.router.bias).softmax(-1)
-    target = reference_epr(
-        reference_attention_received(model.blocks[0].attn, tokens).unsqueeze(-1).expand(-1, -1, 4),
-        capacity_distribution(0.5))
-    expected = 0.5 * F.nll_loss(probs.log().reshape(-1, 4), target.reshape(-1))
+    importance = (reference_attention_received(model.blocks[0].attn, tokens) if target == "attention"
+                  else reference_distinctiveness(tokens.detach()))
+    routing = reference_epr(importance.unsqueeze(-1).expand(-1, -1, 4), capacity_distribution(0.5))
+    expected = 0.5 * F.nll_loss(probs.log().reshape(-1, 4), routing.reshape(-1))
     torch.testing.assert_close(got, expected.float(), rtol=1e-6, atol=0)
     got.backward()
     assert model.router.weight.grad.abs().max() > 0  # the router learns with alpha = 0
@@ -170,7 +211,7 @@ def test_trainer_router_loss_is_cross_entropy_to_epr_of_attention_received():
 
 @pytest.mark.parametrize("changes, message", [
     (dict(router_target="attention", capacity_mode="nested"), "router_target needs routed training"),
-    (dict(router_target="ranking"), "router_target must be one of none, attention"),
+    (dict(router_target="ranking"), "router_target must be one of none, attention, distinctiveness"),
     (dict(router_gradient="gumbel"), "router_gradient must be one of paper, straight_through"),
     (dict(router_loss_weight=0.0), "router_loss_weight must be > 0"),
 ])
@@ -188,7 +229,8 @@ def tiny_config(tmp_path, **changes) -> TrainConfig:
     ).replace(**changes)
 
 
-@pytest.mark.parametrize("changes", [dict(router_target="attention"), dict(router_gradient="straight_through")])
+@pytest.mark.parametrize("changes", [dict(router_target="attention"), dict(router_target="distinctiveness"),
+                                     dict(router_gradient="straight_through")])
 def test_router_options_change_training_from_the_first_step(tmp_path, changes):
     """Runs the same in every other respect: the option reaches the router (a run that ignored it would be bit
     identical to the paper's), and at the first step (alpha = 0) only through the router's gradient: the router and

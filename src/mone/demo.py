@@ -332,7 +332,7 @@ def _report(
         "Share of tokens sent to the two largest experts: tokens at least half inside the digit's box, tokens entirely "
         "outside it, and all tokens (what a router blind to the content gives both on average); for the trained "
         "router, a random router on the same model, and the same architecture's router at initialisation. The "
-        "digit boxes are read only here: the router learns from the model's own attention (docs/method.md).",
+        "digit boxes are read only here: the router learns from the model's own tokens (docs/method.md).",
         "",
         "| router | capacity | digit tokens | background tokens | all tokens |",
         "|---|---|---|---|---|",

@@ -1,14 +1,17 @@
-"""Token importance from the model's own attention, and the router losses trained against it (docs/method.md).
+"""Token importance from the model's own signals, and the router losses trained against it (docs/method.md).
 
 The paper's router learns only through the ``alpha * r + 1`` scaling of the MLP update, which rewards "amplify this
 token's update", not "this token needs the wide expert". The pieces here give it a signal for the latter:
 
 * :func:`attention_received`: how much attention each token receives at full width in one block (EViT's score,
   averaged over heads and over every query, since the models pool without a class token);
+* :func:`distinctiveness`: how unlike the other tokens of its image a token is, one minus its mean cosine similarity
+  to them (the redundancy ToMe merges away: a token like many others carries little of its own);
 * :func:`importance_routing`: the experts EPR would give the tokens if they were ranked by that importance;
 * :func:`router_distillation_loss`: cross-entropy of the router's probabilities against those experts, the
   supervised router of Mixture-of-Depths' auxiliary predictor and DynamicViT's distillation;
-  :func:`attention_target_loss` chains the three for one forward (the trainer's ``router_target="attention"``).
+  :func:`target_loss` chains them for one forward (the trainer's ``router_target``: ``"attention"`` or
+  ``"distinctiveness"``).
 
 A model with ``router="attention"`` routes by :func:`attention_received` itself (no router parameters), through
 :func:`importance_probs`.
@@ -24,8 +27,8 @@ import torch.nn as nn
 from .capacity import token_counts
 from .routing import _expert_preferred_routing
 
-__all__ = ["attention_received", "attention_target_loss", "importance_probs", "importance_routing",
-           "router_distillation_loss"]
+__all__ = ["IMPORTANCE_TARGETS", "attention_received", "distinctiveness", "importance_probs", "importance_routing",
+           "router_distillation_loss", "target_loss"]
 
 
 def attention_received(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -47,6 +50,19 @@ def attention_received(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     q, k = qk.unbind(0)
     weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # [G, H, N(query), N(key)]
     return weights.mean(dim=(1, 2))  # [G, N]
+
+
+def distinctiveness(x: torch.Tensor) -> torch.Tensor:
+    """One minus each token's mean cosine similarity to the tokens of its group (itself included).
+
+    Args:
+        x: tokens [G, N, D] (the router block's ``norm1`` output: what the router reads).
+
+    Returns:
+        [G, N], in [0, 2]: ``1 - mean_j cos(x_i, x_j)``; tokens unlike the rest of their image score high.
+    """
+    unit = nn.functional.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)  # bf16: in float32
+    return 1 - (unit * unit.mean(dim=1, keepdim=True)).sum(dim=-1)  # cos(x_i, x_j) averaged over j, in one product
 
 
 def importance_probs(importance: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -76,14 +92,22 @@ def router_distillation_loss(probs: torch.Tensor, target: torch.Tensor) -> torch
     return -log_probs.gather(-1, target.unsqueeze(-1)).mean()
 
 
-def attention_target_loss(
-    attn: nn.Module, x: torch.Tensor, probs: torch.Tensor, distribution: Sequence[float]
+IMPORTANCE_TARGETS = ("attention", "distinctiveness")  # the trainer's router targets, as :func:`target_loss` names them
+
+
+def target_loss(
+    target: str, attn: nn.Module, x: torch.Tensor, probs: torch.Tensor, distribution: Sequence[float]
 ) -> torch.Tensor:
-    """The trainer's ``router_target="attention"`` loss for one forward: the cross-entropy of the router's
-    probabilities ``probs`` [G, N, E] against EPR's routing at ``distribution`` of the tokens ranked by the attention
-    they receive at full width in the router block (``attn``, from its normalised input ``x`` [G, N, D], the router's
-    input). The target is computed without gradient: the loss trains the router and what feeds it, not the attention.
+    """The trainer's ``router_target`` loss for one forward: the cross-entropy of the router's probabilities
+    ``probs`` [G, N, E] against EPR's routing at ``distribution`` of the tokens ranked by ``target``:
+    ``"attention"``, the attention they receive at full width in the router block (``attn``, from its normalised
+    input ``x`` [G, N, D], the router's input), or ``"distinctiveness"`` of ``x``. The target is computed without
+    gradient: the loss trains the router and what feeds it, not the importance.
     """
+    if target not in IMPORTANCE_TARGETS:
+        raise ValueError(f"target must be one of {', '.join(IMPORTANCE_TARGETS)}, got {target!r}")
     with torch.no_grad():
-        target = importance_routing(attention_received(attn, x.detach()).float(), distribution)  # [G, N]
-    return router_distillation_loss(probs, target)
+        x = x.detach()
+        importance = attention_received(attn, x) if target == "attention" else distinctiveness(x)
+        routing = importance_routing(importance.float(), distribution)  # [G, N]
+    return router_distillation_loss(probs, routing)

@@ -9,12 +9,13 @@ from typing import Any
 
 from .._checks import check_int
 from .._settings import device_setting, setting
+from ..importance import IMPORTANCE_TARGETS
 from ..models._base import ROUTER_GRADIENTS
 
 __all__ = ["ADDED_FIELDS", "CAPACITY_MODES", "PAPER_CAPACITIES", "PRECISIONS", "ROUTER_GRADIENTS", "ROUTER_TARGETS", "TrainConfig"]
 
 CAPACITY_MODES = ("fixed", "adaptive", "nested")
-ROUTER_TARGETS = ("none", "attention")
+ROUTER_TARGETS = ("none", *IMPORTANCE_TARGETS)
 PRECISIONS = ("fp32", "bf16")
 PAPER_CAPACITIES = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)  # docs/method.md, adaptive training
 
@@ -69,7 +70,9 @@ class TrainConfig:
     router_target: str = setting(
         "none", choices=ROUTER_TARGETS,
         help="none: the paper's router; attention: also train the router towards EPR's routing of the tokens "
-             "ranked by the full-width attention they receive in the router block (cross-entropy)")
+             "ranked by the full-width attention they receive in the router block (cross-entropy); "
+             "distinctiveness: the same, the tokens ranked by one minus their mean cosine similarity to the other "
+             "tokens of the router's input")
     router_loss_weight: float = setting(1.0, help="weight of the router_target loss, added to the classification loss")
     # self-distillation
     distill_weight: float = setting(

@@ -36,7 +36,7 @@ from .._progress import progress as progress_display
 from ..capacity import token_counts, validate_capacity
 from ..data import build_dataset
 from ..flops import count_flops
-from ..importance import attention_target_loss
+from ..importance import target_loss
 from ..models import create_model, load_dense_weights, needs_upcycling
 from ..models._base import LEARNED_ROUTERS
 from .checkpoint import (
@@ -467,15 +467,15 @@ class _Run:
 
     def router_loss(self, capacity: float | tuple[float, ...]) -> torch.Tensor | None:
         """``router_loss_weight`` x the cross-entropy of the last forward's router probabilities against EPR's
-        routing of the tokens ranked by attention received (:mod:`mone.importance`); None when the capacity puts
-        every token on one expert (nothing to rank)."""
+        routing of the tokens ranked by ``router_target`` (:func:`mone.importance.target_loss`); None when the
+        capacity puts every token on one expert (nothing to rank)."""
         model = self.model
         distribution = model.resolve_distribution(capacity)
         x, probs = self.router_io  # [G, N, D] normalised tokens, [G, N, E]
         if max(token_counts(distribution, x.shape[1])) == x.shape[1]:
             return None
         attn = model.blocks[model.router_block].attn
-        return self.config.router_loss_weight * attention_target_loss(attn, x, probs, distribution)
+        return self.config.router_loss_weight * target_loss(self.config.router_target, attn, x, probs, distribution)
 
     @property
     def output_dir(self) -> Path:
