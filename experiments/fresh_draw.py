@@ -45,6 +45,7 @@ def matches(claim: str, mine: str, theirs: str) -> dict[str, Any]:
     return {"claim": claim, "mine": (mine, 0.5), "theirs": (theirs, 1.0), "tolerance": MATCH}
 
 
+TRAINED_AS_LONG = "Dense accuracy at about half the FLOPs, the dense ViT trained as long"  # the router study's claim
 COMPARISONS = {
     "router": [
         *curve(study_router.DISTINCT_LONG),
@@ -54,14 +55,12 @@ COMPARISONS = {
         *curve(study_router.LONG_TO_FULL),
         *curve(study_router.FULL_QUARTER),
         *curve(study_router.DISTILLED_STEPS),
-        matches("Dense accuracy at about half the FLOPs, the dense ViT trained as long", study_router.DISTINCT_LONG,
-                study_router.DENSE_MORE),
-        matches("Dense accuracy at about half the FLOPs, the dense ViT trained as long, each seed its own starting "
-                "model", study_router.OWN_DISTINCT, study_router.OWN_DENSE_MORE),
-        matches("Dense accuracy at about half the FLOPs, the dense ViT trained as long", study_router.ORDINAL_LONG,
-                study_router.DENSE_MORE),
-        matches("Dense accuracy at about half the FLOPs, the dense ViT trained as long, each seed its own starting "
-                "model", study_router.OWN_RECIPE, study_router.OWN_DENSE_MORE),
+        matches(TRAINED_AS_LONG, study_router.DISTINCT_LONG, study_router.DENSE_MORE),
+        matches(f"{TRAINED_AS_LONG}, each seed its own starting model", study_router.OWN_DISTINCT,
+                study_router.OWN_DENSE_MORE),
+        matches(TRAINED_AS_LONG, study_router.ORDINAL_LONG, study_router.DENSE_MORE),
+        matches(f"{TRAINED_AS_LONG}, each seed its own starting model", study_router.OWN_RECIPE,
+                study_router.OWN_DENSE_MORE),
     ],
     "video": [
         *curve(study_video.UPCYCLED_ORDINAL_DENSE_FLOPS),

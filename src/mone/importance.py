@@ -62,7 +62,7 @@ def distinctiveness(x: torch.Tensor) -> torch.Tensor:
         [G, N], in [0, 2]: ``1 - mean_j cos(x_i, x_j)``; tokens unlike the rest of their image score high.
     """
     unit = nn.functional.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)  # bf16: in float32
-    return 1 - (unit * unit.mean(dim=1, keepdim=True)).sum(dim=-1)  # cos(x_i, x_j) averaged over j, in one product
+    return 1 - (unit * unit.mean(dim=1, keepdim=True)).sum(dim=-1)  # mean_j u_i . u_j = u_i . mean_j u_j: O(N D)
 
 
 def importance_probs(importance: torch.Tensor, num_experts: int) -> torch.Tensor:
