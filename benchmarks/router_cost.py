@@ -4,7 +4,7 @@ Every option runs the demo's model (D=128, 4 blocks, 64 tokens) at capacity 0.5 
 is forward, the loss (classification, plus the router loss where the option has one), backward and an AdamW step;
 inference is one forward without autograd. Options: the paper's router, the straight-through gradient, the
 attention-supervised router (``router_target="attention"``), the ordinal router with that target and with
-``router_target="distinctiveness"`` (the demo's recipe), the attention router (no parameters) and the ordinal
+``router_target="distinctiveness"``, the attention and the distinctiveness routers (no parameters) and the ordinal
 attention-supervised router with self-distillation (``distill_weight=1``: a full-width step first). One call of each
 option per round, medians over rounds, and each option's median ratio to the paper's router within the same rounds.
 
@@ -32,6 +32,7 @@ OPTIONS = {  # name: (router mode, straight-through gradient, router target or N
     "ordinal router, attention-supervised": ("ordinal", False, "attention", False),
     "ordinal router, distinctiveness-supervised": ("ordinal", False, "distinctiveness", False),
     "attention router (no parameters)": ("attention", False, None, False),
+    "distinctiveness router (no parameters)": ("distinctiveness", False, None, False),
     "ordinal, attention-supervised, distilled": ("ordinal", False, "attention", True),
 }
 

@@ -48,6 +48,8 @@ def matches(claim: str, mine: str, theirs: str) -> dict[str, Any]:
 TRAINED_AS_LONG = "Dense accuracy at about half the FLOPs, the dense ViT trained as long"  # the router study's claim
 COMPARISONS = {
     "router": [
+        *curve(study_router.FREE_LONG),
+        *curve(study_router.OWN_FREE),
         *curve(study_router.DISTINCT_LONG),
         *curve(study_router.OWN_DISTINCT),
         *curve(study_router.ORDINAL_LONG),
@@ -55,6 +57,9 @@ COMPARISONS = {
         *curve(study_router.LONG_TO_FULL),
         *curve(study_router.FULL_QUARTER),
         *curve(study_router.DISTILLED_STEPS),
+        matches(TRAINED_AS_LONG, study_router.FREE_LONG, study_router.DENSE_MORE),
+        matches(f"{TRAINED_AS_LONG}, each seed its own starting model", study_router.OWN_FREE,
+                study_router.OWN_DENSE_MORE),
         matches(TRAINED_AS_LONG, study_router.DISTINCT_LONG, study_router.DENSE_MORE),
         matches(f"{TRAINED_AS_LONG}, each seed its own starting model", study_router.OWN_DISTINCT,
                 study_router.OWN_DENSE_MORE),
@@ -63,11 +68,15 @@ COMPARISONS = {
                 study_router.OWN_DENSE_MORE),
     ],
     "video": [
+        *curve(study_video.UPCYCLED_FREE_DENSE_FLOPS),
+        *curve(study_video.UPCYCLED_DISTINCT_DENSE_FLOPS),
         *curve(study_video.UPCYCLED_ORDINAL_DENSE_FLOPS),
         *curve(study_video.UPCYCLED_ORDINAL_LONG),
         *curve(study_video.UPCYCLED_DISTILLED),
-        matches("Dense ViViT accuracy at about half the FLOPs, the dense ViViT trained as long (MoNE at 0.5)",
-                study_video.UPCYCLED_ORDINAL_DENSE_FLOPS, study_video.DENSE_MORE),
+        *(matches("Dense ViViT accuracy at about half the FLOPs, the dense ViViT trained as long (MoNE at 0.5)",
+                  recipe, study_video.DENSE_MORE)
+          for recipe in (study_video.UPCYCLED_FREE_DENSE_FLOPS, study_video.UPCYCLED_DISTINCT_DENSE_FLOPS,
+                         study_video.UPCYCLED_ORDINAL_DENSE_FLOPS)),
     ],
 }
 

@@ -37,7 +37,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import difference, lookup, markdown_table, plot  # noqa: E402
-from study_fashion import UPCYCLED_ORDINAL, UPCYCLED_ORDINAL_LONG  # noqa: E402
+from study_fashion import (  # noqa: E402
+    UPCYCLED_DISTINCT_LONG,
+    UPCYCLED_FREE_LONG,
+    UPCYCLED_ORDINAL,
+    UPCYCLED_ORDINAL_LONG,
+)
 from study_images import UPCYCLED_MONE  # noqa: E402
 from study_images import arms as image_arms  # noqa: E402
 from study_router import DENSE_MORE as ROUTER_DENSE_MORE  # noqa: E402
@@ -46,6 +51,8 @@ from study_router import DISTILLED as ROUTER_DISTILLED  # noqa: E402
 from study_router import DISTILLED_STEPS as ROUTER_DISTILLED_STEPS  # noqa: E402
 from study_router import DISTINCT as ROUTER_DISTINCT  # noqa: E402
 from study_router import DISTINCT_LONG as ROUTER_DISTINCT_LONG  # noqa: E402
+from study_router import FREE as ROUTER_FREE  # noqa: E402
+from study_router import FREE_LONG as ROUTER_FREE_LONG  # noqa: E402
 from study_router import FULL_QUARTER as ROUTER_FULL_QUARTER  # noqa: E402
 from study_router import LONG_TO_FULL as ROUTER_LONG_TO_FULL  # noqa: E402
 from study_router import NESTED_MORE as ROUTER_NESTED_MORE  # noqa: E402
@@ -54,6 +61,7 @@ from study_router import ORDINAL_LONG as ROUTER_ORDINAL_LONG  # noqa: E402
 from study_router import OWN_DENSE as ROUTER_OWN_DENSE  # noqa: E402
 from study_router import OWN_DENSE_MORE as ROUTER_OWN_DENSE_MORE  # noqa: E402
 from study_router import OWN_DISTINCT as ROUTER_OWN_DISTINCT  # noqa: E402
+from study_router import OWN_FREE as ROUTER_OWN_FREE  # noqa: E402
 from study_router import OWN_NESTED as ROUTER_OWN_NESTED  # noqa: E402
 from study_router import OWN_NESTED_MORE as ROUTER_OWN_NESTED_MORE  # noqa: E402
 from study_router import OWN_RECIPE as ROUTER_OWN_RECIPE  # noqa: E402
@@ -122,7 +130,8 @@ class Section:
 
 
 MONE_RECIPES = ("MatViT -> MoNE adaptive", "MoNE adaptive", "MoNE fixed 0.5", "dense -> MoNE adaptive (upcycled)",
-                "MatViT -> MoNE fixed 0.5", UPCYCLED_MONE, UPCYCLED_ORDINAL, UPCYCLED_ORDINAL_LONG)
+                "MatViT -> MoNE fixed 0.5", UPCYCLED_MONE, UPCYCLED_ORDINAL, UPCYCLED_ORDINAL_LONG,
+                UPCYCLED_DISTINCT_LONG, UPCYCLED_FREE_LONG)
 
 
 VERDICT_RULE = (
@@ -681,7 +690,11 @@ def localisation_claim(shares: Sequence[dict[str, Any]], arm: str, study: str) -
 
 
 # the router study's recipes run again with a starting model per seed: recipe -> its rerun
-ROUTER_PER_SEED = {ROUTER_ORDINAL_LONG: ROUTER_OWN_RECIPE, ROUTER_DISTINCT_LONG: ROUTER_OWN_DISTINCT}
+ROUTER_PER_SEED = {ROUTER_ORDINAL_LONG: ROUTER_OWN_RECIPE, ROUTER_DISTINCT_LONG: ROUTER_OWN_DISTINCT,
+                   ROUTER_FREE_LONG: ROUTER_OWN_FREE}
+# each twice-as-long recipe -> the same recipe with the paper router's steps (the router's own effect)
+ROUTER_SAME_STEPS = {ROUTER_ORDINAL_LONG: ROUTER_ORDINAL, ROUTER_DISTINCT_LONG: ROUTER_DISTINCT,
+                     ROUTER_FREE_LONG: ROUTER_FREE}
 
 
 def router_section(folder: Path, docs: Path) -> Section:
@@ -740,7 +753,7 @@ def router_section(folder: Path, docs: Path) -> Section:
     judged(best, "", ("dense ViT", dense), ("MatViT half-width", half), reference(ROUTER_NESTED_MORE, "width 1/2"),
            reference(ROUTER_DENSE_MORE))
     # the router's own effect: the recipe with the paper router's steps (the longer fine-tune also trains longer)
-    same_steps = {ROUTER_ORDINAL_LONG: ROUTER_ORDINAL, ROUTER_DISTINCT_LONG: ROUTER_DISTINCT}.get(best, best)
+    same_steps = ROUTER_SAME_STEPS.get(best, best)
     compare("Beats the paper's router (same recipe and steps otherwise)", lookup(summary, same_steps, "0.5"), "0.5",
             ROUTER_PAPER, lookup(summary, ROUTER_PAPER, "0.5"), recipe=same_steps)
     for arm in (ROUTER_LONG_TO_FULL, ROUTER_FULL_QUARTER, ROUTER_DISTILLED, ROUTER_DISTILLED_STEPS,
@@ -763,10 +776,11 @@ def router_section(folder: Path, docs: Path) -> Section:
              "upcycled through 400 nested steps, seed 0) with the demo's fine-tuning recipe (adaptive budgets, "
              "lr 5e-4, isoFLOPs: the FLOPs of 300 dense steps); only the router and its training differ "
              "(docs/method.md, \"Routers that learn which tokens matter\"), except in the arms fine-tuned for twice "
-             f"the steps (**{ROUTER_DISTINCT_LONG}** is the recipe `mone demo` now runs). "
-             "Seeds 0-2 vary the fine-tuning, not the shared starting model; the recipes of both importance targets "
-             f"and their references are also run with a starting model per seed (**{ROUTER_OWN_RECIPE}** and "
-             f"**{ROUTER_OWN_DISTINCT}**: each seed pre-trains its own "
+             f"the steps (**{ROUTER_FREE_LONG}** is the recipe `mone demo` now runs). "
+             "Seeds 0-2 vary the fine-tuning, not the shared starting model; the twice-as-long recipes of both "
+             "importance targets and of the distinctiveness router, and their references, are also run with a "
+             f"starting model per seed (**{ROUTER_OWN_RECIPE}**, **{ROUTER_OWN_DISTINCT}** and "
+             f"**{ROUTER_OWN_FREE}**: each seed pre-trains its own "
              "dense ViT with the demo's preset and upcycles it through 400 nested steps), and judged against those "
              "per-seed models, so that those differences carry the spread of the whole pipeline. Otherwise the "
              "dense ViT and the half-width ViT are the shipped models on the same 2,000 test images "

@@ -26,7 +26,7 @@ from mone.demo import SHARE_CAPACITIES, routing_shares  # noqa: E402
 from mone.train.checkpoint import CHECKPOINT_NAME, load_model  # noqa: E402
 from mone.train.config import TrainConfig  # noqa: E402
 
-ROUTERS = ("learned", "random", "at initialisation")
+ROUTERS = ("trained", "random", "at initialisation")  # the keys of mone.demo.routing_shares
 KEYS = ("object_share", "background_share", "expected_share")
 
 

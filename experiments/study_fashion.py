@@ -13,7 +13,9 @@ random router at evaluation; MoNE trained at a fixed capacity 0.5; the image stu
 trained dense ViT through 400 nested steps at lr 1e-3 (``demo_upcycle``), then isoFLOPs MoNE fine-tuning (also
 evaluated with a random router), and the same fine-tuning with the router study's recipe (``router="ordinal"``,
 ``router_target="attention"``), for the usual steps and for twice as many, and twice as many distilled from the
-full width (``distill_weight=1``, the same FLOPs in fewer steps).
+full width (``distill_weight=1``, the same FLOPs in fewer steps); twice as many with the router study's
+distinctiveness routers: the ordinal router trained towards the tokens' distinctiveness and the parameter-free
+``router="distinctiveness"``.
 
     python experiments/study_fashion.py --output experiments/results/fashion --seeds 0 1 2 --threads 1  # ~1.5 h
     python experiments/study_fashion.py --output /tmp/quick --quick --seeds 0 1     # under a minute, end to end
@@ -55,6 +57,9 @@ IMG_SIZE = 32  # the demo's canvas: Fashion-MNIST's 28 px padded by 2 px on ever
 UPCYCLED_ORDINAL = f"{UPCYCLED_MONE}, ordinal router, attention-supervised"
 UPCYCLED_ORDINAL_LONG = f"{UPCYCLED_ORDINAL}, 2x steps"  # the video study's longer fine-tune (300 -> 600 steps)
 UPCYCLED_DISTILLED = f"{UPCYCLED_ORDINAL_LONG}, distilled from the full width"  # distill_weight=1, the same FLOPs
+# the longer fine-tune with the router study's distinctiveness routers: trained towards it, and routing by it
+UPCYCLED_DISTINCT_LONG = f"{UPCYCLED_MONE}, ordinal router, distinctiveness-supervised, 2x steps"
+UPCYCLED_FREE_LONG = f"{UPCYCLED_MONE}, distinctiveness router (no parameters), 2x steps"
 QUICK_SAMPLES = 512  # training images in --quick mode (the presets' local mode trains 20 steps of 32)
 
 
@@ -75,6 +80,13 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
         config = preset("finetune", iso_flops=True, router_target="attention")(seed, previous)
         return config.replace(model_kwargs=dict(config.model_kwargs, router="ordinal"))
 
+    def distinct_fine_tune(seed: int, previous: str | None) -> TrainConfig:
+        return ordinal_fine_tune(seed, previous).replace(router_target="distinctiveness")
+
+    def free_fine_tune(seed: int, previous: str | None) -> TrainConfig:
+        config = preset("finetune", iso_flops=True)(seed, previous)
+        return config.replace(model_kwargs=dict(config.model_kwargs, router="distinctiveness"))
+
     matvit_mone = "MatViT -> MoNE adaptive"
     return [
         Arm("dense ViT", (preset("dense"),), family="dense"),
@@ -94,6 +106,8 @@ def arms(quick: bool, embed_dim: int | None = None, data_dir: str = DEFAULT_DATA
         Arm(UPCYCLED_ORDINAL_LONG, (twice_as_long(ordinal_fine_tune, quick),), CAPACITIES, init=UPCYCLED_NESTED),
         Arm(UPCYCLED_DISTILLED, (distilled(twice_as_long(ordinal_fine_tune, quick), same="flops"),), CAPACITIES,
             init=UPCYCLED_NESTED),
+        Arm(UPCYCLED_DISTINCT_LONG, (twice_as_long(distinct_fine_tune, quick),), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(UPCYCLED_FREE_LONG, (twice_as_long(free_fine_tune, quick),), CAPACITIES, init=UPCYCLED_NESTED),
     ]
 
 

@@ -3,15 +3,17 @@
 Every arm fine-tunes the demo's shipped nested model (the dense ViT at D=128 upcycled through 400 nested steps,
 seed 0: ``mone/assets/demo_upcycle_seed0.safetensors``) with the demo's fine-tuning recipe as it was (adaptive
 capacities, lr 5e-4, isoFLOPs: the FLOPs of 300 dense steps, pinned as ``STUDY_FINE_TUNE_STEPS``); only the router's
-training differs, except in the arm with twice the steps, which ``mone demo`` now runs. The seeds vary the
-fine-tuning (data order, capacity draws, router initialisation), not the shared starting model. Arms:
+training differs, except in the arms with twice the steps (one of them is what ``mone demo`` now runs). The seeds
+vary the fine-tuning (data order, capacity draws, router initialisation), not the shared starting model. Arms:
 
     paper router (the demo's recipe before this study); straight-through router gradient; router supervised by the
     tokens' attention received (``router_target="attention"``), alone and with the straight-through gradient;
     attention-scored routing with no router parameters (``router="attention"``, EViT); the paper router evaluated
     with a random router; the supervised router with capacity 1.0 among the sampled budgets; the learned router
     ranking tokens by one score (``router="ordinal"``), supervised and not, and supervised by the tokens'
-    distinctiveness instead (``router_target="distinctiveness"``), for the usual and for twice the steps; the
+    distinctiveness instead (``router_target="distinctiveness"``), for the usual and for twice the steps; routing by
+    the distinctiveness itself, no router parameters (``router="distinctiveness"``, the recipe ``mone demo`` now
+    runs), for the usual and for twice the steps; the
     attention-supervised ordinal router fine-tuned for twice the steps, alone, with capacity 1.0 among the sampled
     budgets (1 step in 10, and 1 in 4), and distilled from the full
     width (``distill_weight=1``: every step also trains capacity 1.0, whose predictions teach the drawn capacity),
@@ -19,8 +21,8 @@ fine-tuning (data order, capacity draws, router initialisation), not the shared 
     References trained on as the MoNE arms are: the shipped dense ViT for 600 more dense steps and for the FLOPs of
     the longest arms (1,642 steps), and the shipped nested model for 200 more nested steps (fine-tuning schedule,
     3 seeds each). Last, the whole pipeline per seed: each seed pre-trains its own dense ViT (the demo's preset),
-    upcycles it (400 nested steps) and runs the twice-as-long recipes of both targets and those two references from
-    its own models (seed 0 reproduces the shipped models).
+    upcycles it (400 nested steps) and runs the twice-as-long recipes of both targets and of the distinctiveness
+    router and those two references from its own models (seed 0 reproduces the shipped models).
 
 Each trained model is evaluated at capacities 0.25 / 0.5 / 0.75 / 1.0 on the val and test splits (2,000 images each),
 and its localisation measured: the share of digit tokens and of background tokens that EPR sends to the two largest
@@ -102,6 +104,11 @@ OWN_DENSE_MORE, OWN_NESTED_MORE = f"{DENSE_MORE}, pre-trained per seed", f"{NEST
 DISTINCT = "ordinal router, distinctiveness-supervised"
 DISTINCT_LONG = f"{DISTINCT}, 2x steps"
 OWN_DISTINCT = f"{DISTINCT_LONG}, starting model per seed"
+# the distinctiveness itself as the router (no parameters, half a learned router's multiply-adds): the supervised
+# routers imitate their target imperfectly (a linear score per token cannot see the rest of the image)
+FREE = "distinctiveness router (no parameters)"
+FREE_LONG = f"{FREE}, 2x steps"
+OWN_FREE = f"{FREE_LONG}, starting model per seed"
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -143,10 +150,12 @@ def arms(quick: bool) -> list[Arm]:
 
     init = "nested (quick)" if quick else None
     supervised = fine_tune(router_target="attention")
-    ordinal = fine_tune(router="ordinal", router_target="attention")  # the recipe `mone demo` runs, twice as long
+    ordinal = fine_tune(router="ordinal", router_target="attention")
     ordinal_long = twice_as_long(ordinal, quick)
     distinct = fine_tune(router="ordinal", router_target="distinctiveness")
     distinct_long = twice_as_long(distinct, quick)
+    free = fine_tune(router="distinctiveness")
+    free_long = twice_as_long(free, quick)
     distilled_long = distilled(ordinal_long, same="steps")  # the longest arms' FLOPs
     listed = [
         Arm(PAPER, (fine_tune(),), CAPACITIES, init=init),
@@ -165,6 +174,8 @@ def arms(quick: bool) -> list[Arm]:
         Arm(FULL_QUARTER, (with_full(ordinal_long, 3),), CAPACITIES, init=init),
         Arm(DISTINCT, (distinct,), CAPACITIES, init=init),
         Arm(DISTINCT_LONG, (distinct_long,), CAPACITIES, init=init),
+        Arm(FREE, (free,), CAPACITIES, init=init),
+        Arm(FREE_LONG, (free_long,), CAPACITIES, init=init),
         Arm(DISTILLED, (distilled(ordinal_long, same="flops"),), CAPACITIES, init=init),
         Arm(DISTILLED_STEPS, (distilled_long,), CAPACITIES, init=init, more_compute=True),
         Arm(UNDISTILLED_SAME_FLOPS, (for_flops_of(ordinal_long, distilled_long),), CAPACITIES, init=init,
@@ -183,6 +194,7 @@ def arms(quick: bool) -> list[Arm]:
             family="matvit", init=OWN_DENSE),
         Arm(OWN_RECIPE, (ordinal_long,), CAPACITIES, init=OWN_NESTED),
         Arm(OWN_DISTINCT, (distinct_long,), CAPACITIES, init=OWN_NESTED),
+        Arm(OWN_FREE, (free_long,), CAPACITIES, init=OWN_NESTED),
         Arm(OWN_DENSE_MORE, (more_steps("dense", MORE_STEPS[DENSE_MORE]),), family="dense", init=OWN_DENSE),
         Arm(OWN_NESTED_MORE, (more_steps("upcycle", MORE_STEPS[NESTED_MORE]),),
             (HALF_WIDTH, (0.0, 0.0, 0.0, 1.0)), ("width 1/2", "width 1"), family="matvit", init=OWN_NESTED),

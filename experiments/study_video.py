@@ -15,7 +15,10 @@ direction of motion; same data and optimiser in every arm):
     steps (the control of the distilled arm), and the dense ViViT trained on for those FLOPs; nested training that
     mixes widths within a clip (the dense ViViT trained 400 adaptive steps with a random router: random tokens on
     each expert) and the router study's fine-tune from it; and the 600-step fine-tune's controls, the dense ViViT
-    trained 600 more steps and the upcycled nested model 200 more nested steps.
+    trained 600 more steps and the upcycled nested model 200 more nested steps; last, the fine-tune for the FLOPs
+    of the dense ViViT's 600 more steps with the router study's distinctiveness routers: the ordinal router trained
+    towards the tokens' distinctiveness (``router_target="distinctiveness"``) and the parameter-free
+    ``router="distinctiveness"``.
 
     python experiments/study_video.py --output experiments/results/video --threads 1   # about 2.5 h on one thread
     python experiments/study_video.py --output /tmp/quick --quick --seeds 0 1          # seconds, end to end
@@ -71,7 +74,12 @@ DENSE_MORE, NESTED_MORE = "dense ViViT, 600 more steps", "dense -> MatViT (neste
 DENSE_MORE_FLOPS = "dense ViViT, trained on for the FLOPs of the 600 distilled steps"
 # the router study's fine-tune for the FLOPs of the dense ViViT's 600 more steps (about 1,030 steps), as the image
 # study's judged recipe spends the FLOPs of its dense reference's 600 more steps
-UPCYCLED_ORDINAL_DENSE_FLOPS = f"{UPCYCLED_ORDINAL}, the FLOPs of the dense ViViT's 600 more steps"
+DENSE_FLOPS = "the FLOPs of the dense ViViT's 600 more steps"
+UPCYCLED_ORDINAL_DENSE_FLOPS = f"{UPCYCLED_ORDINAL}, {DENSE_FLOPS}"
+# the same fine-tune with the router study's distinctiveness routers: the ordinal router trained towards the tokens'
+# distinctiveness, and the distinctiveness itself as the router (no parameters)
+UPCYCLED_DISTINCT_DENSE_FLOPS = f"{UPCYCLED_MONE}, ordinal router, distinctiveness-supervised, {DENSE_FLOPS}"
+UPCYCLED_FREE_DENSE_FLOPS = f"{UPCYCLED_MONE}, distinctiveness router (no parameters), {DENSE_FLOPS}"
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -93,6 +101,13 @@ def arms(quick: bool) -> list[Arm]:
     def mixed_width(seed: int, previous: str | None) -> TrainConfig:
         config = preset("finetune", steps=UPCYCLE_STEPS, warmup_steps=UPCYCLE_STEPS // 20)(seed, previous)
         return config.replace(model_kwargs=dict(config.model_kwargs, router="random"))
+
+    def distinct_fine_tune(seed: int, previous: str | None) -> TrainConfig:
+        return ordinal_fine_tune(seed, previous).replace(router_target="distinctiveness")
+
+    def free_fine_tune(seed: int, previous: str | None) -> TrainConfig:
+        config = preset("finetune")(seed, previous)
+        return config.replace(model_kwargs=dict(config.model_kwargs, router="distinctiveness"))
 
     ordinal_long = twice_as_long(ordinal_fine_tune, quick)
     distilled_long = distilled(ordinal_long, same="steps")  # the longest arms' FLOPs
@@ -124,6 +139,10 @@ def arms(quick: bool) -> list[Arm]:
         Arm(MIXED_NESTED, (mixed_width,), WIDTHS, WIDTH_LABELS, family="matvit", init=DENSE),
         Arm(MIXED_ORDINAL, (ordinal_fine_tune,), CAPACITIES, init=MIXED_NESTED),
         Arm(UPCYCLED_ORDINAL_DENSE_FLOPS, (for_flops_of(ordinal_long, dense_more),), CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(UPCYCLED_DISTINCT_DENSE_FLOPS, (for_flops_of(twice_as_long(distinct_fine_tune, quick), dense_more),),
+            CAPACITIES, init=UPCYCLED_NESTED),
+        Arm(UPCYCLED_FREE_DENSE_FLOPS, (for_flops_of(twice_as_long(free_fine_tune, quick), dense_more),),
+            CAPACITIES, init=UPCYCLED_NESTED),
         Arm(DENSE_MORE, (dense_more,), family="dense", init=DENSE),
         Arm(DENSE_MORE_FLOPS, (for_flops_of(dense_more, distilled_long),), family="dense", init=DENSE),
         Arm(NESTED_MORE, (more_steps("nested", 200),), WIDTHS, WIDTH_LABELS, family="matvit", init=UPCYCLED_NESTED),

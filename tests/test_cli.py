@@ -132,7 +132,7 @@ def test_demo_local_writes_a_report(tmp_path, capsys):
     assert [r["capacity"] for r in mone] == [0.25, 0.5, 0.75, 1.0]
     assert summary["mone_at_0.5_top1"] == mone[1]["top1"]
     shares = json.loads((out / "routing_share.json").read_text())
-    assert list(shares) == ["learned", "random", "at initialisation"]
+    assert list(shares) == ["trained", "random", "at initialisation"]
     assert "MoNE at 0.5" in capsys.readouterr().out
     # A second demo into the same folder reuses the finished runs (same settings) and writes the same numbers.
     checkpoint = out / "dense" / "checkpoint.safetensors"

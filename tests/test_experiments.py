@@ -259,6 +259,12 @@ def test_longer_fine_tunes_double_the_steps_and_controls_train_the_references_on
         long_name = f"{arm}, {'600 steps' if module == 'study_video' else '2x steps'}"
         distilled = _stage_config(module, f"{long_name}, distilled from the full width")
         assert distilled == longer.replace(distill_weight=1.0), module  # the longer fine-tune, distilled
+    fashion_long = _stage_config("study_fashion", f"{fashion}, 2x steps")  # the distinctiveness routers' twins
+    assert _stage_config("study_fashion", f"{UPCYCLED}, ordinal router, distinctiveness-supervised, 2x steps") == \
+        fashion_long.replace(router_target="distinctiveness")
+    assert _stage_config("study_fashion", f"{UPCYCLED}, distinctiveness router (no parameters), 2x steps") == \
+        fashion_long.replace(router_target="none", model_kwargs=dict(fashion_long.model_kwargs,
+                                                                     router="distinctiveness"))
     straight = _stage_config("study_video", "dense -> MoNE ViViT, ordinal router, attention-supervised, 600 steps, "
                                             "distilled from the full width")
     assert straight == _stage_config("study_video", f"{video}, 600 steps, distilled from the full width")
@@ -425,6 +431,12 @@ def test_per_seed_starting_models_rerun_the_judged_recipe_and_its_references_fro
     distinct = _stage_config("study_router", r.DISTINCT_LONG, previous=None)
     assert distinct == shipped.replace(router_target="distinctiveness")  # the judged recipe with the other target
     assert _stage_config("study_router", r.OWN_DISTINCT) == distinct.replace(init_from=previous)
+    free = _stage_config("study_router", r.FREE_LONG, previous=None)  # the distinctiveness itself routes, untrained
+    assert free == shipped.replace(router_target="none",
+                                   model_kwargs=dict(shipped.model_kwargs, router="distinctiveness"))
+    assert _stage_config("study_router", r.OWN_FREE) == free.replace(init_from=previous)
+    assert _stage_config("study_router", r.FREE, previous=None).replace(
+        steps=free.steps, warmup_steps=free.warmup_steps) == free
     assert _stage_config("study_router", r.OWN_DENSE, previous=None) == demo("dense").replace(seed=1, init_from=None)
     assert _stage_config("study_router", r.OWN_NESTED) == demo("upcycle").replace(seed=1, init_from=previous)
     for own, shared in ((r.OWN_DENSE_MORE, r.DENSE_MORE), (r.OWN_NESTED_MORE, r.NESTED_MORE)):
@@ -433,7 +445,7 @@ def test_per_seed_starting_models_rerun_the_judged_recipe_and_its_references_fro
         assert _stage_config("study_router", own) == from_asset.replace(init_from=previous)
     starts = {arm.name: arm.init for arm in r.arms(quick=False)}
     assert (starts[r.OWN_DENSE], starts[r.OWN_NESTED], starts[r.OWN_RECIPE]) == (None, r.OWN_DENSE, r.OWN_NESTED)
-    assert starts[r.OWN_DISTINCT] == r.OWN_NESTED and starts[r.DISTINCT_LONG] is None
+    assert starts[r.OWN_DISTINCT] == starts[r.OWN_FREE] == r.OWN_NESTED and starts[r.DISTINCT_LONG] is None
     assert (starts[r.OWN_DENSE_MORE], starts[r.OWN_NESTED_MORE]) == (r.OWN_DENSE, r.OWN_NESTED)
 
 
@@ -445,7 +457,8 @@ def test_the_demo_fine_tunes_with_the_router_studys_judged_recipe():
     import report
 
     judged = report.best_on_val(json.loads((ROOT / "experiments" / "results" / "router" / "summary.json").read_text())
-                                ["rows"], [report.ROUTER_DISTINCT_LONG, report.ROUTER_ORDINAL_LONG], "0.5")
+                                ["rows"], [report.ROUTER_FREE_LONG, report.ROUTER_DISTINCT_LONG,
+                                           report.ROUTER_ORDINAL_LONG], "0.5")
     study = _stage_config("study_router", judged, previous=None)
     assert demo("finetune").replace(seed=1, init_from=study.init_from) == study
 
@@ -459,6 +472,17 @@ def test_video_fine_tune_for_the_dense_references_flops_spends_them():
     dense = _step_flops(dense_more)[0]
     mean = _step_flops(plain)[1]
     assert abs(matched.steps * mean - dense_more.steps * dense) <= mean  # within one step's FLOPs
+    # the same fine-tune with the distinctiveness routers: trained towards it, and routing by it (fewer router FLOPs)
+    upcycled = "dense -> MatViT -> MoNE ViViT adaptive"
+    distinct = _stage_config("study_video", f"{upcycled}, ordinal router, distinctiveness-supervised, the FLOPs of "
+                                            "the dense ViViT's 600 more steps")
+    assert distinct == matched.replace(router_target="distinctiveness")
+    free = _stage_config("study_video", f"{upcycled}, distinctiveness router (no parameters), the FLOPs of the dense "
+                                        "ViViT's 600 more steps")
+    assert free == matched.replace(router_target="none", steps=free.steps,
+                                   model_kwargs=dict(matched.model_kwargs, router="distinctiveness"))
+    free_mean = _step_flops(free)[1]
+    assert free_mean < mean and abs(free.steps * free_mean - dense_more.steps * dense) <= free_mean
 
 
 def test_router_study_quick_and_its_report_section(tmp_path):

@@ -71,6 +71,19 @@ def test_a_tiny_export_runs_at_its_capacity_not_the_default():
         assert not torch.allclose(tiny(x), expected, rtol=1e-3, atol=1e-3)
 
 
+def test_the_parameter_free_distinctiveness_router_exports():
+    # the demo's router: its ranking (norms, a mean, dot products) is traced into the program like the learned one
+    torch.manual_seed(0)
+    tiny = mone.create_model("mone_vit_test", img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=1,
+                             num_classes=3, router="distinctiveness").eval()
+    x = torch.randn(3, 3, 16, 16)
+    program = mone.export_model(tiny, x, capacity=0.5)
+    with torch.no_grad():
+        assert torch.equal(program.module()(x), tiny(x, capacity=0.5))
+        tiny.set_router("learned")  # a different ranking gives different outputs: the program kept its own router
+        assert not torch.equal(program.module()(x), tiny(x, capacity=0.5))
+
+
 def test_a_bad_example_is_named_with_its_real_shape(model):
     # under torch.export the batch size is a symbol (s77): the eager check names the example's shape instead
     with pytest.raises(ValueError) as error:

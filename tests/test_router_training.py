@@ -1,5 +1,5 @@
-"""Router training signals (mone.importance, the straight-through gradient, the attention router, the trainer's
-router loss), each against a plain reference written here or in tests/reference.py."""
+"""Router training signals (mone.importance, the straight-through gradient, the parameter-free routers, the
+trainer's router loss), each against a plain reference written here or in tests/reference.py."""
 
 import math
 
@@ -153,15 +153,21 @@ def test_straight_through_model_same_outputs_router_learns_at_alpha_zero():
         model.set_router_gradient("gumbel")
 
 
-def test_attention_router_routes_by_attention_received():
+@pytest.mark.parametrize("router", ["attention", "distinctiveness"])
+def test_parameter_free_router_routes_by_its_importance(router):
     torch.manual_seed(0)
-    model = randomise_(MoneVisionTransformer(router="attention", **SMALL).double())
+    model = randomise_(MoneVisionTransformer(router=router, **SMALL).double())
     images = torch.randn(3, 3, 16, 16, dtype=torch.float64)
     _, plan = model.forward_features(images, 0.5, return_plan=True)
-    tokens = model.patch_embed(images) + model.pos_embed
-    importance = reference_attention_received(model.blocks[0].attn, model.blocks[0].norm1(tokens))
+    tokens = model.blocks[0].norm1(model.patch_embed(images) + model.pos_embed).detach()
+    importance = (reference_attention_received(model.blocks[0].attn, tokens) if router == "attention"
+                  else reference_distinctiveness(tokens))
     expected = reference_epr(importance.unsqueeze(-1).expand(-1, -1, 4), capacity_distribution(0.5))
     assert torch.equal(plan.expert, expected)
+    # the other router's ranking differs here, so this test tells the two modes apart
+    other = (reference_distinctiveness(tokens) if router == "attention"
+             else reference_attention_received(model.blocks[0].attn, tokens))
+    assert not torch.equal(reference_epr(other.unsqueeze(-1).expand(-1, -1, 4), capacity_distribution(0.5)), expected)
     assert not any(p.requires_grad for p in model.router.parameters())
     model(images, capacity=0.5).sum().backward()
     assert model.router.weight.grad is None
@@ -178,6 +184,22 @@ def test_attention_router_flops_match_flop_counter(capacity):
     router_gap = 2 * N * D * D + N * N * D - N * D * 4
     assert count_flops(model, model.default_input_size, capacity) - count_flops(
         learned, learned.default_input_size, capacity) == router_gap
+
+
+def test_distinctiveness_router_flops_are_its_norms_and_dot_products():
+    """FlopCounterMode counts matrix products only: it sees the learned router's [N, D] x [D, E] product and nothing of
+    the distinctiveness router, whose ``2 N D`` multiply-adds (squared norms, dots with the mean unit token) are
+    elementwise; count_flops adds exactly those."""
+    distinct = MoneVisionTransformer(router="distinctiveness", fused_attn=False, **SMALL).eval()
+    learned = MoneVisionTransformer(fused_attn=False, **SMALL).eval()
+    N, D = distinct.num_patches, distinct.embed_dim
+    counted = {}
+    for name, model in (("distinct", distinct), ("learned", learned)):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.randn(1, *model.default_input_size), capacity=0.5)
+        counted[name] = counter.get_total_flops() // 2
+    assert counted["learned"] - counted["distinct"] == N * D * 4
+    assert count_flops(distinct, distinct.default_input_size, 0.5) == counted["distinct"] + 2 * N * D
 
 
 def _run(config, model):

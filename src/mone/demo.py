@@ -217,13 +217,13 @@ def run_demo(
 
 @torch.inference_mode()
 def routing_shares(model: torch.nn.Module, config: Any, test: Any, num_samples: int) -> dict[str, list[dict]]:
-    """Digit and background shares on the two largest experts: the trained router, a random router (same weights,
-    same capacities) and the router of the same architecture at initialisation (seeded like the run)."""
+    """Digit and background shares on the two largest experts: the trained model's router, a random router (same
+    weights, same capacities) and the router of the same architecture at initialisation (seeded like the run)."""
     torch.manual_seed(config.seed)
     fresh = create_model(config.model, **config.model_kwargs).eval()
     own = model.router_mode
     out = {}
-    for name, candidate, router in (("learned", model, own), ("random", model, "random"),
+    for name, candidate, router in (("trained", model, own), ("random", model, "random"),
                                     ("at initialisation", fresh, own)):
         candidate.set_router(router)
         torch.manual_seed(0)
@@ -331,8 +331,8 @@ def _report(
         "",
         "Share of tokens sent to the two largest experts: tokens at least half inside the digit's box, tokens entirely "
         "outside it, and all tokens (what a router blind to the content gives both on average); for the trained "
-        "router, a random router on the same model, and the same architecture's router at initialisation. The "
-        "digit boxes are read only here: the router learns from the model's own tokens (docs/method.md).",
+        "model's router, a random router on the same model, and the same architecture at initialisation. The "
+        "digit boxes are read only here: routing uses nothing but the model's own tokens (docs/method.md).",
         "",
         "| router | capacity | digit tokens | background tokens | all tokens |",
         "|---|---|---|---|---|",
@@ -363,8 +363,9 @@ def _report(
         f"nested (MatViT-style) training, each averaging the loss over the four widths, lr {upcycle.lr}, "
         f"{made('upcycle')}; then {summary['fine_tune_steps']} steps of adaptive "
         f"MoNE fine-tuning (capacity drawn per step, lr {configs['finetune'].lr}, router "
-        f"`{configs['finetune'].model_kwargs.get('router', 'learned')}` with router target "
-        f"`{configs['finetune'].router_target}`"
+        f"`{configs['finetune'].model_kwargs.get('router', 'learned')}`"
+        + (f" with router target `{configs['finetune'].router_target}`"
+           if configs['finetune'].router_target != "none" else "")
         + (f"; isoFLOPs: the FLOPs of {configs['finetune'].steps} dense steps" if configs['finetune'].iso_flops else "")
         + f"), {made('finetune')}. Its training "
         "compute adds to the dense ViT's (a nested step costs the four widths' forward and backward passes): "

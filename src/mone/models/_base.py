@@ -8,8 +8,9 @@ holds the methods that only depend on those pieces, so each model file keeps jus
 Routers (docs/method.md, :meth:`MoneModelMixin.router_probs`): ``"learned"`` (the paper's linear router, each expert
 ranking tokens by its own probability), ``"ordinal"`` (the same router and parameters, every expert ranking tokens by
 one score, the expected expert index), ``"random"`` (the paper's random-router baseline: random probabilities with the
-same EPR capacities) and ``"attention"`` (no parameters: tokens ranked by the full-width attention they receive in the
-router block, as EViT).
+same EPR capacities), ``"attention"`` (no parameters: tokens ranked by the full-width attention they receive in the
+router block, as EViT) and ``"distinctiveness"`` (no parameters: tokens ranked by how unlike the other tokens of their
+image they are, ToMe's redundancy read as importance).
 How a learned router is trained is the trainer's choice (``router_gradient``, ``router_target`` in
 :class:`mone.train.TrainConfig`); ``router_gradient`` is also a model attribute because the straight-through
 gradient lives in the forward (the forward's values are the same either way).
@@ -35,7 +36,7 @@ from ..capacity import (
     validate_capacity,
     validate_distribution,
 )
-from ..importance import attention_received, importance_probs
+from ..importance import attention_received, distinctiveness, importance_probs
 from ..layers import NestedBlock, SortedTokens, dense_block_forward, run_block
 from ..routing import Router, RoutingPlan, routing_plan
 from ._contract import TimmContractMixin
@@ -60,8 +61,9 @@ __all__ = [
 ]
 
 ALPHA_MAX = 0.999  # alpha lives in [0, 1) (docs/method.md)
-ROUTER_MODES = ("learned", "ordinal", "random", "attention")
+ROUTER_MODES = ("learned", "ordinal", "random", "attention", "distinctiveness")
 LEARNED_ROUTERS = ("learned", "ordinal")  # the modes that run (and train) the router's parameters
+PARAMETER_FREE_ROUTERS = ("attention", "distinctiveness")  # the modes that rank tokens by mone.importance
 ROUTER_GRADIENTS = ("paper", "straight_through")  # see mone.layers.block.mlp_scale
 
 CapacityLike = float | Sequence[float]
@@ -184,9 +186,10 @@ def score_tokens(
     if router_mode == "random":
         noise = torch.randn(*tokens.shape[:-1], num_experts, dtype=tokens.dtype, device=tokens.device)
         return noise.softmax(dim=-1)  # [G, N, E]
-    if router_mode == "attention":
+    if router_mode in PARAMETER_FREE_ROUTERS:
         with torch.no_grad():
-            importance = attention_received(block.attn, block.norm1(tokens))  # [G, N]
+            x = block.norm1(tokens)  # [G, N, D]
+            importance = attention_received(block.attn, x) if router_mode == "attention" else distinctiveness(x)
         return importance_probs(importance.float(), num_experts)  # [G, N, E]
     probs = router(block.norm1(tokens))  # [G, N, E]
     if router_mode == "ordinal":
@@ -267,7 +270,7 @@ class MoneModelMixin(AlphaMixin, TimmContractMixin):
     * ``capacity``: the default budget: an effective capacity in ``[2**-(E-1), 1]`` or a per-expert distribution.
     * ``beta``, ``delta``: parameters of the capacity-distribution objective (docs/method.md).
     * ``router``: ``"learned"`` (MoNE), ``"ordinal"`` (the learned router ranking tokens by one score),
-      ``"random"`` (the random-router baseline) or ``"attention"`` (see :meth:`router_probs`).
+      ``"random"`` (the random-router baseline), ``"attention"`` or ``"distinctiveness"`` (see :meth:`router_probs`).
     * ``router_block``: the block whose input is routed; blocks before it run every token at full width.
 
     The host module sets ``embed_dim``, ``num_experts``, ``beta``, ``delta``, ``blocks`` (the encoder whose blocks
@@ -326,10 +329,11 @@ class MoneModelMixin(AlphaMixin, TimmContractMixin):
 
     def set_router(self, router: str) -> None:
         """Route with the ``"learned"`` router, the same router ranked by one score (``"ordinal"``), a ``"random"``
-        one (the paper's random-router baseline) or by ``"attention"`` received (see :meth:`router_probs`).
+        one (the paper's random-router baseline), by ``"attention"`` received or by ``"distinctiveness"`` (see
+        :meth:`router_probs`).
 
         Switch a trained model to ``"random"`` to evaluate it with random routing. The router's parameters are kept
-        but take no part in a random or attention forward, so this also sets their ``requires_grad`` to whether the
+        but take no part in a random or parameter-free forward, so this also sets their ``requires_grad`` to whether the
         mode is one of :data:`LEARNED_ROUTERS` (an unused parameter would otherwise stall DistributedDataParallel).
         """
         if router not in ROUTER_MODES:
@@ -357,19 +361,25 @@ class MoneModelMixin(AlphaMixin, TimmContractMixin):
         router. ``"attention"``: every expert ranks tokens by the full-width attention they receive in the router
         block (:func:`mone.importance.attention_received` of its norm1 output, the router's input;
         :func:`mone.importance.importance_probs`), computed without autograd: one q/k projection and one attention
-        map over the router block's tokens, on top of the nested blocks. Shapes are the same either way.
+        map over the router block's tokens, on top of the nested blocks. ``"distinctiveness"``: the same with
+        :func:`mone.importance.distinctiveness` of the router's input (one minus each token's mean cosine similarity
+        to its group's tokens: ``2 N D`` multiply-adds per group, half a learned router's ``N D E`` at four experts).
+        Shapes are the same either way.
         """
         return score_tokens(tokens, self.blocks[self.router_block], self.router, self.router_mode, self.num_experts)
 
     def router_flops(self, num_tokens: int) -> int:
         """Multiply-accumulates of routing ``num_tokens`` tokens of one group: ``N D E`` for a learned router, a q/k
-        projection and the attention map (``2 N D^2 + N^2 D``) for the attention router, none for a random router
-        or a single expert (whose router output is always 1 and is not counted)."""
+        projection and the attention map (``2 N D^2 + N^2 D``) for the attention router, each token's squared norm
+        and its dot product with the group's mean unit token (``2 N D``) for the distinctiveness router, none for a
+        random router or a single expert (whose router output is always 1 and is not counted)."""
         N, D = num_tokens, self.embed_dim
         if self.num_experts == 1 or self.router_mode == "random":
             return 0
         if self.router_mode == "attention":
             return 2 * N * D * D + N * N * D
+        if self.router_mode == "distinctiveness":
+            return 2 * N * D
         return N * D * self.num_experts
 
     @property
