@@ -109,9 +109,11 @@ def test_set_router_switches_a_trained_model_and_back():
     assert not torch.equal(first_plan.expert, learned_plan.expert)
     assert not torch.equal(first_plan.expert, second_plan.expert)  # a new draw at every forward
     assert torch.equal(back, learned) and model.router.weight.requires_grad
-    with pytest.raises(ValueError, match="router must be one of learned, ordinal, random, attention, got 'uniform'"):
+    with pytest.raises(ValueError, match="router must be one of learned, ordinal, random, attention, distinctiveness, "
+                                         "got 'uniform'"):
         model.set_router("uniform")
-    with pytest.raises(ValueError, match="router must be one of learned, ordinal, random, attention, got 'Random'"):
+    with pytest.raises(ValueError, match="router must be one of learned, ordinal, random, attention, distinctiveness, "
+                                         "got 'Random'"):
         small_model(router="Random")
 
 

@@ -87,7 +87,9 @@ def test_fashion_study_quick_runs_end_to_end_and_report_renders_its_section(tmp_
         "MatViT -> MoNE, random router at eval", "MoNE fixed 0.5", "dense -> MatViT (nested)", UPCYCLED,
         f"{UPCYCLED}, random router at eval", f"{UPCYCLED}, ordinal router, attention-supervised",
         f"{UPCYCLED}, ordinal router, attention-supervised, 2x steps",
-        f"{UPCYCLED}, ordinal router, attention-supervised, 2x steps, distilled from the full width"}
+        f"{UPCYCLED}, ordinal router, attention-supervised, 2x steps, distilled from the full width",
+        f"{UPCYCLED}, ordinal router, distinctiveness-supervised, 2x steps",
+        f"{UPCYCLED}, distinctiveness router (no parameters), 2x steps"}
     ordinal = json.loads((study / "runs" / "dense_->_MatViT_->_MoNE_adaptive,_isoFLOPs,_ordinal_router,"
                                           "_attention-supervised" / "seed0" / "stage0" / "config.json").read_text())
     assert (ordinal["router_target"], ordinal["model_kwargs"]["router"]) == ("attention", "ordinal")
@@ -152,6 +154,8 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
              f"{upcycled}, ordinal router, attention-supervised, 600 steps, distilled from the full width, same FLOPs",
              f"{upcycled}, ordinal router, attention-supervised, the FLOPs of the arm distilled for 600 steps",
              f"{upcycled}, ordinal router, attention-supervised, the FLOPs of the dense ViViT's 600 more steps",
+             f"{upcycled}, ordinal router, distinctiveness-supervised, the FLOPs of the dense ViViT's 600 more steps",
+             f"{upcycled}, distinctiveness router (no parameters), the FLOPs of the dense ViViT's 600 more steps",
              "dense -> MoNE ViViT, ordinal router, attention-supervised, 600 steps, distilled from the full width",
              "dense -> mixed-width nested -> MoNE ViViT, ordinal router, attention-supervised")
     assert set(rows) == {
@@ -194,7 +198,7 @@ def test_video_study_quick_runs_end_to_end_and_the_report_renders_it(tmp_path):
         assert f"| {claim}" in video, claim
     assert "| MatViT (nested) ViViT | width 1/2 |" in video and "video/accuracy_vs_gflops.png" in video
     assert "Best MoNE recipe on the validation split at capacity 0.5: **" in video
-    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 12
+    assert sum(f"| {arm} | " in video.split("### Test split")[0] for arm in mones if "random" not in arm) == 14
     assert video.count("Learned minus random router on the same weights") == 2  # both recipes with a random router
 
 
@@ -364,7 +368,7 @@ def test_fresh_draw_refuses_bad_input_in_one_line(tmp_path, extra, message):
 
 
 def test_fresh_draw_names_the_run_it_misses(tmp_path):
-    arm = "ordinal router, distinctiveness-supervised, 2x steps"  # the first comparison's
+    arm = "distinctiveness router (no parameters), 2x steps"  # the first comparison's
     (tmp_path / "results.json").write_text(json.dumps([{"split": "test", "arm": arm, "num_samples": 2000}]))
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "fresh_draw.py"), "--study", "router",
                            "--output", str(tmp_path)], capture_output=True, text=True, timeout=120)
